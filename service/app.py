@@ -1,0 +1,67 @@
+"""The FastAPI application: settings, model lifespan, middleware, error handlers and routers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from service import __version__
+from service.dependencies import ModelState
+from service.errors import add_exception_handlers
+from service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
+from service.routers import faces, health, info
+from service.runtime import FaceModel
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def _load(settings: Settings) -> FaceModel:
+    model = FaceModel.load(
+        settings.model,
+        providers=settings.providers,
+        threads=settings.session_threads,
+        max_batch=settings.max_batch,
+        max_strength=settings.max_strength,
+    )
+    model.warm_up()
+    return model
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load and warm up the model before serving; a broken bundle stops startup with the loader's message."""
+    settings: Settings = app.state.settings
+    state: ModelState = app.state.model_state
+    state.model = await run_in_threadpool(_load, settings)
+    if settings.require_gpu and not state.model.uses_gpu:
+        state.problem = f"require_gpu is set but CUDA is not in use: {state.model.providers}"
+        logger.error("not ready: %s", state.problem)
+    else:
+        state.problem = None
+        logger.info("ready: providers %s", state.model.providers)
+    yield
+    state.model, state.problem = None, "shutting down"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; without `settings` they come from `FACEVAE_*` variables (how uvicorn workers get them)."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="Face VAE service",
+        summary="Encode, decode, sample and edit faces with a variational autoencoder under onnxruntime.",
+        version=__version__,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.model_state = ModelState()
+    add_exception_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLogMiddleware)  # outermost, so it also logs the 413s
+    for router in (health.router, info.router, faces.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,294 @@
+"""The model bundle: the contract between `training` (which writes it) and `service` (which serves it).
+
+This module is the single place that knows the bundle's file names and JSON layout, and it never
+imports TensorFlow, so the service, the tests and the training package's own verification all use it.
+See docs/bundle-format.md for the format in prose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import onnx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+FORMAT_VERSION = 1
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+LATENT_STATS_FILE = "latent_stats.json"
+ATTRIBUTES_FILE = "attributes.json"
+MANIFEST_FILE = "manifest.json"
+REPORT_FILE = "report.png"
+#: Files whose sha256 the manifest must list (everything but the manifest itself).
+HASHED_FILES = (ENCODER_FILE, DECODER_FILE, LATENT_STATS_FILE, ATTRIBUTES_FILE, REPORT_FILE)
+
+ENCODER_INPUT = "image"
+ENCODER_OUTPUTS = ("z_mean", "z_log_var")
+DECODER_INPUT = "z"
+DECODER_OUTPUT = "image"
+BATCH_DIM = "batch"
+
+
+class BundleError(ValueError):
+    """A bundle is unusable; the message names the file and the problem."""
+
+    def __init__(self, file: str, problem: str) -> None:
+        super().__init__(f"{file}: {problem}")
+        self.file = file
+        self.problem = problem
+
+
+class Preprocess(BaseModel):
+    """How a photo becomes model input: crop a box given as fractions of width and height, resize."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    crop: tuple[float, float, float, float] = Field(description="[left, top, right, bottom] in [0, 1]")
+    size: int = Field(gt=0)
+    resample: str = "lanczos"
+
+    @field_validator("crop")
+    @classmethod
+    def _crop_is_a_box(cls, crop: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        left, top, right, bottom = crop
+        if not (0.0 <= left < right <= 1.0 and 0.0 <= top < bottom <= 1.0):
+            raise ValueError(f"crop {crop} is not a box inside [0, 1]")
+        return crop
+
+
+class Manifest(BaseModel):
+    """`manifest.json`. Free-form sections (training, dataset, ...) are kept as plain dicts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int
+    name: str
+    image_size: int = Field(gt=0)
+    z_dim: int = Field(gt=0)
+    preprocess: Preprocess
+    attributes: list[str]
+    attributes_left_out: list[dict[str, Any]] = []
+    training: dict[str, Any]
+    dataset: dict[str, Any]
+    metrics: dict[str, Any]
+    parity: dict[str, Any]
+    versions: dict[str, str]
+    opset: int
+    files: dict[str, str] = Field(description="sha256 hex digest of every other bundle file")
+
+
+class LatentStats(BaseModel):
+    """`latent_stats.json`: statistics of the encoder's posterior over the training split.
+
+    The "sampling trick" draws z = mean + std_scalar * eps instead of z ~ N(0, I), which lands
+    in the region of latent space the decoder has actually been trained on.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mean: list[float]
+    std: list[float]
+    std_scalar: float = Field(gt=0)
+    count: int = Field(gt=0)
+
+    @property
+    def mean_array(self) -> np.ndarray:
+        return np.asarray(self.mean, dtype=np.float32)
+
+
+class AttributeVector(BaseModel):
+    """One entry of `attributes.json`: mean(z | attr) - mean(z | not attr) and how good it is."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    vector: list[float]
+    norm: float = Field(ge=0)
+    projection_std: float = Field(gt=0)
+    auc: float = Field(ge=0, le=1)
+    positives: int = Field(ge=0)
+    negatives: int = Field(ge=0)
+
+    @property
+    def unit(self) -> np.ndarray:
+        """The direction of the vector, length 1."""
+        v = np.asarray(self.vector, dtype=np.float32)
+        return v / np.float32(self.norm)
+
+
+class AttributeVectors(Mapping[str, AttributeVector]):
+    """Attribute vectors by name; lookups ignore case ("smiling" finds "Smiling")."""
+
+    def __init__(self, vectors: list[AttributeVector]) -> None:
+        self._by_key = {v.name.lower(): v for v in vectors}
+
+    def __getitem__(self, name: str) -> AttributeVector:
+        return self._by_key[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return (v.name for v in self._by_key.values())
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._by_key
+
+    @property
+    def names(self) -> list[str]:
+        return list(self)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed so large models do not need to fit in memory twice."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(path.name, f"cannot be read as JSON ({exc})") from exc
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _parse(model: type[M], path: Path, data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise BundleError(path.name, f"invalid at {where}: {first['msg']}") from exc
+
+
+def _onnx_signature(path: Path) -> dict[str, list[int | str]]:
+    """Input and output shapes of an ONNX graph, symbolic dims as their names."""
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:  # onnx raises several unrelated types for corrupt files
+        raise BundleError(path.name, f"is not a readable ONNX model ({exc})") from exc
+    shapes: dict[str, list[int | str]] = {}
+    for value in [*graph.input, *graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_param if d.dim_param else d.dim_value for d in dims]
+    return shapes
+
+
+def _check_signature(path: Path, expected: dict[str, list[int | str]]) -> None:
+    actual = _onnx_signature(path)
+    for name, shape in expected.items():
+        if name not in actual:
+            raise BundleError(path.name, f"has no tensor named {name!r} (has {sorted(actual)})")
+        if actual[name] != shape:
+            raise BundleError(path.name, f"tensor {name!r} has shape {actual[name]}, manifest implies {shape}")
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A verified bundle on disk: paths to the two ONNX models plus the parsed JSON."""
+
+    path: Path
+    manifest: Manifest
+    latent_stats: LatentStats
+    attributes: AttributeVectors
+
+    @property
+    def encoder_path(self) -> Path:
+        return self.path / ENCODER_FILE
+
+    @property
+    def decoder_path(self) -> Path:
+        return self.path / DECODER_FILE
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def image_size(self) -> int:
+        return self.manifest.image_size
+
+    @property
+    def z_dim(self) -> int:
+        return self.manifest.z_dim
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.manifest.preprocess
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelBundle:
+        """Load and verify a bundle; raise `BundleError` naming the first bad file."""
+        root = Path(path)
+        if not root.is_dir():
+            raise BundleError(str(root), "bundle folder does not exist")
+        for file in (MANIFEST_FILE, *HASHED_FILES):
+            if not (root / file).is_file():
+                raise BundleError(file, f"missing from bundle {root}")
+
+        manifest = _parse(Manifest, root / MANIFEST_FILE, _read_json(root / MANIFEST_FILE))
+        if manifest.format_version != FORMAT_VERSION:
+            raise BundleError(
+                MANIFEST_FILE, f"format_version {manifest.format_version} is not supported (expected {FORMAT_VERSION})"
+            )
+        if manifest.preprocess.size != manifest.image_size:
+            raise BundleError(MANIFEST_FILE, "preprocess.size differs from image_size")
+        for file in HASHED_FILES:
+            expected = manifest.files.get(file)
+            if expected is None:
+                raise BundleError(MANIFEST_FILE, f"lists no sha256 for {file}")
+            if sha256_file(root / file) != expected:
+                raise BundleError(file, "sha256 does not match the manifest (file changed or corrupt)")
+
+        size, z_dim = manifest.image_size, manifest.z_dim
+        _check_signature(
+            root / ENCODER_FILE,
+            {
+                ENCODER_INPUT: [BATCH_DIM, size, size, 3],
+                **{name: [BATCH_DIM, z_dim] for name in ENCODER_OUTPUTS},
+            },
+        )
+        _check_signature(
+            root / DECODER_FILE,
+            {DECODER_INPUT: [BATCH_DIM, z_dim], DECODER_OUTPUT: [BATCH_DIM, size, size, 3]},
+        )
+
+        stats = _parse(LatentStats, root / LATENT_STATS_FILE, _read_json(root / LATENT_STATS_FILE))
+        for field in ("mean", "std"):
+            if len(getattr(stats, field)) != z_dim:
+                raise BundleError(
+                    LATENT_STATS_FILE, f"{field} has {len(getattr(stats, field))} values, z_dim is {z_dim}"
+                )
+
+        raw = _read_json(root / ATTRIBUTES_FILE)
+        if not isinstance(raw, list):
+            raise BundleError(ATTRIBUTES_FILE, "must be a JSON list of attribute vectors")
+        vectors = [_parse(AttributeVector, root / ATTRIBUTES_FILE, item) for item in raw]
+        for vector in vectors:
+            if len(vector.vector) != z_dim:
+                raise BundleError(
+                    ATTRIBUTES_FILE, f"vector {vector.name!r} has {len(vector.vector)} values, z_dim is {z_dim}"
+                )
+            if not np.all(np.isfinite(vector.vector)) or vector.norm <= 0:
+                raise BundleError(ATTRIBUTES_FILE, f"vector {vector.name!r} is not finite and non-zero")
+        if [v.name for v in vectors] != manifest.attributes:
+            raise BundleError(ATTRIBUTES_FILE, "attribute names differ from the manifest's list")
+
+        return cls(path=root, manifest=manifest, latent_stats=stats, attributes=AttributeVectors(vectors))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON the way every bundle file is written (UTF-8, indented, trailing newline)."""
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")

@@ -1,0 +1,106 @@
+"""FastAPI dependencies: the loaded model, and request bodies that come as JSON, multipart or raw image bytes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, TypeVar
+
+from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+
+from service.rendering import JSON
+from service.runtime import FaceModel
+from service.schemas import EditRequest, EditUpload, EncodeUpload
+
+MULTIPART = "multipart/form-data"
+NOT_LOADED = "model not loaded yet"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass
+class ModelState:
+    """What the lifespan has loaded; `problem` says why the service is not ready (None when it is)."""
+
+    model: FaceModel | None = None
+    problem: str | None = NOT_LOADED
+
+
+def model_state(request: Request) -> ModelState:
+    return request.app.state.model_state
+
+
+def loaded_model(state: Annotated[ModelState, Depends(model_state)]) -> FaceModel:
+    """The model even when not ready (e.g. require_gpu unmet), for endpoints that only describe it."""
+    if state.model is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, state.problem or NOT_LOADED)
+    return state.model
+
+
+def ready_model(state: Annotated[ModelState, Depends(model_state)]) -> FaceModel:
+    """The model, only once loaded, warmed up and on the required providers."""
+    if state.model is None or state.problem:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, state.problem or NOT_LOADED)
+    return state.model
+
+
+StateDep = Annotated[ModelState, Depends(model_state)]
+LoadedModel = Annotated[FaceModel, Depends(loaded_model)]
+ReadyModel = Annotated[FaceModel, Depends(ready_model)]
+AcceptHeader = Annotated[
+    str | None, Header(description="image/png (default), image/jpeg, image/webp or application/json.")
+]
+
+
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+def _unsupported(content_type: str, expected: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"unsupported Content-Type {content_type or '(none)'}; send {expected}"
+    )
+
+
+def _validate(model: type[M], data: object) -> M:
+    """Validate like FastAPI does for declared bodies, so errors come out as the usual 422 with loc ["body", ...]."""
+    try:
+        return model.model_validate_json(data) if isinstance(data, bytes) else model.model_validate(data)
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from exc
+
+
+async def _read_form(request: Request, model: type[M]) -> M:
+    """Validate a multipart form with files read into bytes; unknown fields are rejected by the model."""
+    async with request.form(max_files=1, max_fields=len(model.model_fields)) as form:
+        fields = {
+            key: await value.read() if isinstance(value, UploadFile) else value for key, value in form.multi_items()
+        }
+    return _validate(model, fields)
+
+
+async def image_upload(request: Request) -> bytes:
+    """The photo for /encode: a raw body with an image/* Content-Type, or the multipart field `image`."""
+    content_type = _content_type(request)
+    if content_type.startswith("image/"):
+        return await request.body()
+    if content_type == MULTIPART:
+        return (await _read_form(request, EncodeUpload)).image
+    raise _unsupported(content_type, "an image/* body or multipart/form-data with the field 'image'")
+
+
+async def edit_source(request: Request) -> EditRequest | EditUpload:
+    """The /edit body: JSON with a latent, or multipart with a photo and the attributes as a JSON field."""
+    content_type = _content_type(request)
+    if content_type == JSON:
+        return _validate(EditRequest, await request.body())
+    if content_type == MULTIPART:
+        return await _read_form(request, EditUpload)
+    raise _unsupported(content_type, f"{JSON} or {MULTIPART} with the fields 'image' and 'attributes'")
+
+
+ImageUpload = Annotated[bytes, Depends(image_upload)]
+EditSource = Annotated[EditRequest | EditUpload, Depends(edit_source)]

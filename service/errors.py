@@ -1,0 +1,57 @@
+"""Map the domain errors of `imaging` and `runtime` to 4xx responses with FastAPI's `{"detail": ...}` body."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from service.imaging import ImageTooLarge, InvalidImage
+from service.runtime import InputError
+
+
+async def _invalid_image(request: Request, exc: InvalidImage) -> Response:
+    return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_400_BAD_REQUEST)
+
+
+async def _image_too_large(request: Request, exc: ImageTooLarge) -> Response:
+    return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_413_CONTENT_TOO_LARGE)
+
+
+def _json_safe(value: Any) -> Any:
+    """Make an echoed `input` renderable and short: JSON has no NaN or Infinity, an uploaded photo is not text,
+    and an exception in `ctx` is better shown as its message."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, Exception):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    return value
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's 422 body, with every echoed value made JSON-safe by `_json_safe`."""
+    detail = jsonable_encoder(_json_safe(exc.errors()))
+    return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def _input_error(request: Request, exc: InputError) -> Response:
+    """A 422 shaped like pydantic's, so clients read every validation failure the same way."""
+    error = {"type": "value_error", "loc": (exc.field,), "msg": str(exc)}
+    return await _validation_error(request, RequestValidationError([error]))
+
+
+def add_exception_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(InvalidImage, _invalid_image)
+    app.add_exception_handler(ImageTooLarge, _image_too_large)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(InputError, _input_error)

@@ -1,0 +1,133 @@
+"""Image bytes in and out: safe decoding of uploads, PNG/JPEG/WebP encoding, grids and strips.
+
+Nothing here knows about HTTP or the model; errors are `InvalidImage` and `ImageTooLarge`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from enum import StrEnum
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+#: Larger images are refused before decoding (a 10 MB PNG can inflate to gigabytes).
+MAX_PIXELS = 40_000_000
+MAX_SIDE = 16_384
+#: Only these decoders run on uploads; Pillow's others (EPS via Ghostscript, ...) are not exposed.
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+GRID_PADDING = 2
+GRID_BACKGROUND = 255
+
+# Set explicitly rather than trusting defaults: Pillow refuses (not just warns about) images twice this size,
+# and a truncated file is an error, not a half-grey face.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+#: What Pillow's decoders raise on bad data, besides its own two error types.
+_DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
+
+
+class InvalidImage(Exception):
+    """The bytes are not an image Pillow can fully decode."""
+
+
+class ImageTooLarge(Exception):
+    """The image's dimensions exceed `MAX_PIXELS` or `MAX_SIDE`."""
+
+
+class ImageFormat(StrEnum):
+    PNG = "png"
+    JPEG = "jpeg"
+    WEBP = "webp"
+
+    @property
+    def media_type(self) -> str:
+        return f"image/{self.value}"
+
+    @classmethod
+    def from_media_type(cls, media_type: str) -> ImageFormat:
+        return cls(media_type.removeprefix("image/"))
+
+
+def decode_upload(data: bytes) -> Image.Image:
+    """Decode an uploaded photo to an upright 8-bit RGB image, or raise `InvalidImage` / `ImageTooLarge`."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image too large to decode: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidImage(f"not a recognised image (accepted formats: {', '.join(ACCEPTED_FORMATS)})") from exc
+    except _DECODER_ERRORS as exc:
+        raise InvalidImage(f"corrupt image header ({exc})") from exc
+    _check_dimensions(image.width, image.height)
+    try:
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+    except _DECODER_ERRORS as exc:
+        raise InvalidImage(f"corrupt or truncated image ({exc})") from exc
+    return to_rgb(upright)
+
+
+def _check_dimensions(width: int, height: int) -> None:
+    if width * height > MAX_PIXELS or max(width, height) > MAX_SIDE:
+        raise ImageTooLarge(
+            f"image too large to decode: {width}x{height} pixels, the limits are {MAX_PIXELS} pixels "
+            f"and {MAX_SIDE} per side"
+        )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode: 16-bit is scaled (not clipped), transparency is flattened onto white."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        scaled = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
+        image = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def encode_image(pixels: np.ndarray, image_format: ImageFormat) -> bytes:
+    """Encode one uint8 [H, W, 3] array; same pixels give the same bytes."""
+    buffer = io.BytesIO()
+    image = Image.fromarray(pixels, mode="RGB")
+    if image_format is ImageFormat.PNG:
+        image.save(buffer, format="PNG")
+    elif image_format is ImageFormat.JPEG:
+        image.save(buffer, format="JPEG", quality=95)
+    else:
+        image.save(buffer, format="WEBP", quality=90)
+    return buffer.getvalue()
+
+
+def to_base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def make_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
+    """Tile uint8 [N, H, W, 3] images into one picture with a thin white border; one row is a strip.
+
+    Without `columns` the grid is as square as possible.
+    """
+    count, height, width, channels = images.shape
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    pad = GRID_PADDING
+    grid = np.full(
+        (rows * (height + pad) + pad, columns * (width + pad) + pad, channels), GRID_BACKGROUND, dtype=np.uint8
+    )
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        top, left = pad + row * (height + pad), pad + column * (width + pad)
+        grid[top : top + height, left : left + width] = image
+    return grid

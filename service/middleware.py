@@ -1,0 +1,78 @@
+"""ASGI middleware: the request body size limit and the per-request access log.
+
+Both are pure ASGI (not BaseHTTPMiddleware), so they neither buffer bodies nor disturb streaming.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fastapi import HTTPException, status
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger("service.access")
+
+
+class BodySizeLimitMiddleware:
+    """Refuse bodies over `max_bytes` with 413: at once when Content-Length says so, and otherwise while the body
+    is read (chunked uploads have no Content-Length, and a client may lie in it)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> HTTPException:
+        return HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"request body is larger than the limit of {self.max_bytes} bytes"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            error = self._too_large()
+            await JSONResponse({"detail": error.detail}, status_code=error.status_code)(scope, receive, send)
+            return
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._too_large()  # FastAPI's and Starlette's body readers let HTTPException through
+            return message
+
+        await self.app(scope, receive_within_limit, send)
+
+
+class RequestLogMiddleware:
+    """Log method, path, status and duration of every request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_code = 500  # what the client gets if the app raises before responding
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            logger.info("%s %s %d %.1f ms", scope["method"], scope["path"], status_code, elapsed_ms)

@@ -1,0 +1,105 @@
+"""The face endpoints: encode a photo, decode latents, sample random faces, edit attributes.
+
+Path operations are plain `def`, so FastAPI runs them (and `session.run`) in its thread pool, off the event loop;
+only the async dependencies that read request bodies run on the loop.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from service.dependencies import MULTIPART, AcceptHeader, EditSource, ImageUpload, ReadyModel
+from service.imaging import decode_upload
+from service.rendering import FACES_CONTENT, JSON, choose_media_type, error_responses, negotiate, render_faces
+from service.runtime import draw_seed
+from service.schemas import (
+    DecodeParams,
+    DecodeRequest,
+    EditParams,
+    EditRequest,
+    EditUpload,
+    EncodeParams,
+    EncodeResponse,
+    EncodeUpload,
+    SampleParams,
+)
+
+router = APIRouter(tags=["faces"], responses=error_responses(406, 503))
+
+_RAW_IMAGE = {"schema": {"type": "string", "format": "binary"}}
+
+
+def _request_body(content: dict[str, type[EncodeUpload] | type[EditRequest] | None]) -> dict[str, Any]:
+    """OpenAPI requestBody for operations that parse their body themselves (several content types)."""
+    schemas = {
+        media_type: {"schema": model.model_json_schema()} if model else _RAW_IMAGE
+        for media_type, model in content.items()
+    }
+    return {"requestBody": {"required": True, "content": schemas}}
+
+
+@router.post(
+    "/encode",
+    responses=error_responses(400, 413, 415),
+    openapi_extra=_request_body({MULTIPART: EncodeUpload, "image/*": None}),
+)
+def encode(
+    model: ReadyModel, data: ImageUpload, params: Annotated[EncodeParams, Query()], accept: AcceptHeader = None
+) -> EncodeResponse:
+    """A face photo to its posterior: z_mean, z_log_var and one sample z (deterministic with `seed`).
+
+    The photo is framed with the bundle's crop and resize, exactly as in training.
+    """
+    negotiate(accept, [JSON])
+    encoding = model.encode_photos([decode_upload(data)])
+    seed = draw_seed() if params.seed is None else params.seed
+    z = encoding.sample(np.random.default_rng(seed))
+    return EncodeResponse(
+        z_mean=encoding.z_mean[0].tolist(), z_log_var=encoding.z_log_var[0].tolist(), z=z[0].tolist(), seed=seed
+    )
+
+
+@router.post("/decode", response_class=Response, responses={**FACES_CONTENT, **error_responses(413)})
+def decode(
+    body: DecodeRequest, model: ReadyModel, params: Annotated[DecodeParams, Query()], accept: AcceptHeader = None
+) -> Response:
+    """Latents to faces: one latent gives an image; several give a JSON list, or one grid image with grid=true."""
+    media_type = choose_media_type(accept, params.format, one_picture=not body.several or params.grid)
+    z = model.latents(body.latents)
+    return render_faces(media_type, model.decode(z), z, seed=None, image_format=params.format)
+
+
+@router.get("/sample", response_class=Response, responses=FACES_CONTENT)
+def sample(model: ReadyModel, params: Annotated[SampleParams, Query()], accept: AcceptHeader = None) -> Response:
+    """Random faces; the same seed gives the same bytes. n > 1 gives a grid unless grid=false."""
+    media_type = choose_media_type(accept, params.format, one_picture=params.n == 1 or params.grid)
+    seed = draw_seed() if params.seed is None else params.seed
+    z = model.sample_latents(params.n, np.random.default_rng(seed), params.mode, params.temperature)
+    return render_faces(media_type, model.decode(z), z, seed=seed, image_format=params.format)
+
+
+@router.post(
+    "/edit",
+    response_class=Response,
+    responses={**FACES_CONTENT, **error_responses(400, 413, 415)},
+    openapi_extra=_request_body({JSON: EditRequest, MULTIPART: EditUpload}),
+)
+def edit(
+    source: EditSource, model: ReadyModel, params: Annotated[EditParams, Query()], accept: AcceptHeader = None
+) -> Response:
+    """Move a face along attribute vectors: a photo (its z_mean is edited) or a latent, plus strengths.
+
+    With `steps` the result is a strip from -strength to +strength with the unedited face in the middle.
+    """
+    media_type = choose_media_type(accept, params.format, one_picture=True)
+    if isinstance(source, EditUpload):
+        z = model.encode_photos([decode_upload(source.image)]).z_mean[0]
+    else:
+        z = model.latents([source.z])[0]
+    edited = model.edit(z, source.attributes, params.steps)
+    faces = model.decode(edited)
+    return render_faces(media_type, faces, edited, seed=None, image_format=params.format, columns=len(faces))

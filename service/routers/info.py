@@ -1,0 +1,46 @@
+"""What the loaded model is: bundle metadata, providers in use, and the editable attributes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service import __version__
+from service.dependencies import LoadedModel
+from service.rendering import error_responses
+from service.schemas import AttributeInfo, AttributeList, Metadata
+
+router = APIRouter(tags=["model"], responses=error_responses(503))
+
+
+@router.get("/metadata")
+async def metadata(model: LoadedModel) -> Metadata:
+    """Bundle name and format, sizes, and the execution providers the sessions really use."""
+    return Metadata(
+        name=model.bundle.name,
+        format_version=model.bundle.manifest.format_version,
+        image_size=model.image_size,
+        z_dim=model.z_dim,
+        attribute_count=len(model.bundle.attributes),
+        providers=model.providers,
+        service_version=__version__,
+    )
+
+
+@router.get("/attributes")
+async def attributes(model: LoadedModel) -> AttributeList:
+    """Every attribute vector /edit accepts, with its quality (AUC) and the allowed strength range."""
+    return AttributeList(
+        attributes=[
+            AttributeInfo(
+                name=vector.name,
+                auc=vector.auc,
+                norm=vector.norm,
+                projection_std=vector.projection_std,
+                positives=vector.positives,
+                negatives=vector.negatives,
+                strength_min=-model.max_strength,
+                strength_max=model.max_strength,
+            )
+            for vector in model.bundle.attributes.values()
+        ]
+    )

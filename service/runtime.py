@@ -1,0 +1,237 @@
+"""The model at run time: onnxruntime sessions for the bundle's encoder and decoder, and the latent-space math.
+
+No HTTP here, so the benchmark and tests can time and check the same work the endpoints do.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from service.bundle import (
+    DECODER_INPUT,
+    DECODER_OUTPUT,
+    ENCODER_INPUT,
+    ENCODER_OUTPUTS,
+    AttributeVector,
+    ModelBundle,
+)
+from service.preprocess import frame_face
+
+logger = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class SamplingMode(StrEnum):
+    #: z = mean + std_scalar * temperature * eps: the region of latent space the decoder was trained on.
+    TRICK = "trick"
+    #: z = temperature * eps, eps ~ N(0, I): the textbook prior, which often gives blurrier faces.
+    PRIOR = "prior"
+
+
+class InputError(ValueError):
+    """A request the model cannot honour; `field` names the offending input as the API calls it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """The encoder's posterior for a batch of faces, each [N, z_dim]."""
+
+    z_mean: np.ndarray
+    z_log_var: np.ndarray
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """One reparameterised draw z = mean + exp(log_var / 2) * eps."""
+        eps = rng.standard_normal(self.z_mean.shape, dtype=np.float32)
+        return self.z_mean + np.exp(0.5 * self.z_log_var) * eps
+
+
+def draw_seed() -> int:
+    """A fresh seed for requests that give none, so the response can still tell how to reproduce it."""
+    return secrets.randbelow(2**32)
+
+
+def select_providers(requested: Sequence[str]) -> list[str]:
+    """The providers to ask onnxruntime for: the requested ones it offers, or CUDA-then-CPU when none are requested."""
+    available = ort.get_available_providers()
+    if not requested:
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    unknown = [name for name in requested if name not in ort.get_all_providers()]
+    if unknown:
+        raise ValueError(f"unknown onnxruntime providers {unknown}; this build offers {available}")
+    missing = [name for name in requested if name not in available]
+    if missing:
+        logger.warning(
+            "providers %s are not in this onnxruntime build (it offers %s); skipping them", missing, available
+        )
+    return [name for name in requested if name in available] or [CPU]
+
+
+def _open_session(path: Path, providers: Sequence[str], threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle workers must not busy-wait: the service shares its cores with the HTTP server and other workers.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+
+
+class FaceModel:
+    """Encoder and decoder sessions plus the bundle's latent statistics and attribute vectors.
+
+    `max_batch` and `max_strength` bound what one call may ask for, so a request cannot exhaust memory
+    or push a face far outside the range the attribute vectors were measured on.
+    """
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        encoder: ort.InferenceSession,
+        decoder: ort.InferenceSession,
+        *,
+        max_batch: int,
+        max_strength: float,
+    ) -> None:
+        self.bundle = bundle
+        self.encoder = encoder
+        self.decoder = decoder
+        self.max_batch = max_batch
+        self.max_strength = max_strength
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        providers: Sequence[str] = (),
+        threads: int = 1,
+        max_batch: int = 16,
+        max_strength: float = 5.0,
+    ) -> FaceModel:
+        """Verify the bundle, open both sessions and log the providers they actually use."""
+        bundle = ModelBundle.load(path)
+        chosen = select_providers(providers)
+        model = cls(
+            bundle,
+            _open_session(bundle.encoder_path, chosen, threads),
+            _open_session(bundle.decoder_path, chosen, threads),
+            max_batch=max_batch,
+            max_strength=max_strength,
+        )
+        logger.info(
+            "loaded bundle %r from %s: encoder on %s, decoder on %s (%d threads each)",
+            bundle.name,
+            bundle.path,
+            model.encoder.get_providers(),
+            model.decoder.get_providers(),
+            threads,
+        )
+        return model
+
+    @property
+    def z_dim(self) -> int:
+        return self.bundle.z_dim
+
+    @property
+    def image_size(self) -> int:
+        return self.bundle.image_size
+
+    @property
+    def providers(self) -> dict[str, list[str]]:
+        """What each session really runs on; onnxruntime drops unusable providers without raising."""
+        return {"encoder": self.encoder.get_providers(), "decoder": self.decoder.get_providers()}
+
+    @property
+    def uses_gpu(self) -> bool:
+        return all(CUDA in names for names in self.providers.values())
+
+    def warm_up(self) -> None:
+        """Run both graphs once so the first request does not pay for lazy allocation and kernel selection."""
+        size = self.image_size
+        self.encode_pixels(np.zeros((1, size, size, 3), dtype=np.uint8))
+        self.decode(np.zeros((1, self.z_dim), dtype=np.float32))
+
+    def check_batch(self, field: str, count: int) -> None:
+        if count > self.max_batch:
+            raise InputError(field, f"{field}: {count} images requested, the maximum per request is {self.max_batch}")
+
+    def latents(self, rows: Sequence[Sequence[float]]) -> np.ndarray:
+        """Validate client latents (count and length) and stack them as float32 [N, z_dim]."""
+        self.check_batch("z", len(rows))
+        for index, row in enumerate(rows):
+            if len(row) != self.z_dim:
+                where = "z" if len(rows) == 1 else f"z[{index}]"
+                raise InputError("z", f"{where} has {len(row)} values, expected {self.z_dim}")
+        return np.asarray(rows, dtype=np.float32).reshape(len(rows), self.z_dim)
+
+    def encode_photos(self, photos: Sequence[Image.Image]) -> Encoding:
+        """Frame each photo exactly as training did (the manifest's crop and resize), then encode."""
+        return self.encode_pixels(np.stack([frame_face(photo, self.bundle.preprocess) for photo in photos]))
+
+    def encode_pixels(self, pixels: np.ndarray) -> Encoding:
+        """Encode uint8 [N, size, size, 3] faces that are already framed."""
+        feed = {ENCODER_INPUT: pixels.astype(np.float32) / np.float32(255.0)}
+        z_mean, z_log_var = self.encoder.run(list(ENCODER_OUTPUTS), feed)
+        return Encoding(z_mean=z_mean, z_log_var=z_log_var)
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        """Decode float32 [N, z_dim] latents to uint8 [N, size, size, 3] faces in one batch."""
+        (images,) = self.decoder.run([DECODER_OUTPUT], {DECODER_INPUT: z.astype(np.float32, copy=False)})
+        return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+
+    def sample_latents(self, n: int, rng: np.random.Generator, mode: SamplingMode, temperature: float) -> np.ndarray:
+        """Draw n latents [n, z_dim]; a seeded `rng` makes the draw, and so the faces, reproducible."""
+        self.check_batch("n", n)
+        eps = rng.standard_normal((n, self.z_dim), dtype=np.float32)
+        if mode is SamplingMode.PRIOR:
+            return np.float32(temperature) * eps
+        stats = self.bundle.latent_stats
+        return stats.mean_array + np.float32(stats.std_scalar * temperature) * eps
+
+    def attribute(self, name: str) -> AttributeVector:
+        """Look an attribute up ignoring case, or raise `InputError` listing the valid names."""
+        if name not in self.bundle.attributes:
+            valid = ", ".join(self.bundle.attributes.names)
+            raise InputError("attributes", f"unknown attribute {name!r}; valid names: {valid}")
+        return self.bundle.attributes[name]
+
+    def attribute_offset(self, strengths: Mapping[str, float]) -> np.ndarray:
+        """Sum of strength * projection_std * unit vector: strength 1 moves a face one training std along it."""
+        offset = np.zeros(self.z_dim, dtype=np.float32)
+        for name, strength in strengths.items():
+            vector = self.attribute(name)
+            if abs(strength) > self.max_strength:
+                raise InputError(
+                    "attributes",
+                    f"strength {strength} for {vector.name!r} is outside [-{self.max_strength}, {self.max_strength}]",
+                )
+            offset += np.float32(strength * vector.projection_std) * vector.unit
+        return offset
+
+    def edit(self, z: np.ndarray, strengths: Mapping[str, float], steps: int | None = None) -> np.ndarray:
+        """Edited latents for one z [z_dim]: [1, z_dim], or with `steps` a strip [steps, z_dim].
+
+        The strip runs from -strength to +strength; with an odd number of steps its middle is z itself.
+        """
+        offset = self.attribute_offset(strengths)
+        if steps is None:
+            return (z + offset)[np.newaxis]
+        self.check_batch("steps", steps)
+        scales = np.linspace(-1.0, 1.0, steps, dtype=np.float32)[:, np.newaxis]
+        return z + scales * offset

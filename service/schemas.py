@@ -1,0 +1,190 @@
+"""Every request and response body and query-parameter model of the API (pydantic v2, unknown fields rejected)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Json, Tag, field_validator
+
+from service.imaging import ImageFormat
+from service.runtime import SamplingMode
+
+#: NaN and Infinity parse from JSON (`NaN` is accepted by Python's parser), so finiteness is checked here.
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Latent = Annotated[list[FiniteFloat], Field(min_length=1, description="One latent vector of z_dim numbers.")]
+Strengths = Annotated[
+    dict[str, FiniteFloat],
+    Field(
+        min_length=1,
+        description="Attribute name (any case) to strength in units of the attribute's projection_std; "
+        "several attributes add up.",
+        examples=[{"Smiling": 1.5, "Eyeglasses": -1}],
+    ),
+]
+Seed = Annotated[
+    int | None,
+    Field(
+        ge=0,
+        lt=2**32,
+        description="Makes the random draw reproducible; without it a random seed is used and returned.",
+        examples=[42],
+    ),
+]
+
+_EXAMPLE_Z = [0.1, -0.5, 1.2, 0.0, -0.8, 0.3, 0.9, -1.1]
+
+
+class Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- query parameters -------------------------------------------------------------------------------------------
+
+
+class ImageOptions(Schema):
+    format: ImageFormat | None = Field(
+        None, description="Image encoding; overrides the image type in Accept. Default: from Accept, else PNG."
+    )
+
+
+class EncodeParams(Schema):
+    seed: Seed = None
+
+
+class SampleParams(ImageOptions):
+    n: int = Field(1, ge=1, description="Number of faces (at most the configured max_batch).")
+    seed: Seed = None
+    mode: SamplingMode = Field(
+        SamplingMode.TRICK,
+        description="trick: z = mean + std_scalar * temperature * eps from the training posterior statistics; "
+        "prior: z = temperature * eps, eps ~ N(0, I).",
+    )
+    temperature: float = Field(1.0, ge=0, le=10, allow_inf_nan=False, description="Scales the random part of z.")
+    grid: bool = Field(True, description="n > 1: one grid image (true) or a JSON list of faces (false).")
+
+
+class DecodeParams(ImageOptions):
+    grid: bool = Field(False, description="Several latents: one grid image (true) or a JSON list of faces (false).")
+
+
+class EditParams(ImageOptions):
+    steps: int | None = Field(
+        None,
+        ge=3,
+        description="Odd number of faces in a strip from -strength to +strength, the unedited face in the middle.",
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _odd(cls, steps: int | None) -> int | None:
+        if steps is not None and steps % 2 == 0:
+            raise ValueError(f"steps must be odd so the unedited face is in the middle, got {steps}")
+        return steps
+
+
+# ---- request bodies ---------------------------------------------------------------------------------------------
+
+
+def _latent_layout(value: Any) -> str:
+    """Route `z` to the one-latent or several-latents schema so errors come from the right one only."""
+    return "several" if isinstance(value, list) and value and isinstance(value[0], list) else "one"
+
+
+class DecodeRequest(Schema):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"z": _EXAMPLE_Z}, {"z": [_EXAMPLE_Z, [0.0] * len(_EXAMPLE_Z)]}]}
+    )
+
+    z: Annotated[
+        Annotated[Latent, Tag("one")] | Annotated[list[Latent], Tag("several"), Field(min_length=1)],
+        Discriminator(_latent_layout),
+    ] = Field(description="One latent, or a list of latents.")
+
+    @property
+    def several(self) -> bool:
+        return _latent_layout(self.z) == "several"
+
+    @property
+    def latents(self) -> list[list[float]]:
+        return self.z if self.several else [self.z]  # type: ignore[list-item,return-value]
+
+
+class EditRequest(Schema):
+    """Edit a latent the client already has (from /encode, /sample or an earlier response)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"z": _EXAMPLE_Z, "attributes": {"Smiling": 1.5}}]})
+
+    z: Latent
+    attributes: Strengths
+
+
+class EncodeUpload(Schema):
+    """multipart/form-data body of /encode."""
+
+    image: bytes = Field(description="The face photo (PNG, JPEG, WebP, GIF, BMP or TIFF).")
+
+
+class EditUpload(EncodeUpload):
+    """multipart/form-data body of /edit: the photo is encoded and its z_mean edited."""
+
+    attributes: Json[Strengths] = Field(description='JSON object, e.g. {"Smiling": 1.5, "Eyeglasses": -1}.')
+
+
+# ---- responses --------------------------------------------------------------------------------------------------
+
+
+class ErrorMessage(Schema):
+    detail: str = Field(examples=["not a recognised image (accepted formats: PNG, JPEG, WEBP, GIF, BMP, TIFF)"])
+
+
+class Liveness(Schema):
+    live: bool
+
+
+class Readiness(Schema):
+    ready: bool
+    detail: str | None = Field(None, description="Why the service is not ready.", examples=["model not loaded yet"])
+
+
+class EncodeResponse(Schema):
+    z_mean: list[float]
+    z_log_var: list[float]
+    z: list[float] = Field(description="z_mean + exp(z_log_var / 2) * eps, one reparameterised sample.")
+    seed: int = Field(description="Seed of eps; send it back to get the same z.")
+
+
+class FacesResponse(Schema):
+    """JSON alternative to an image response: every face separately, with the latent it was decoded from."""
+
+    images: list[str] = Field(description="Base64-encoded images, one per face.")
+    media_type: str = Field(examples=["image/png"])
+    z: list[list[float]] = Field(description="The latent of each face, in the same order.")
+    seed: int | None = Field(description="Seed of a random draw, null when nothing was drawn.")
+
+
+class AttributeInfo(Schema):
+    name: str
+    auc: float = Field(description="How well the projection on the vector separates faces with and without it.")
+    norm: float
+    projection_std: float = Field(description="One unit of strength moves a face this far along the vector.")
+    positives: int
+    negatives: int
+    strength_min: float
+    strength_max: float
+
+
+class AttributeList(Schema):
+    attributes: list[AttributeInfo]
+
+
+class Metadata(Schema):
+    name: str
+    format_version: int
+    image_size: int
+    z_dim: int
+    attribute_count: int
+    providers: dict[str, list[str]] = Field(
+        description="Execution providers each onnxruntime session actually uses.",
+        examples=[{"encoder": ["CPUExecutionProvider"], "decoder": ["CPUExecutionProvider"]}],
+    )
+    service_version: str

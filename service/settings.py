@@ -1,0 +1,58 @@
+"""Service configuration: every option has a default that works on a fresh clone and a `FACEVAE_*` variable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: The bundle the lead trains and commits; resolved from the package, so any working directory finds it.
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "celeba-64"
+ENV_PREFIX = "FACEVAE_"
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (respects taskset and container CPU sets)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    """Read from `FACEVAE_*` environment variables; the CLI exports its flags into them (see `service.cli`)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    model: Path = Field(DEFAULT_MODEL, description="Model bundle folder (encoder.onnx, decoder.onnx, *.json).")
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
+    workers: int = Field(1, ge=1, description="Uvicorn worker processes; each loads its own copy of the model.")
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="onnxruntime execution providers in priority order, comma-separated; "
+        "empty means CUDA when this onnxruntime offers it, else CPU.",
+    )
+    require_gpu: bool = Field(False, description="Report not-ready unless both sessions really run on CUDA.")
+    intra_op_threads: int = Field(
+        0, ge=0, description="onnxruntime threads per session and worker; 0 means usable cores / workers."
+    )
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest request body accepted, in bytes.")
+    max_batch: int = Field(16, ge=1, description="Most latents, samples (n) or strip steps in one request.")
+    max_strength: float = Field(5.0, gt=0, description="Largest attribute strength, in units of projection_std.")
+    log_level: LogLevel = Field("info", description="Level of the service and uvicorn loggers.")
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        """Accept "CUDAExecutionProvider,CPUExecutionProvider" from the environment or the command line."""
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @property
+    def session_threads(self) -> int:
+        """Threads per onnxruntime session, sharing the cores among workers unless set explicitly."""
+        return self.intra_op_threads or max(1, usable_cores() // self.workers)

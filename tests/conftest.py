@@ -1,0 +1,43 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.runtime import FaceModel
+from service.settings import Settings
+from tests.tiny_bundle import build_tiny_bundle
+
+# ---- service: a tiny ONNX bundle and an app serving it (no TensorFlow needed) ----------------------------------
+
+#: Small enough that oversized-body tests stay cheap; the 10 MiB default is checked in test_service_settings.py.
+TEST_MAX_BODY_BYTES = 256 * 1024
+TEST_MAX_BATCH = 9
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def service_settings(tiny_bundle: Path) -> Settings:
+    return Settings(model=tiny_bundle, intra_op_threads=1, max_body_bytes=TEST_MAX_BODY_BYTES, max_batch=TEST_MAX_BATCH)
+
+
+@pytest.fixture(scope="session")
+def client(service_settings: Settings) -> Iterator[TestClient]:
+    """A client of an app whose lifespan has run: model loaded, warmed up, ready."""
+    with TestClient(create_app(service_settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def face_model(client: TestClient) -> FaceModel:
+    """The model instance the `client` app serves, to compute expected results without HTTP."""
+    return client.app.state.model_state.model

@@ -1,0 +1,531 @@
+"""Every endpoint and every class of bad input, through the ASGI app with httpx (Starlette's TestClient)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.imaging import GRID_PADDING
+from service.runtime import CUDA, FaceModel
+from service.settings import Settings
+from tests.conftest import TEST_MAX_BATCH, TEST_MAX_BODY_BYTES
+from tests.images import face_photo, image_bytes, png_claiming_size
+from tests.tiny_bundle import ATTRIBUTES, IMAGE_SIZE, Z_DIM
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+Z = [0.1 * i for i in range(Z_DIM)]
+
+
+def messages(response: Any) -> str:
+    """The error text of a 4xx body: `detail` is a string, or FastAPI's list of validation errors."""
+    detail = response.json()["detail"]
+    return detail if isinstance(detail, str) else " | ".join(error["msg"] for error in detail)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data.startswith(PNG_MAGIC)
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
+def grid_side(cells: int) -> int:
+    return cells * (IMAGE_SIZE + GRID_PADDING) + GRID_PADDING
+
+
+def upload(data: bytes, content_type: str = "image/png") -> dict[str, Any]:
+    return {"files": {"image": ("face", data, content_type)}}
+
+
+# ---- health, metadata, attributes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/health/live", "/v2/health/live"])
+def test_liveness(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 200
+    assert response.json() == {"live": True}
+
+
+@pytest.mark.parametrize("path", ["/health/ready", "/v2/health/ready"])
+def test_ready_once_loaded(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 200
+    assert response.json()["ready"] is True
+
+
+@pytest.mark.parametrize("path", ["/health/ready", "/v2/health/ready", "/sample", "/metadata"])
+def test_not_ready_before_the_lifespan_has_loaded_the_model(service_settings: Settings, path: str) -> None:
+    unstarted = TestClient(create_app(service_settings))  # no `with`: the lifespan never runs
+    response = unstarted.get(path)
+    assert response.status_code == 503
+    assert response.json()["detail"] == "model not loaded yet"
+
+
+@pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="this onnxruntime may really use CUDA")
+def test_require_gpu_without_cuda_is_loaded_but_not_ready(service_settings: Settings) -> None:
+    settings = service_settings.model_copy(update={"require_gpu": True})
+    with TestClient(create_app(settings)) as gpu_client:
+        ready = gpu_client.get("/health/ready")
+        assert ready.status_code == 503
+        assert "require_gpu is set but CUDA is not in use" in ready.json()["detail"]
+        assert gpu_client.get("/v2/health/ready").status_code == 503
+        assert gpu_client.get("/sample").status_code == 503
+        assert gpu_client.get("/metadata").json()["providers"]["decoder"] == ["CPUExecutionProvider"]
+
+
+def test_metadata(client: TestClient, face_model: FaceModel) -> None:
+    response = client.get("/metadata")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["name"] == "tiny-test"
+    assert (body["format_version"], body["image_size"], body["z_dim"], body["attribute_count"]) == (
+        1,
+        IMAGE_SIZE,
+        Z_DIM,
+        len(ATTRIBUTES),
+    )
+    assert body["providers"] == {
+        "encoder": face_model.encoder.get_providers(),
+        "decoder": face_model.decoder.get_providers(),
+    }
+    assert body["service_version"]
+
+
+def test_attributes(client: TestClient, face_model: FaceModel) -> None:
+    response = client.get("/attributes")
+    assert response.status_code == 200
+    listed = response.json()["attributes"]
+    assert [item["name"] for item in listed] == list(ATTRIBUTES)
+    smiling = face_model.bundle.attributes["Smiling"]
+    assert listed[0] == {
+        "name": "Smiling",
+        "auc": smiling.auc,
+        "norm": smiling.norm,
+        "projection_std": smiling.projection_std,
+        "positives": smiling.positives,
+        "negatives": smiling.negatives,
+        "strength_min": -5.0,
+        "strength_max": 5.0,
+    }
+
+
+def test_openapi_documents_every_endpoint_and_both_edit_bodies(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for path in ("/encode", "/decode", "/sample", "/edit", "/attributes", "/metadata", "/health/ready"):
+        assert path in spec["paths"]
+    edit_body = spec["paths"]["/edit"]["post"]["requestBody"]["content"]
+    assert set(edit_body) == {"application/json", "multipart/form-data"}
+    assert edit_body["application/json"]["schema"]["examples"]
+    sample_content = spec["paths"]["/sample"]["get"]["responses"]["200"]["content"]
+    assert {"image/png", "image/jpeg", "image/webp", "application/json"} <= set(sample_content)
+
+
+# ---- /sample ---------------------------------------------------------------------------------------------------
+
+
+def test_sample_default_is_one_png_face(client: TestClient) -> None:
+    response = client.get("/sample")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    assert png_size(response.content) == (IMAGE_SIZE, IMAGE_SIZE)
+    assert int(response.headers["x-seed"]) >= 0
+
+
+def test_sample_same_seed_gives_same_bytes(client: TestClient) -> None:
+    first = client.get("/sample", params={"seed": 5, "n": 4})
+    assert first.content == client.get("/sample", params={"seed": 5, "n": 4}).content
+    assert first.content != client.get("/sample", params={"seed": 6, "n": 4}).content
+
+
+def test_sample_trick_and_prior_draw_different_latents(client: TestClient, face_model: FaceModel) -> None:
+    def latents(mode: str) -> np.ndarray:
+        response = client.get("/sample", params={"seed": 1, "mode": mode}, headers={"accept": "application/json"})
+        return np.asarray(response.json()["z"])
+
+    stats = face_model.bundle.latent_stats
+    trick, prior = latents("trick"), latents("prior")
+    np.testing.assert_allclose(trick, stats.mean_array + stats.std_scalar * prior, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(trick, prior)
+
+
+def test_sample_several_is_a_grid_by_default(client: TestClient) -> None:
+    response = client.get("/sample", params={"n": 4, "seed": 0})
+    assert png_size(response.content) == (grid_side(2), grid_side(2))
+
+
+def test_sample_json_lists_each_face_with_its_latent_and_seed(client: TestClient) -> None:
+    response = client.get("/sample", params={"n": 3, "seed": 9}, headers={"accept": "application/json"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["seed"] == 9
+    assert body["media_type"] == "image/png"
+    assert len(body["images"]) == len(body["z"]) == 3
+    assert all(len(z) == Z_DIM for z in body["z"])
+    assert png_size(base64.b64decode(body["images"][0])) == (IMAGE_SIZE, IMAGE_SIZE)
+    single = client.get("/sample", params={"seed": 9, "n": 3, "grid": False})
+    assert single.json()["z"] == body["z"]  # several separate faces are always JSON
+
+
+@pytest.mark.parametrize(
+    ("params", "accept", "media_type", "magic"),
+    [
+        ({}, "image/jpeg", "image/jpeg", b"\xff\xd8\xff"),
+        ({}, "image/webp", "image/webp", b"RIFF"),
+        ({"format": "jpeg"}, None, "image/jpeg", b"\xff\xd8\xff"),
+        ({"format": "webp"}, "*/*", "image/webp", b"RIFF"),
+        ({}, "text/html;q=0.9, image/*;q=0.8", "image/png", PNG_MAGIC),
+        ({}, "image/png;q=0.1, image/jpeg", "image/jpeg", b"\xff\xd8\xff"),
+    ],
+)
+def test_image_format_from_accept_or_format(
+    client: TestClient, params: dict[str, str], accept: str | None, media_type: str, magic: bytes
+) -> None:
+    headers = {"accept": accept} if accept else {}
+    response = client.get("/sample", params={"seed": 1, **params}, headers=headers)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == media_type
+    assert response.content.startswith(magic)
+
+
+@pytest.mark.parametrize(
+    ("path", "accept"),
+    [("/sample", "text/html"), ("/sample?format=webp", "image/png"), ("/sample?n=2&grid=false", "image/png")],
+)
+def test_unsupported_accept_is_406(client: TestClient, path: str, accept: str) -> None:
+    response = client.get(path, headers={"accept": accept})
+    assert response.status_code == 406
+    assert "cannot respond with any of Accept" in messages(response)
+
+
+def test_encode_only_produces_json(client: TestClient) -> None:
+    response = client.post("/encode", content=image_bytes(face_photo()), headers={"content-type": "image/png"})
+    assert response.status_code == 200
+    refused = client.post(
+        "/encode", content=image_bytes(face_photo()), headers={"content-type": "image/png", "accept": "image/png"}
+    )
+    assert refused.status_code == 406
+    assert "application/json" in messages(refused)
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"n": TEST_MAX_BATCH + 1}, f"the maximum per request is {TEST_MAX_BATCH}"),
+        ({"n": 0}, "greater than or equal to 1"),
+        ({"temperature": "nan"}, "finite number"),
+        ({"mode": "posterior"}, "'trick' or 'prior'"),
+        ({"seed": -1}, "greater than or equal to 0"),
+        ({"colour": "blue"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_sample_bad_parameters_are_422(client: TestClient, params: dict[str, Any], expected: str) -> None:
+    response = client.get("/sample", params=params)
+    assert response.status_code == 422
+    assert expected in messages(response)
+
+
+# ---- /encode ---------------------------------------------------------------------------------------------------
+
+
+def test_encode_raw_body_and_multipart_agree(client: TestClient, face_model: FaceModel) -> None:
+    data = image_bytes(face_photo())
+    raw = client.post("/encode", params={"seed": 3}, content=data, headers={"content-type": "image/png"})
+    multipart = client.post("/encode", params={"seed": 3}, **upload(data))
+    assert raw.status_code == multipart.status_code == 200
+    assert raw.json() == multipart.json()
+    body = raw.json()
+    expected = face_model.encode_photos([face_photo()])
+    np.testing.assert_allclose(body["z_mean"], expected.z_mean[0], rtol=1e-6)
+    np.testing.assert_allclose(body["z_log_var"], expected.z_log_var[0], rtol=1e-6)
+    assert body["seed"] == 3
+
+
+def test_encode_seed_makes_z_deterministic(client: TestClient) -> None:
+    def z(seed: int) -> list[float]:
+        return client.post("/encode", params={"seed": seed}, **upload(image_bytes(face_photo()))).json()["z"]
+
+    assert z(1) == z(1)
+    assert z(1) != z(2)
+
+
+def test_encode_applies_the_manifest_crop(client: TestClient) -> None:
+    """The same face at two resolutions frames identically; shifting the face changes the code."""
+
+    def z_mean(photo: Image.Image) -> np.ndarray:
+        return np.asarray(client.post("/encode", **upload(image_bytes(photo))).json()["z_mean"])
+
+    photo = face_photo(178, 218)
+    half = photo.resize((89, 109), Image.Resampling.LANCZOS)
+    shifted = photo.transform(photo.size, Image.Transform.AFFINE, (1, 0, 30, 0, 1, 0))
+    assert np.abs(z_mean(photo) - z_mean(half)).max() < 0.05
+    assert np.abs(z_mean(photo) - z_mean(shifted)).max() > 0.1
+
+
+@pytest.mark.parametrize(
+    ("mode", "image_format"),
+    [("L", "PNG"), ("LA", "PNG"), ("P", "PNG"), ("RGBA", "PNG"), ("I;16", "PNG"), ("CMYK", "JPEG"), ("RGB", "GIF")],
+)
+def test_encode_accepts_any_image_mode(client: TestClient, mode: str, image_format: str) -> None:
+    photo = face_photo().convert("RGBA" if mode == "LA" else "RGB").convert(mode)
+    response = client.post("/encode", **upload(image_bytes(photo, image_format)))
+    assert response.status_code == 200, response.text
+    assert len(response.json()["z_mean"]) == Z_DIM
+
+
+def test_encode_respects_exif_orientation(client: TestClient) -> None:
+    upright = face_photo(218, 178)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+
+    def z_mean(data: bytes) -> list[float]:
+        return client.post("/encode", **upload(data)).json()["z_mean"]
+
+    assert z_mean(image_bytes(stored, "PNG", exif=exif)) == z_mean(image_bytes(upright))
+    assert z_mean(image_bytes(stored)) != z_mean(image_bytes(upright))
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"this is text, not a picture", "not a recognised image"),
+        (b"", "not a recognised image"),
+        (image_bytes(face_photo(), "JPEG")[:1500], "truncated"),
+    ],
+    ids=["text", "empty", "truncated-jpeg"],
+)
+@pytest.mark.parametrize("as_multipart", [False, True], ids=["raw", "multipart"])
+def test_encode_corrupt_image_is_400(client: TestClient, data: bytes, expected: str, as_multipart: bool) -> None:
+    if as_multipart:
+        response = client.post("/encode", **upload(data))
+    else:
+        response = client.post("/encode", content=data, headers={"content-type": "image/png"})
+    assert response.status_code == 400
+    assert expected in messages(response)
+
+
+@pytest.mark.parametrize("content_type", ["application/pdf", "text/plain", None])
+def test_encode_wrong_content_type_is_415(client: TestClient, content_type: str | None) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    response = client.post("/encode", content=b"%PDF-1.4", headers=headers)
+    assert response.status_code == 415
+    assert f"unsupported Content-Type {content_type or '(none)'}" in messages(response)
+
+
+@pytest.mark.parametrize(("width", "height"), [(100_000, 100_000), (20_000, 10)], ids=["bomb", "absurd-side"])
+def test_encode_huge_dimensions_are_413(client: TestClient, width: int, height: int) -> None:
+    response = client.post("/encode", content=png_claiming_size(width, height), headers={"content-type": "image/png"})
+    assert response.status_code == 413
+    assert messages(response).startswith("image too large to decode")
+
+
+def test_multipart_without_the_image_field_is_422(client: TestClient) -> None:
+    response = client.post("/encode", files={"photo": ("face.png", image_bytes(face_photo()), "image/png")})
+    assert response.status_code == 422
+    assert "Field required" in messages(response)
+
+
+# ---- body size limit -------------------------------------------------------------------------------------------
+
+
+def _chunks(total: int, size: int = 64 * 1024) -> Iterator[bytes]:
+    for start in range(0, total, size):
+        yield b"\0" * min(size, total - start)
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs"),
+    [
+        ("/encode", {"content": _chunks(TEST_MAX_BODY_BYTES + 1), "headers": {"content-type": "image/png"}}),
+        ("/decode", {"content": _chunks(2 * TEST_MAX_BODY_BYTES), "headers": {"content-type": "application/json"}}),
+        ("/encode", {"content": b"\0" * (TEST_MAX_BODY_BYTES + 1), "headers": {"content-type": "image/png"}}),
+        ("/edit", {"files": {"image": ("face.png", b"\0" * TEST_MAX_BODY_BYTES, "image/png")}}),
+    ],
+    ids=["chunked-no-content-length", "chunked-json", "content-length", "multipart"],
+)
+def test_body_over_the_limit_is_413(client: TestClient, path: str, kwargs: dict[str, Any]) -> None:
+    response = client.post(path, **kwargs)
+    assert response.status_code == 413
+    assert messages(response) == f"request body is larger than the limit of {TEST_MAX_BODY_BYTES} bytes"
+
+
+def test_chunked_body_under_the_limit_is_read_whole(client: TestClient) -> None:
+    data = image_bytes(face_photo())
+    streamed = client.post(
+        "/encode", params={"seed": 1}, content=iter([data[:100], data[100:]]), headers={"content-type": "image/png"}
+    )
+    assert streamed.status_code == 200
+    assert streamed.json() == client.post("/encode", params={"seed": 1}, **upload(data)).json()
+
+
+# ---- /decode ---------------------------------------------------------------------------------------------------
+
+
+def test_decode_one_latent_is_one_image(client: TestClient, face_model: FaceModel) -> None:
+    response = client.post("/decode", json={"z": Z})
+    assert response.status_code == 200
+    pixels = np.asarray(Image.open(io.BytesIO(response.content)))
+    np.testing.assert_array_equal(pixels, face_model.decode(np.asarray([Z], dtype=np.float32))[0])
+
+
+def test_decode_several_latents_is_a_json_list_or_a_grid(client: TestClient) -> None:
+    several = [Z, [0.0] * Z_DIM, [-v for v in Z]]
+    listed = client.post("/decode", json={"z": several})
+    assert listed.status_code == 200
+    assert listed.headers["content-type"] == "application/json"
+    assert len(listed.json()["images"]) == 3
+    assert listed.json()["seed"] is None
+    np.testing.assert_allclose(listed.json()["z"], several, rtol=1e-6)
+    grid = client.post("/decode", params={"grid": True}, json={"z": several})
+    assert png_size(grid.content) == (grid_side(2), grid_side(2))
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (json.dumps({"z": Z[:7]}), f"z has 7 values, expected {Z_DIM}"),
+        (json.dumps({"z": [Z, Z[:5]]}), f"z[1] has 5 values, expected {Z_DIM}"),
+        (json.dumps({"z": [Z] * (TEST_MAX_BATCH + 1)}), f"the maximum per request is {TEST_MAX_BATCH}"),
+        ('{"z": [NaN, 0, 0, 0, 0, 0, 0, 0]}', "finite number"),
+        ('{"z": [[0, 0, 0, 0, 0, 0, 0, Infinity]]}', "finite number"),
+        (json.dumps({"z": []}), "at least 1 item"),
+        (json.dumps({"z": ["a"] * Z_DIM}), "valid number"),
+        (json.dumps({"z": Z, "extra": 1}), "Extra inputs are not permitted"),
+        ('{"z": [0.1,', "JSON"),
+    ],
+    ids=["short", "ragged", "too-many", "nan", "infinity", "empty", "strings", "unknown-field", "broken-json"],
+)
+def test_decode_bad_latents_are_422(client: TestClient, body: str, expected: str) -> None:
+    response = client.post("/decode", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert expected in messages(response)
+
+
+# ---- /edit -----------------------------------------------------------------------------------------------------
+
+
+def _edit_json(client: TestClient, attributes: dict[str, float], **params: Any) -> Any:
+    return client.post(
+        "/edit", params=params, json={"z": Z, "attributes": attributes}, headers={"accept": "application/json"}
+    )
+
+
+def test_edit_moves_z_by_strength_times_projection_std(client: TestClient, face_model: FaceModel) -> None:
+    response = _edit_json(client, {"Smiling": 1.5, "Eyeglasses": -1})
+    assert response.status_code == 200
+    smiling, glasses = face_model.bundle.attributes["Smiling"], face_model.bundle.attributes["Eyeglasses"]
+    expected = np.asarray(Z) + 1.5 * smiling.projection_std * smiling.unit - glasses.projection_std * glasses.unit
+    np.testing.assert_allclose(response.json()["z"], [expected], rtol=1e-5, atol=1e-6)
+
+
+def test_edit_attribute_names_ignore_case(client: TestClient) -> None:
+    images = {
+        name: client.post("/edit", json={"z": Z, "attributes": {name: 2}}).content for name in ("Male", "male", "MALE")
+    }
+    assert len(set(images.values())) == 1
+    assert images["Male"].startswith(PNG_MAGIC)
+
+
+def test_edit_strip_has_the_unedited_face_in_the_middle(client: TestClient) -> None:
+    image = client.post("/edit", params={"steps": 5}, json={"z": Z, "attributes": {"Smiling": 2}})
+    assert png_size(image.content) == (grid_side(5), grid_side(1))
+    body = _edit_json(client, {"Smiling": 2}, steps=5).json()
+    assert len(body["images"]) == len(body["z"]) == 5
+    np.testing.assert_allclose(body["z"][2], Z, rtol=1e-6)
+    middle = np.asarray(body["z"][2])
+    np.testing.assert_allclose(np.asarray(body["z"][0]) - middle, middle - np.asarray(body["z"][4]), atol=1e-5)
+    decoded = client.post("/decode", json={"z": Z})
+    assert base64.b64decode(body["images"][2]) == decoded.content
+
+
+def test_edit_multipart_photo_edits_its_z_mean(client: TestClient) -> None:
+    data = image_bytes(face_photo())
+    z_mean = client.post("/encode", **upload(data)).json()["z_mean"]
+    attributes = {"Smiling": 1.5, "Male": -1}
+    from_photo = client.post("/edit", data={"attributes": json.dumps(attributes)}, **upload(data))
+    assert from_photo.status_code == 200
+    assert from_photo.headers["content-type"] == "image/png"
+    assert from_photo.content == client.post("/edit", json={"z": z_mean, "attributes": attributes}).content
+
+
+@pytest.mark.parametrize(
+    ("attributes", "expected"),
+    [
+        ({"Beard": 1}, "unknown attribute 'Beard'; valid names: Smiling, Male, Eyeglasses"),
+        ({"Smiling": 5.5}, "strength 5.5 for 'Smiling' is outside [-5.0, 5.0]"),
+        ({"Smiling": -6}, "is outside [-5.0, 5.0]"),
+        ({}, "at least 1 item"),
+    ],
+)
+def test_edit_bad_attributes_are_422(client: TestClient, attributes: dict[str, float], expected: str) -> None:
+    response = client.post("/edit", json={"z": Z, "attributes": attributes})
+    assert response.status_code == 422
+    assert expected in messages(response)
+
+
+@pytest.mark.parametrize(
+    ("form", "expected"),
+    [
+        ({"attributes": '{"Smiling": '}, "Invalid JSON"),
+        ({"attributes": '{"Smiling": NaN}'}, "finite number"),
+        ({"attributes": '{"Wings": 1}'}, "unknown attribute 'Wings'"),
+        ({}, "Field required"),
+        ({"attributes": '{"Smiling": 1}', "strength": "2"}, "Extra inputs are not permitted"),
+    ],
+    ids=["broken-json", "nan", "unknown", "missing", "unknown-field"],
+)
+def test_edit_multipart_bad_attributes_are_422(client: TestClient, form: dict[str, str], expected: str) -> None:
+    response = client.post("/edit", data=form, **upload(image_bytes(face_photo())))
+    assert response.status_code == 422
+    assert expected in messages(response)
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [(4, "steps must be odd"), (1, "greater than or equal to 3"), (TEST_MAX_BATCH + 2, "maximum per request")],
+)
+def test_edit_bad_steps_are_422(client: TestClient, steps: int, expected: str) -> None:
+    response = client.post("/edit", params={"steps": steps}, json={"z": Z, "attributes": {"Male": 1}})
+    assert response.status_code == 422
+    assert expected in messages(response)
+
+
+def test_edit_wrong_latent_length_is_422(client: TestClient) -> None:
+    response = client.post("/edit", json={"z": Z + [0.0], "attributes": {"Male": 1}})
+    assert response.status_code == 422
+    assert f"z has {Z_DIM + 1} values, expected {Z_DIM}" in messages(response)
+
+
+def test_edit_corrupt_photo_is_400(client: TestClient) -> None:
+    response = client.post("/edit", data={"attributes": '{"Male": 1}'}, **upload(b"GIF89a broken"))
+    assert response.status_code == 400
+    assert "corrupt" in messages(response) or "not a recognised image" in messages(response)
+
+
+def test_edit_wrong_content_type_is_415(client: TestClient) -> None:
+    response = client.post("/edit", content=b"z=1", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 415
+    assert "application/json or multipart/form-data" in messages(response)
+
+
+# ---- logging ---------------------------------------------------------------------------------------------------
+
+
+def test_each_request_is_logged_with_status_and_duration(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="service.access"):
+        client.get("/health/live")
+        client.get("/sample", params={"n": 0})
+    lines = [record.getMessage() for record in caplog.records if record.name == "service.access"]
+    assert lines[0].startswith("GET /health/live 200 ") and lines[0].endswith(" ms")
+    assert lines[1].startswith("GET /sample 422 ")

@@ -1,0 +1,119 @@
+"""Upload decoding (modes, EXIF, limits, corrupt data), encoding and grids, without HTTP."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.imaging import (
+    GRID_PADDING,
+    ImageFormat,
+    ImageTooLarge,
+    InvalidImage,
+    decode_upload,
+    encode_image,
+    make_grid,
+    to_rgb,
+)
+from tests.images import face_photo, image_bytes, png_claiming_size
+
+EXIF_ORIENTATION = 0x0112
+
+
+@pytest.mark.parametrize(
+    ("mode", "image_format"),
+    [("L", "PNG"), ("LA", "PNG"), ("P", "PNG"), ("RGBA", "PNG"), ("I;16", "PNG"), ("CMYK", "JPEG"), ("1", "BMP")],
+)
+def test_decode_upload_gives_8_bit_rgb_for_any_mode(mode: str, image_format: str) -> None:
+    source = face_photo().convert("RGBA" if mode == "LA" else "RGB").convert(mode)
+    decoded = decode_upload(image_bytes(source, image_format))
+    assert decoded.mode == "RGB"
+    assert decoded.size == source.size
+
+
+def test_sixteen_bit_is_scaled_not_clipped() -> None:
+    half = Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16))
+    assert np.asarray(to_rgb(half))[0, 0].tolist() == [128, 128, 128]
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_transparency_is_flattened_onto_white(mode: str) -> None:
+    clear = Image.new(mode, (4, 4), (0, 0, 0, 0) if mode == "RGBA" else (0, 0))
+    assert np.asarray(to_rgb(clear)).min() == 255
+
+
+def test_palette_transparency_is_flattened_onto_white() -> None:
+    palette = Image.new("P", (4, 4), 0)
+    palette.putpalette([0, 0, 0] * 256)
+    decoded = decode_upload(image_bytes(palette, "PNG", transparency=0))
+    assert np.asarray(decoded).min() == 255
+
+
+def test_exif_orientation_is_applied() -> None:
+    upright = face_photo(40, 20)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a camera writes with orientation 6
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    decoded = decode_upload(image_bytes(stored, "PNG", exif=exif))
+    assert decoded.size == upright.size
+    np.testing.assert_array_equal(np.asarray(decoded), np.asarray(upright))
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow warns between 1x and 2x
+@pytest.mark.parametrize(
+    ("width", "height"),
+    [(100_000, 100_000), (7_000, 7_000), (20_000, 10)],
+    ids=["bomb-over-twice-pillow-limit", "over-pixel-limit", "absurd-side"],
+)
+def test_huge_dimensions_are_refused_before_decoding(width: int, height: int) -> None:
+    with pytest.raises(ImageTooLarge, match="image too large to decode"):
+        decode_upload(png_claiming_size(width, height))
+
+
+def test_truncated_jpeg_is_invalid() -> None:
+    data = image_bytes(face_photo(), "JPEG")
+    with pytest.raises(InvalidImage, match="truncated"):
+        decode_upload(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("data", [b"", b"hello, I am text", b"\x89PNG\r\n\x1a\n garbage"])
+def test_non_images_are_invalid(data: bytes) -> None:
+    with pytest.raises(InvalidImage):
+        decode_upload(data)
+
+
+def test_formats_outside_the_allow_list_are_refused() -> None:
+    """Pillow can read PPM, but uploads only go through the decoders the service lists."""
+    with pytest.raises(InvalidImage, match="accepted formats"):
+        decode_upload(image_bytes(face_photo(), "PPM"))
+
+
+@pytest.mark.parametrize("image_format", list(ImageFormat))
+def test_encode_image_round_trips_and_is_deterministic(image_format: ImageFormat) -> None:
+    pixels = np.asarray(face_photo(16, 16))
+    data = encode_image(pixels, image_format)
+    assert data == encode_image(pixels, image_format)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == image_format.name
+        assert image.size == (16, 16)
+    if image_format is ImageFormat.PNG:
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
+
+
+def test_make_grid_places_each_image_in_reading_order() -> None:
+    images = np.stack([np.full((3, 4, 3), value, dtype=np.uint8) for value in (10, 20, 30, 40, 50)])
+    grid = make_grid(images)  # 5 images -> 3 columns, 2 rows
+    pad = GRID_PADDING
+    assert grid.shape == (2 * (3 + pad) + pad, 3 * (4 + pad) + pad, 3)
+    assert grid[pad, pad, 0] == 10
+    assert grid[pad, pad + 2 * (4 + pad), 0] == 30
+    assert grid[pad + 3 + pad, pad + 4 + pad, 0] == 50
+    assert grid[-1, -1, 0] == 255  # the empty sixth cell stays background
+
+
+def test_make_grid_with_all_columns_is_a_strip() -> None:
+    strip = make_grid(np.zeros((5, 3, 4, 3), dtype=np.uint8), columns=5)
+    assert strip.shape == (3 + 2 * GRID_PADDING, 5 * (4 + GRID_PADDING) + GRID_PADDING, 3)

@@ -1,0 +1,118 @@
+"""FaceModel without HTTP: providers, sampling, reparameterisation, editing math and input checks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service.preprocess import frame_face
+from service.runtime import CPU, CUDA, FaceModel, InputError, SamplingMode, select_providers
+from tests.images import face_photo
+from tests.tiny_bundle import IMAGE_SIZE, Z_DIM
+
+MAX_BATCH = 9
+
+
+@pytest.fixture(scope="module")
+def model(tiny_bundle: Path) -> FaceModel:
+    return FaceModel.load(tiny_bundle, threads=1, max_batch=MAX_BATCH, max_strength=5.0)
+
+
+def test_default_providers_prefer_cuda_only_when_offered() -> None:
+    expected = [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
+    assert select_providers([]) == expected
+
+
+def test_unknown_provider_name_is_an_error() -> None:
+    with pytest.raises(ValueError, match="NoSuchExecutionProvider"):
+        select_providers(["NoSuchExecutionProvider"])
+
+
+def test_provider_missing_from_this_build_is_skipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    missing = next(name for name in ort.get_all_providers() if name not in ort.get_available_providers())
+    with caplog.at_level(logging.WARNING, logger="service.runtime"):
+        assert select_providers([missing, CPU]) == [CPU]
+    assert missing in caplog.text
+
+
+def test_sessions_report_the_providers_they_use(model: FaceModel) -> None:
+    assert model.providers == {"encoder": model.encoder.get_providers(), "decoder": model.decoder.get_providers()}
+    assert model.uses_gpu == (CUDA in model.encoder.get_providers())
+
+
+def test_decode_gives_uint8_faces(model: FaceModel) -> None:
+    faces = model.decode(np.zeros((3, Z_DIM), dtype=np.float32))
+    assert faces.shape == (3, IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert faces.dtype == np.uint8
+
+
+def test_encode_photos_frames_with_the_manifest_crop(model: FaceModel) -> None:
+    photo = face_photo()
+    framed = frame_face(photo, model.bundle.preprocess)[np.newaxis]
+    np.testing.assert_array_equal(model.encode_photos([photo]).z_mean, model.encode_pixels(framed).z_mean)
+
+
+def test_encoding_sample_is_the_reparameterisation(model: FaceModel) -> None:
+    encoding = model.encode_photos([face_photo()])
+    eps = np.random.default_rng(7).standard_normal(encoding.z_mean.shape, dtype=np.float32)
+    expected = encoding.z_mean + np.exp(0.5 * encoding.z_log_var) * eps
+    np.testing.assert_allclose(encoding.sample(np.random.default_rng(7)), expected, rtol=1e-6)
+
+
+def test_trick_sampling_scales_and_shifts_the_prior_draw(model: FaceModel) -> None:
+    stats = model.bundle.latent_stats
+    prior = model.sample_latents(4, np.random.default_rng(3), SamplingMode.PRIOR, 1.0)
+    trick = model.sample_latents(4, np.random.default_rng(3), SamplingMode.TRICK, 0.5)
+    np.testing.assert_allclose(trick, stats.mean_array + stats.std_scalar * 0.5 * prior, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(trick, prior)
+
+
+def test_trick_at_zero_temperature_is_the_mean_latent(model: FaceModel) -> None:
+    z = model.sample_latents(2, np.random.default_rng(0), SamplingMode.TRICK, 0.0)
+    np.testing.assert_allclose(z, np.tile(model.bundle.latent_stats.mean_array, (2, 1)))
+
+
+def test_sampling_more_than_max_batch_is_refused(model: FaceModel) -> None:
+    with pytest.raises(InputError, match=f"maximum per request is {MAX_BATCH}") as caught:
+        model.sample_latents(MAX_BATCH + 1, np.random.default_rng(0), SamplingMode.PRIOR, 1.0)
+    assert caught.value.field == "n"
+
+
+def test_attribute_offset_is_strength_times_projection_std_along_the_unit_vector(model: FaceModel) -> None:
+    smiling, male = model.bundle.attributes["Smiling"], model.bundle.attributes["Male"]
+    expected = 1.5 * smiling.projection_std * smiling.unit - 2.0 * male.projection_std * male.unit
+    np.testing.assert_allclose(model.attribute_offset({"smiling": 1.5, "MALE": -2.0}), expected, rtol=1e-5)
+
+
+def test_edit_strip_runs_from_minus_to_plus_strength_around_z(model: FaceModel) -> None:
+    z = np.arange(Z_DIM, dtype=np.float32)
+    offset = model.attribute_offset({"Eyeglasses": 2.0})
+    strip = model.edit(z, {"Eyeglasses": 2.0}, steps=5)
+    assert strip.shape == (5, Z_DIM)
+    np.testing.assert_allclose(strip[0], z - offset, rtol=1e-6)
+    np.testing.assert_array_equal(strip[2], z)
+    np.testing.assert_allclose(strip[4], z + offset, rtol=1e-6)
+
+
+def test_edit_rejects_unknown_attributes_listing_valid_names(model: FaceModel) -> None:
+    with pytest.raises(InputError, match="unknown attribute 'Beard'; valid names: Smiling, Male, Eyeglasses"):
+        model.edit(np.zeros(Z_DIM, dtype=np.float32), {"Beard": 1.0})
+
+
+def test_edit_rejects_strength_outside_the_bound(model: FaceModel) -> None:
+    with pytest.raises(InputError, match=r"strength -5.5 for 'Smiling' is outside \[-5.0, 5.0\]"):
+        model.edit(np.zeros(Z_DIM, dtype=np.float32), {"Smiling": -5.5})
+
+
+def test_latents_check_count_and_length(model: FaceModel) -> None:
+    assert model.latents([[0.0] * Z_DIM] * 2).shape == (2, Z_DIM)
+    with pytest.raises(InputError, match=f"z has 3 values, expected {Z_DIM}"):
+        model.latents([[0.0] * 3])
+    with pytest.raises(InputError, match=f"z\\[1\\] has 9 values, expected {Z_DIM}"):
+        model.latents([[0.0] * Z_DIM, [0.0] * 9])
+    with pytest.raises(InputError, match="maximum per request"):
+        model.latents([[0.0] * Z_DIM] * (MAX_BATCH + 1))

@@ -1,0 +1,147 @@
+"""A tiny but valid model bundle built with the `onnx` helper API, so service tests need no TensorFlow.
+
+Image size 16, z_dim 8, linear encoder heads and a sigmoid linear decoder with fixed random weights:
+meaningless faces, but every tensor name, shape and JSON file is what `ModelBundle.load` demands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from service.bundle import (
+    ATTRIBUTES_FILE,
+    BATCH_DIM,
+    DECODER_FILE,
+    DECODER_INPUT,
+    DECODER_OUTPUT,
+    ENCODER_FILE,
+    ENCODER_INPUT,
+    ENCODER_OUTPUTS,
+    FORMAT_VERSION,
+    HASHED_FILES,
+    LATENT_STATS_FILE,
+    MANIFEST_FILE,
+    REPORT_FILE,
+    sha256_file,
+    write_json,
+)
+
+IMAGE_SIZE = 16
+Z_DIM = 8
+OPSET = 17
+ATTRIBUTES = ("Smiling", "Male", "Eyeglasses")
+CROP = (0.1, 0.15, 0.9, 0.85)
+
+
+def _tensor(name: str, shape: list[int | str]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> None:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def _encoder(rng: np.random.Generator) -> onnx.GraphProto:
+    pixels = IMAGE_SIZE * IMAGE_SIZE * 3
+    weights = {
+        "shape": np.array([-1, pixels], dtype=np.int64),
+        "w_mean": rng.normal(0.0, 0.05, (pixels, Z_DIM)).astype(np.float32),
+        "b_mean": rng.normal(0.0, 0.1, Z_DIM).astype(np.float32),
+        "w_log_var": rng.normal(0.0, 0.01, (pixels, Z_DIM)).astype(np.float32),
+        "b_log_var": np.full(Z_DIM, -1.0, dtype=np.float32),
+    }
+    z_mean, z_log_var = ENCODER_OUTPUTS
+    nodes = [
+        helper.make_node("Reshape", [ENCODER_INPUT, "shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w_mean"], ["mean_mm"]),
+        helper.make_node("Add", ["mean_mm", "b_mean"], [z_mean]),
+        helper.make_node("MatMul", ["flat", "w_log_var"], ["log_var_mm"]),
+        helper.make_node("Add", ["log_var_mm", "b_log_var"], [z_log_var]),
+    ]
+    return helper.make_graph(
+        nodes,
+        "tiny_encoder",
+        [_tensor(ENCODER_INPUT, [BATCH_DIM, IMAGE_SIZE, IMAGE_SIZE, 3])],
+        [_tensor(z_mean, [BATCH_DIM, Z_DIM]), _tensor(z_log_var, [BATCH_DIM, Z_DIM])],
+        [numpy_helper.from_array(value, name) for name, value in weights.items()],
+    )
+
+
+def _decoder(rng: np.random.Generator) -> onnx.GraphProto:
+    pixels = IMAGE_SIZE * IMAGE_SIZE * 3
+    weights = {
+        "w": rng.normal(0.0, 1.0, (Z_DIM, pixels)).astype(np.float32),
+        "b": rng.normal(0.0, 0.5, pixels).astype(np.float32),
+        "shape": np.array([-1, IMAGE_SIZE, IMAGE_SIZE, 3], dtype=np.int64),
+    }
+    nodes = [
+        helper.make_node("MatMul", [DECODER_INPUT, "w"], ["mm"]),
+        helper.make_node("Add", ["mm", "b"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["flat"]),
+        helper.make_node("Reshape", ["flat", "shape"], [DECODER_OUTPUT]),
+    ]
+    return helper.make_graph(
+        nodes,
+        "tiny_decoder",
+        [_tensor(DECODER_INPUT, [BATCH_DIM, Z_DIM])],
+        [_tensor(DECODER_OUTPUT, [BATCH_DIM, IMAGE_SIZE, IMAGE_SIZE, 3])],
+        [numpy_helper.from_array(value, name) for name, value in weights.items()],
+    )
+
+
+def _attribute(name: str, rng: np.random.Generator) -> dict[str, object]:
+    vector = rng.normal(0.0, 1.0, Z_DIM)
+    return {
+        "name": name,
+        "vector": vector.tolist(),
+        "norm": float(np.linalg.norm(vector)),
+        "projection_std": 0.5,
+        "auc": 0.8,
+        "positives": 40,
+        "negatives": 60,
+    }
+
+
+def build_tiny_bundle(path: Path) -> Path:
+    """Write the bundle into `path` (created if needed) and return it."""
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    _save(_encoder(rng), path / ENCODER_FILE)
+    _save(_decoder(rng), path / DECODER_FILE)
+    write_json(
+        path / LATENT_STATS_FILE,
+        {
+            "mean": rng.normal(0.0, 0.3, Z_DIM).tolist(),
+            "std": np.full(Z_DIM, 0.8).tolist(),
+            "std_scalar": 0.8,
+            "count": 100,
+        },
+    )
+    write_json(path / ATTRIBUTES_FILE, [_attribute(name, rng) for name in ATTRIBUTES])
+    Image.new("RGB", (4, 4), "gray").save(path / REPORT_FILE)
+    write_json(
+        path / MANIFEST_FILE,
+        {
+            "format_version": FORMAT_VERSION,
+            "name": "tiny-test",
+            "image_size": IMAGE_SIZE,
+            "z_dim": Z_DIM,
+            "preprocess": {"crop": list(CROP), "size": IMAGE_SIZE, "resample": "lanczos"},
+            "attributes": list(ATTRIBUTES),
+            "training": {},
+            "dataset": {},
+            "metrics": {},
+            "parity": {},
+            "versions": {"onnx": onnx.__version__},
+            "opset": OPSET,
+            "files": {file: sha256_file(path / file) for file in HASHED_FILES},
+        },
+    )
+    return path

@@ -1,0 +1,115 @@
+"""`python -m training` / `facevae-train`: train, fit, export and check model bundles."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from training.config import TrainConfig
+
+DEFAULT_CACHE = Path(os.environ.get("FACEVAE_CACHE_DIR", Path.home() / ".cache" / "facevae"))
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, typed and documented from the model itself."""
+    group = parser.add_argument_group("model and training settings")
+    for name, field in TrainConfig.model_fields.items():
+        annotation: Any = field.annotation
+        kwargs: dict[str, Any] = {"default": None, "help": f"{field.description} (default: {field.default})"}
+        if isinstance(annotation, types.UnionType):  # `int | None`
+            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        origin = typing.get_origin(annotation)
+        if origin is tuple:
+            kwargs.update(nargs="+", type=typing.get_args(annotation)[0])
+        elif origin is typing.Literal:
+            kwargs.update(choices=typing.get_args(annotation))
+        else:
+            kwargs["type"] = annotation
+        group.add_argument("--" + name.replace("_", "-"), dest=name, **kwargs)
+
+
+def _config_from(args: argparse.Namespace) -> TrainConfig:
+    given = {name: getattr(args, name) for name in TrainConfig.model_fields if getattr(args, name) is not None}
+    return TrainConfig(**given)
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="CelebA-layout folder or a plain folder of faces")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=DEFAULT_CACHE, help="where decoded faces are cached (env FACEVAE_CACHE_DIR)"
+    )
+    parser.add_argument("--no-cache", action="store_true", help="decode the images again and cache nothing")
+    parser.add_argument(
+        "--skip-bad-images", action="store_true", help="leave out unreadable images (default: stop at the first one)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="the whole job: fit, then export a verified bundle")
+    _add_data_flags(train)
+    train.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    train.add_argument("--run-dir", type=Path, help="checkpoints and history (default: runs/<name>)")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    _add_config_flags(train)
+
+    fit = commands.add_parser("fit", help="training only: checkpoints in a run folder")
+    _add_data_flags(fit)
+    fit.add_argument("--run-dir", type=Path, help="checkpoints and history (default: runs/<name>)")
+    fit.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    _add_config_flags(fit)
+
+    export = commands.add_parser("export", help="bundle a run's best checkpoint (statistics need the data)")
+    _add_data_flags(export)
+    export.add_argument("--run-dir", type=Path, required=True, help="a run folder written by fit or train")
+    export.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+
+    check = commands.add_parser("check", help="verify a bundle with the service's loader and print its summary")
+    check.add_argument("bundle", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "check":
+        from service.bundle import ModelBundle
+
+        bundle = ModelBundle.load(args.bundle)
+        metrics = bundle.manifest.metrics
+        print(f"{bundle.name}: {bundle.image_size}px, z={bundle.z_dim}, {len(bundle.attributes)} attributes, "
+              f"val MSE {metrics.get('val_reconstruction_mse')}, parity {bundle.manifest.parity.get('max_abs_diff')}")
+        return 0
+
+    # TensorFlow is imported only for the commands that need it, and told to keep its C++ logs down.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
+    from training import export as exporting
+    from training import train as training
+
+    cache = None if args.no_cache else args.cache_dir
+    if args.command == "export":
+        config, vae = training.load_run(args.run_dir)
+        data = training.prepare_data(config, args.data, cache, args.skip_bad_images)
+        summary = training.run_summary(args.run_dir)
+        exporting.build_bundle(config, vae, data, summary, args.out)
+        return 0
+
+    config = _config_from(args)
+    run_dir = args.run_dir or Path("runs") / config.name
+    data = training.prepare_data(config, args.data, cache, args.skip_bad_images)
+    summary = training.fit(config, data, run_dir, args.resume)
+    if args.command == "train":
+        _, vae = training.load_run(run_dir)
+        exporting.build_bundle(config, vae, data, summary, args.out)
+    return 0

@@ -1,0 +1,35 @@
+"""Every knob of a training run, in one validated object that is also recorded in the manifest."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from training.data import CELEBA_CROP
+
+
+class TrainConfig(BaseModel):
+    """Hyperparameters and data options; the defaults are the committed default model's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("celeba-64", description="bundle name recorded in the manifest")
+    image_size: int = Field(64, gt=0, description="side of the square model input, pixels")
+    z_dim: int = Field(128, gt=0, description="latent dimensions")
+    filters: tuple[int, ...] = Field(
+        (32, 64, 128, 256), description="encoder conv widths, one stride-2 block each; the decoder mirrors them"
+    )
+    kl_weight: float = Field(2e-4, ge=0, description="weight of KL (nats per image) against per-pixel MSE")
+    optimizer: Literal["adam", "rmsprop"] = Field("adam", description="optimiser")
+    learning_rate: float = Field(1e-3, gt=0, description="optimiser learning rate")
+    epochs: int = Field(20, gt=0, description="maximum epochs (early stopping may end sooner)")
+    batch_size: int = Field(64, gt=0, description="images per training step")
+    patience: int = Field(5, gt=0, description="epochs without a better validation reconstruction before stopping")
+    max_images: int | None = Field(None, gt=0, description="use only the first N images (sorted by file name)")
+    val_fraction: float = Field(0.05, gt=0, lt=1, description="share of files held out for validation (by name hash)")
+    min_positives: int = Field(20, ge=1, description="fewest training faces with and without an attribute to keep it")
+    crop: tuple[float, float, float, float] = Field(
+        CELEBA_CROP, description="face box as fractions of width and height: left top right bottom"
+    )
+    seed: int = Field(0, description="seed for initialisation, shuffling and sampling noise")

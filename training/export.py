@@ -1,0 +1,221 @@
+"""From a trained run to a verified model bundle (see docs/bundle-format.md).
+
+Export both halves with tf2onnx, prove onnxruntime reproduces TensorFlow, compute the latent
+statistics and attribute vectors with the exported encoder (exactly what the service will run),
+draw the report, and only then write the manifest with every file's sha256.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnx
+import onnxruntime as ort
+import tensorflow as tf
+import tf2onnx
+
+from service.bundle import (
+    ATTRIBUTES_FILE,
+    BATCH_DIM,
+    DECODER_FILE,
+    DECODER_INPUT,
+    DECODER_OUTPUT,
+    ENCODER_FILE,
+    ENCODER_INPUT,
+    ENCODER_OUTPUTS,
+    FORMAT_VERSION,
+    HASHED_FILES,
+    LATENT_STATS_FILE,
+    MANIFEST_FILE,
+    REPORT_FILE,
+    ModelBundle,
+    sha256_file,
+    write_json,
+)
+from training.config import TrainConfig
+from training.latents import LatentStatsAccumulator, attribute_vectors
+from training.model import VAE
+from training.report import draw_report
+from training.train import PreparedData, preprocess_of
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-4
+PARITY_BATCHES = (1, 16)
+ENCODE_BATCH = 256
+
+
+class ParityError(RuntimeError):
+    """onnxruntime and TensorFlow disagree beyond the tolerance."""
+
+
+def keras_to_onnx(model: keras.Model, input_name: str, output_names: tuple[str, ...], path: Path) -> None:
+    """Convert a functional Keras model; name the outputs and the dynamic batch dimension."""
+    shape = (None, *model.inputs[0].shape[1:])
+    spec = (tf.TensorSpec(shape, tf.float32, name=input_name),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
+    graph = proto.graph
+    renames = {out.name: name for out, name in zip(graph.output, output_names, strict=True)}
+    for node in graph.node:
+        node.output[:] = [renames.get(o, o) for o in node.output]
+        node.input[:] = [renames.get(i, i) for i in node.input]
+    for value in [*graph.input, *graph.output]:
+        value.name = renames.get(value.name, value.name)
+        value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def encode(session: ort.InferenceSession, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run the exported encoder over uint8 faces in batches: (z_mean, z_log_var)."""
+    means, log_vars = [], []
+    for start in range(0, len(images), ENCODE_BATCH):
+        batch = images[start : start + ENCODE_BATCH].astype(np.float32) / 255.0
+        z_mean, z_log_var = session.run(list(ENCODER_OUTPUTS), {ENCODER_INPUT: batch})
+        means.append(z_mean)
+        log_vars.append(z_log_var)
+    return np.concatenate(means), np.concatenate(log_vars)
+
+
+def decode(session: ort.InferenceSession, z: np.ndarray) -> np.ndarray:
+    return session.run([DECODER_OUTPUT], {DECODER_INPUT: z.astype(np.float32)})[0]
+
+
+def check_parity(vae: VAE, encoder: ort.InferenceSession, decoder: ort.InferenceSession, faces: np.ndarray) -> dict:
+    """Max |ORT - TF| on real validation faces and random latents at each batch size; raise if too big."""
+    rng = np.random.default_rng(0)
+    figures: dict[str, dict[str, float]] = {"encoder": {}, "decoder": {}}
+    for batch in PARITY_BATCHES:
+        images = faces[:batch].astype(np.float32) / 255.0
+        tf_mean, tf_log_var = (np.asarray(t) for t in vae.encoder(images, training=False))
+        ort_mean, ort_log_var = encoder.run(list(ENCODER_OUTPUTS), {ENCODER_INPUT: images})
+        figures["encoder"][f"batch_{batch}"] = float(
+            max(np.abs(tf_mean - ort_mean).max(), np.abs(tf_log_var - ort_log_var).max())
+        )
+        z = np.concatenate([tf_mean, rng.standard_normal(tf_mean.shape).astype(np.float32)])
+        tf_image = np.asarray(vae.decoder(z, training=False))
+        figures["decoder"][f"batch_{batch}"] = float(np.abs(tf_image - decode(decoder, z)).max())
+    worst = max(v for half in figures.values() for v in half.values())
+    figures["max_abs_diff"] = worst
+    figures["tolerance"] = PARITY_TOLERANCE
+    if not np.isfinite(worst) or worst > PARITY_TOLERANCE:
+        raise ParityError(f"onnxruntime differs from TensorFlow by {worst:.3g} > {PARITY_TOLERANCE}: {figures}")
+    return figures
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tf2onnx": tf2onnx.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def build_bundle(config: TrainConfig, vae: VAE, data: PreparedData, training_summary: dict, out: Path) -> ModelBundle:
+    """Write and verify a complete bundle at `out` (built beside it, then moved into place)."""
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+
+    log.info("exporting to ONNX (opset %d)", OPSET)
+    keras_to_onnx(vae.encoder, ENCODER_INPUT, ENCODER_OUTPUTS, staging / ENCODER_FILE)
+    keras_to_onnx(vae.decoder, DECODER_INPUT, (DECODER_OUTPUT,), staging / DECODER_FILE)
+    encoder, decoder = _session(staging / ENCODER_FILE), _session(staging / DECODER_FILE)
+    val_faces = data.images[data.val]
+    parity = check_parity(vae, encoder, decoder, val_faces)
+    log.info("parity ORT vs TF: max abs diff %.2e", parity["max_abs_diff"])
+
+    log.info("encoding %d training and %d validation faces", len(data.train), len(data.val))
+    accumulator = LatentStatsAccumulator(config.z_dim)
+    z_train_parts = []
+    for start in range(0, len(data.train), ENCODE_BATCH):
+        z_mean, z_log_var = encode(encoder, data.images[data.train[start : start + ENCODE_BATCH]])
+        accumulator.update(z_mean, z_log_var)
+        z_train_parts.append(z_mean)
+    stats = accumulator.result()
+    z_train = np.concatenate(z_train_parts)
+    z_val, z_val_log_var = encode(encoder, val_faces)
+    write_json(staging / LATENT_STATS_FILE, stats.model_dump())
+
+    vectors, left_out = [], []
+    if data.labels is not None:
+        vectors, left_out = attribute_vectors(
+            data.dataset.attribute_names,
+            z_train,
+            data.labels[data.train],
+            z_val,
+            data.labels[data.val],
+            config.min_positives,
+        )
+        log.info("%d attribute vectors kept, %d left out", len(vectors), len(left_out))
+    else:
+        log.warning("no attribute labels: the bundle has no attribute vectors")
+    write_json(staging / ATTRIBUTES_FILE, [v.model_dump() for v in vectors])
+
+    reconstructions = np.concatenate(
+        [decode(decoder, z_val[i : i + ENCODE_BATCH]) for i in range(0, len(z_val), ENCODE_BATCH)]
+    )
+    val_mse = float(np.mean((reconstructions - val_faces.astype(np.float32) / 255.0) ** 2))
+    val_kl = float(np.mean(-0.5 * np.sum(1 + z_val_log_var - z_val**2 - np.exp(z_val_log_var), axis=1)))
+    rng = np.random.default_rng(config.seed)
+    eps = rng.standard_normal((8, config.z_dim)).astype(np.float32)
+    draw_report(
+        staging / REPORT_FILE,
+        history=training_summary["history"],
+        inputs=val_faces[:8],
+        reconstructions=reconstructions[:8],
+        prior=decode(decoder, eps),
+        trick=decode(decoder, stats.mean_array + stats.std_scalar * eps),
+        title=f"{config.name}: validation MSE {val_mse:.4f}, KL {val_kl:.1f} nats",
+    )
+
+    history = training_summary["history"]
+    best = int(np.argmin(history["val_reconstruction_loss"])) if history.get("val_reconstruction_loss") else None
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": config.name,
+        "image_size": config.image_size,
+        "z_dim": config.z_dim,
+        "preprocess": preprocess_of(config).model_dump(),
+        "attributes": [v.name for v in vectors],
+        "attributes_left_out": left_out,
+        "training": {
+            **config.model_dump(),
+            "epochs_trained": training_summary["epochs"],
+            "best_epoch": None if best is None else best + 1,
+            "seconds": round(training_summary["seconds"], 1),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+        "dataset": data.describe(),
+        "metrics": {
+            "val_reconstruction_mse": val_mse,
+            "val_reconstruction_mse_note": "per pixel and channel on the [0, 1] scale, decoding z_mean",
+            "val_kl": val_kl,
+            "val_kl_note": "nats per image, summed over latent dimensions",
+        },
+        "parity": parity,
+        "versions": _versions(),
+        "opset": OPSET,
+        "files": {name: sha256_file(staging / name) for name in HASHED_FILES},
+    }
+    write_json(staging / MANIFEST_FILE, manifest)
+    ModelBundle.load(staging)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    log.info("bundle written to %s (val MSE %.5f, KL %.1f)", out, val_mse, val_kl)
+    return ModelBundle.load(out)

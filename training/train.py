@@ -1,0 +1,176 @@
+"""The training loop: data in, a run folder with the best and last checkpoints and the history out.
+
+A run folder holds `config.json`, `best.weights.h5` (lowest validation reconstruction loss),
+`last.weights.h5` + `last.optimizer.npz` + `state.json` (for --resume) and `history.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from service.bundle import Preprocess
+from training.config import TrainConfig
+from training.data import FaceDataset, as_tf_dataset, discover, load_images, split
+from training.model import VAE, build_decoder, build_encoder
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+BEST_WEIGHTS = "best.weights.h5"
+LAST_WEIGHTS = "last.weights.h5"
+LAST_OPTIMIZER = "last.optimizer.npz"
+STATE_FILE = "state.json"
+MONITOR = "val_reconstruction_loss"
+
+
+@dataclass
+class PreparedData:
+    """Decoded faces with their labels, split into training and validation."""
+
+    dataset: FaceDataset
+    images: np.ndarray  # uint8 [N, size, size, 3]
+    labels: np.ndarray | None  # int8 [N, attributes]
+    train: np.ndarray  # indices into images
+    val: np.ndarray
+
+    def describe(self) -> dict[str, object]:
+        return {**self.dataset.describe(), "used": len(self.images), "train": len(self.train), "validation": len(self.val)}
+
+
+def preprocess_of(config: TrainConfig) -> Preprocess:
+    return Preprocess(crop=config.crop, size=config.image_size)
+
+
+def prepare_data(config: TrainConfig, data_dir: Path, cache_dir: Path | None, skip_bad: bool) -> PreparedData:
+    """Discover, cap at --max-images, decode once, and split by file name."""
+    dataset = discover(data_dir)
+    if config.max_images is not None and config.max_images < len(dataset.files):
+        labels = dataset.labels[: config.max_images] if dataset.labels is not None else None
+        dataset = FaceDataset(
+            dataset.root, dataset.image_dir, dataset.files[: config.max_images], dataset.attribute_names, labels
+        )
+    images, kept = load_images(dataset, preprocess_of(config), cache_dir, skip_bad)
+    files = [dataset.files[i] for i in kept]
+    train, val = split(files, config.val_fraction)
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"{len(files)} images give an empty training or validation split; use more images")
+    labels = dataset.labels[kept] if dataset.labels is not None else None
+    log.info("%d images: %d train, %d validation", len(images), len(train), len(val))
+    return PreparedData(dataset, images, labels, train, val)
+
+
+def build_vae(config: TrainConfig) -> VAE:
+    """A compiled, built VAE for this configuration."""
+    vae = VAE(
+        build_encoder(config.image_size, config.z_dim, config.filters),
+        build_decoder(config.image_size, config.z_dim, config.filters),
+        kl_weight=config.kl_weight,
+        seed=config.seed,
+    )
+    optimizer_class = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}[config.optimizer]
+    vae.compile(optimizer=optimizer_class(learning_rate=config.learning_rate))
+    vae(np.zeros((1, config.image_size, config.image_size, 3), dtype=np.float32))
+    vae.optimizer.build(vae.trainable_variables)
+    return vae
+
+
+def load_run(run_dir: Path, weights: str = BEST_WEIGHTS) -> tuple[TrainConfig, VAE]:
+    """Rebuild a run's model and load its checkpoint."""
+    config = TrainConfig.model_validate_json((run_dir / CONFIG_FILE).read_text())
+    vae = build_vae(config)
+    vae.load_weights(run_dir / weights)
+    return config, vae
+
+
+class LastCheckpoint(keras.callbacks.Callback):
+    """Saves what --resume needs after every epoch: weights, optimizer state, history, best so far."""
+
+    def __init__(self, run_dir: Path, state: dict) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.history: dict[str, list[float]] = state["history"]
+        self.best: float = state["best"]
+        self.seconds_before: float = state.get("seconds", 0.0)
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = logs or {}
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(float(value))
+        self.best = min(self.best, float(logs.get(MONITOR, np.inf)))
+        self.model.save_weights(self.run_dir / LAST_WEIGHTS)
+        np.savez(self.run_dir / LAST_OPTIMIZER, *[np.asarray(v) for v in self.model.optimizer.variables])
+        seconds = self.seconds_before + time.perf_counter() - self.started
+        state = {"epochs_done": epoch + 1, "best": self.best, "seconds": seconds, "history": self.history}
+        (self.run_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
+        (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+
+
+def _restore_last(vae: VAE, run_dir: Path) -> dict:
+    vae.load_weights(run_dir / LAST_WEIGHTS)
+    with np.load(run_dir / LAST_OPTIMIZER, allow_pickle=False) as stored:
+        values = [stored[f"arr_{i}"] for i in range(len(stored.files))]
+    if len(values) != len(vae.optimizer.variables):
+        raise ValueError(f"{run_dir / LAST_OPTIMIZER}: optimizer state does not match the model")
+    for variable, value in zip(vae.optimizer.variables, values, strict=True):
+        variable.assign(value)
+    return json.loads((run_dir / STATE_FILE).read_text())
+
+
+def run_summary(run_dir: Path) -> dict:
+    """Epochs, cumulative training seconds and per-epoch history of a run folder."""
+    state = json.loads((run_dir / STATE_FILE).read_text())
+    return {"epochs": state["epochs_done"], "seconds": state.get("seconds", 0.0), "history": state["history"]}
+
+
+def fit(config: TrainConfig, data: PreparedData, run_dir: Path, resume: bool) -> dict:
+    """Train with early stopping on validation reconstruction loss; return the run's summary."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    vae = build_vae(config)
+    state: dict = {"epochs_done": 0, "best": float("inf"), "history": {}}
+    if resume and (run_dir / STATE_FILE).is_file():
+        saved = TrainConfig.model_validate_json((run_dir / CONFIG_FILE).read_text())
+        if saved.model_dump(exclude={"epochs", "patience"}) != config.model_dump(exclude={"epochs", "patience"}):
+            raise ValueError(f"{run_dir / CONFIG_FILE}: --resume needs the same settings as the run being resumed")
+        state = _restore_last(vae, run_dir)
+        log.info("resuming after epoch %d (best %s %.5f)", state["epochs_done"], MONITOR, state["best"])
+    (run_dir / CONFIG_FILE).write_text(config.model_dump_json(indent=1))
+    if state["epochs_done"] >= config.epochs:
+        log.info("already trained %d epochs", state["epochs_done"])
+        return run_summary(run_dir)
+
+    train_ds = as_tf_dataset(data.images[data.train], config.batch_size, shuffle_seed=config.seed)
+    val_ds = as_tf_dataset(data.images[data.val], config.batch_size)
+    last = LastCheckpoint(run_dir, state)
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(
+            run_dir / BEST_WEIGHTS,
+            monitor=MONITOR,
+            mode="min",
+            save_best_only=True,
+            save_weights_only=True,
+            initial_value_threshold=state["best"] if np.isfinite(state["best"]) else None,
+        ),
+        keras.callbacks.EarlyStopping(monitor=MONITOR, mode="min", patience=config.patience),
+        last,
+    ]
+    vae.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        initial_epoch=state["epochs_done"],
+        callbacks=callbacks,
+        verbose=1 if sys.stderr.isatty() else 2,
+    )
+    summary = run_summary(run_dir)
+    log.info("trained %d epochs in %.0f s; best %s %.5f", summary["epochs"], summary["seconds"], MONITOR, last.best)
+    return summary
