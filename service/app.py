@@ -20,24 +20,12 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def _load(settings: Settings) -> FaceModel:
-    model = FaceModel.load(
-        settings.model,
-        providers=settings.providers,
-        threads=settings.session_threads,
-        max_batch=settings.max_batch,
-        max_strength=settings.max_strength,
-    )
-    model.warm_up()
-    return model
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load and warm up the model before serving; a broken bundle stops startup with the loader's message."""
     settings: Settings = app.state.settings
     state: ModelState = app.state.model_state
-    state.model = await run_in_threadpool(_load, settings)
+    state.model = await run_in_threadpool(FaceModel.from_settings, settings)
     if settings.require_gpu and not state.model.uses_gpu:
         state.problem = f"require_gpu is set but CUDA is not in use: {state.model.providers}"
         logger.error("not ready: %s", state.problem)

@@ -26,10 +26,9 @@ GRID_BACKGROUND = 255
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+#: Pillow opens 16-bit grayscale PNG and TIFF files in one of these modes.
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-
-
 #: What Pillow's decoders raise on bad data, besides its own two error types.
 _DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
 

@@ -25,6 +25,7 @@ from service.bundle import (
     ModelBundle,
 )
 from service.preprocess import frame_face
+from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +121,9 @@ class FaceModel:
         path: str | Path,
         *,
         providers: Sequence[str] = (),
-        threads: int = 1,
-        max_batch: int = 16,
-        max_strength: float = 5.0,
+        threads: int,
+        max_batch: int,
+        max_strength: float,
     ) -> FaceModel:
         """Verify the bundle, open both sessions and log the providers they actually use."""
         bundle = ModelBundle.load(path)
@@ -142,6 +143,19 @@ class FaceModel:
             model.decoder.get_providers(),
             threads,
         )
+        return model
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FaceModel:
+        """The model as the service configures it, loaded and warmed up."""
+        model = cls.load(
+            settings.model,
+            providers=settings.providers,
+            threads=settings.session_threads,
+            max_batch=settings.max_batch,
+            max_strength=settings.max_strength,
+        )
+        model.warm_up()
         return model
 
     @property

@@ -106,7 +106,7 @@ class DecodeRequest(Schema):
 
     @property
     def latents(self) -> list[list[float]]:
-        return self.z if self.several else [self.z]  # type: ignore[list-item,return-value]
+        return self.z if self.several else [self.z]
 
 
 class EditRequest(Schema):

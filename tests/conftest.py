@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.runtime import FaceModel
 from service.settings import Settings
 from tests.tiny_bundle import build_tiny_bundle
+
+if TYPE_CHECKING:  # imported in the fixture, after pytest_configure has filtered its import-time warning
+    from fastapi.testclient import TestClient
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Starlette 1.x nudges TestClient users towards the httpx2 fork; with httpx (a dev dependency) it works unchanged.
+    config.addinivalue_line("filterwarnings", "ignore:Using `httpx` with `starlette.testclient`:UserWarning")
+
 
 # ---- service: a tiny ONNX bundle and an app serving it (no TensorFlow needed) ----------------------------------
 
@@ -33,6 +42,8 @@ def service_settings(tiny_bundle: Path) -> Settings:
 @pytest.fixture(scope="session")
 def client(service_settings: Settings) -> Iterator[TestClient]:
     """A client of an app whose lifespan has run: model loaded, warmed up, ready."""
+    from fastapi.testclient import TestClient
+
     with TestClient(create_app(service_settings)) as test_client:
         yield test_client
 

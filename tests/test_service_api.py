@@ -502,7 +502,7 @@ def test_edit_bad_steps_are_422(client: TestClient, steps: int, expected: str) -
 
 
 def test_edit_wrong_latent_length_is_422(client: TestClient) -> None:
-    response = client.post("/edit", json={"z": Z + [0.0], "attributes": {"Male": 1}})
+    response = client.post("/edit", json={"z": [*Z, 0.0], "attributes": {"Male": 1}})
     assert response.status_code == 422
     assert f"z has {Z_DIM + 1} values, expected {Z_DIM}" in messages(response)
 

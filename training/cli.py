@@ -87,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
 
         bundle = ModelBundle.load(args.bundle)
         metrics = bundle.manifest.metrics
-        print(f"{bundle.name}: {bundle.image_size}px, z={bundle.z_dim}, {len(bundle.attributes)} attributes, "
-              f"val MSE {metrics.get('val_reconstruction_mse')}, parity {bundle.manifest.parity.get('max_abs_diff')}")
+        print(
+            f"{bundle.name}: {bundle.image_size}px, z={bundle.z_dim}, {len(bundle.attributes)} attributes, "
+            f"val MSE {metrics.get('val_reconstruction_mse')}, parity {bundle.manifest.parity.get('max_abs_diff')}"
+        )
         return 0
 
     # TensorFlow is imported only for the commands that need it, and told to keep its C++ logs down.

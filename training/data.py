@@ -101,7 +101,9 @@ def discover(data_dir: Path) -> FaceDataset:
         raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     attribute_path = data_dir / ATTRIBUTE_FILE
     if not attribute_path.is_file():
-        log.warning("%s not found: training without attribute labels, the bundle gets no attribute vectors", attribute_path)
+        log.warning(
+            "%s not found: training without attribute labels, the bundle gets no attribute vectors", attribute_path
+        )
         return FaceDataset(data_dir, image_dir, files, [], None)
     names, rows = read_attribute_file(attribute_path)
     unknown = sorted(set(rows) - set(files))

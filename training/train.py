@@ -42,7 +42,12 @@ class PreparedData:
     val: np.ndarray
 
     def describe(self) -> dict[str, object]:
-        return {**self.dataset.describe(), "used": len(self.images), "train": len(self.train), "validation": len(self.val)}
+        return {
+            **self.dataset.describe(),
+            "used": len(self.images),
+            "train": len(self.train),
+            "validation": len(self.val),
+        }
 
 
 def preprocess_of(config: TrainConfig) -> Preprocess:
@@ -169,6 +174,7 @@ def fit(config: TrainConfig, data: PreparedData, run_dir: Path, resume: bool) ->
         epochs=config.epochs,
         initial_epoch=state["epochs_done"],
         callbacks=callbacks,
+        shuffle=False,  # the tf.data pipeline shuffles, seeded
         verbose=1 if sys.stderr.isatty() else 2,
     )
     summary = run_summary(run_dir)

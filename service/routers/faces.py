@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from service.dependencies import MULTIPART, AcceptHeader, EditSource, ImageUpload, ReadyModel
 from service.imaging import decode_upload
@@ -33,7 +34,7 @@ router = APIRouter(tags=["faces"], responses=error_responses(406, 503))
 _RAW_IMAGE = {"schema": {"type": "string", "format": "binary"}}
 
 
-def _request_body(content: dict[str, type[EncodeUpload] | type[EditRequest] | None]) -> dict[str, Any]:
+def _request_body(content: dict[str, type[BaseModel] | None]) -> dict[str, Any]:
     """OpenAPI requestBody for operations that parse their body themselves (several content types)."""
     schemas = {
         media_type: {"schema": model.model_json_schema()} if model else _RAW_IMAGE
@@ -65,7 +66,7 @@ def encode(
 
 @router.post("/decode", response_class=Response, responses={**FACES_CONTENT, **error_responses(413)})
 def decode(
-    body: DecodeRequest, model: ReadyModel, params: Annotated[DecodeParams, Query()], accept: AcceptHeader = None
+    model: ReadyModel, body: DecodeRequest, params: Annotated[DecodeParams, Query()], accept: AcceptHeader = None
 ) -> Response:
     """Latents to faces: one latent gives an image; several give a JSON list, or one grid image with grid=true."""
     media_type = choose_media_type(accept, params.format, one_picture=not body.several or params.grid)
@@ -89,7 +90,7 @@ def sample(model: ReadyModel, params: Annotated[SampleParams, Query()], accept: 
     openapi_extra=_request_body({JSON: EditRequest, MULTIPART: EditUpload}),
 )
 def edit(
-    source: EditSource, model: ReadyModel, params: Annotated[EditParams, Query()], accept: AcceptHeader = None
+    model: ReadyModel, source: EditSource, params: Annotated[EditParams, Query()], accept: AcceptHeader = None
 ) -> Response:
     """Move a face along attribute vectors: a photo (its z_mean is edited) or a latent, plus strengths.
 

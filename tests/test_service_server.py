@@ -1,0 +1,157 @@
+"""The service as a real process: `python -m service` under uvicorn over loopback HTTP, and without TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from service.settings import ENV_PREFIX
+from tests.images import face_photo, image_bytes
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = 60
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _clean_env() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """`python -m service` on a free loopback port, once /health/ready answers 200."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    command = [sys.executable, "-m", "service", "--model", str(tiny_bundle), "--host", "127.0.0.1"]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [*command, "--port", str(port), "--intra-op-threads", "1"],
+            cwd=REPO_ROOT,
+            env=_clean_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()}")
+            try:
+                if httpx.get(f"{base_url}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield RunningServer(base_url, process, log_path)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_real_server_samples_and_edits_then_stops_cleanly(server: RunningServer, client: TestClient) -> None:
+    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+        sampled = http.get("/sample", params={"seed": 11})
+        assert sampled.status_code == 200
+        assert sampled.headers["content-type"] == "image/png"
+        assert sampled.content == client.get("/sample", params={"seed": 11}).content  # same model, same bytes
+
+        edited = http.post(
+            "/edit",
+            params={"steps": 3},
+            files={"image": ("face.png", image_bytes(face_photo()), "image/png")},
+            data={"attributes": json.dumps({"smiling": 2})},
+        )
+        assert edited.status_code == 200, edited.text
+        assert edited.content.startswith(b"\x89PNG")
+
+        refused = http.post("/edit", json={"z": [0.0], "attributes": {"Smiling": 1}})
+        assert refused.status_code == 422
+        assert "expected 8" in refused.text
+
+    server.process.send_signal(signal.SIGTERM)
+    # Uvicorn shuts down gracefully, then re-raises the signal so a supervisor sees why the process ended.
+    assert server.process.wait(timeout=30) == -signal.SIGTERM
+    log = server.log_path.read_text()
+    assert "Application shutdown complete." in log
+    assert "Finished server process" in log
+    assert "GET /sample 200" in log and "POST /edit 200" in log and "POST /edit 422" in log
+    assert "Traceback" not in log
+
+
+_NO_TENSORFLOW_SCRIPT = """
+import sys
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+import service.cli
+from service.app import create_app
+from service.settings import Settings
+
+with TestClient(create_app(Settings(model=Path(sys.argv[1])))) as client:
+    assert client.get("/sample").status_code == 200
+    photo = Path(sys.argv[2]).read_bytes()
+    assert client.post("/encode", content=photo, headers={"content-type": "image/png"}).status_code == 200
+loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("tensorflow", "tf2onnx", "keras"))
+assert not loaded, loaded
+print("no tensorflow")
+"""
+
+
+def test_serving_never_imports_tensorflow(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A fresh interpreter, because this one may have imported TensorFlow for training tests."""
+    photo = tmp_path / "face.png"
+    photo.write_bytes(image_bytes(face_photo()))
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_TENSORFLOW_SCRIPT, str(tiny_bundle), str(photo)],
+        cwd=REPO_ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no tensorflow" in result.stdout
+
+
+def test_a_missing_bundle_stops_startup_with_the_loaders_message(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-bundle"
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--model", str(missing), "--port", str(_free_port())],
+        cwd=REPO_ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert f"{missing}: bundle folder does not exist" in result.stderr
+    assert "Application startup failed" in result.stderr

@@ -1,0 +1,88 @@
+"""Settings from the environment and the command line, and how the CLI hands them to uvicorn."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service import cli
+from service.settings import DEFAULT_MODEL, ENV_PREFIX, Settings, usable_cores
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def environ(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A private copy of the environment without FACEVAE_* variables; the CLI writes into it."""
+    copy = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
+    monkeypatch.setattr(os, "environ", copy)
+    return copy
+
+
+@pytest.fixture
+def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    monkeypatch.setattr(cli.uvicorn, "run", lambda *args, **kwargs: calls.append((args, kwargs)))
+    return calls
+
+
+def test_defaults_work_on_a_fresh_clone(environ: dict[str, str]) -> None:
+    settings = Settings()
+    assert settings.model == DEFAULT_MODEL == REPO_ROOT / "models" / "celeba-64"
+    assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8000, 1)
+    assert settings.providers == []
+    assert settings.require_gpu is False
+    assert settings.max_body_bytes == 10 * 1024 * 1024
+    assert settings.max_strength == 5.0
+
+
+def test_every_setting_comes_from_a_facevae_variable(environ: dict[str, str]) -> None:
+    environ.update(
+        {
+            "FACEVAE_MODEL": "/srv/bundle",
+            "FACEVAE_PORT": "9001",
+            "FACEVAE_PROVIDERS": "CUDAExecutionProvider, CPUExecutionProvider",
+            "FACEVAE_REQUIRE_GPU": "true",
+            "FACEVAE_MAX_BODY_BYTES": "1234",
+            "FACEVAE_MAX_BATCH": "4",
+            "FACEVAE_LOG_LEVEL": "debug",
+        }
+    )
+    settings = Settings()
+    assert settings.model == Path("/srv/bundle")
+    assert settings.port == 9001
+    assert settings.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert settings.require_gpu is True
+    assert (settings.max_body_bytes, settings.max_batch, settings.log_level) == (1234, 4, "debug")
+
+
+def test_session_threads_share_the_cores_among_workers(environ: dict[str, str]) -> None:
+    assert Settings(workers=2).session_threads == max(1, usable_cores() // 2)
+    assert Settings(workers=2, intra_op_threads=3).session_threads == 3
+
+
+def test_cli_flags_override_the_environment_and_reach_the_workers(
+    environ: dict[str, str], uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+) -> None:
+    environ["FACEVAE_PORT"] = "9000"
+    cli.main(["--model", "/srv/bundle", "--port", "8123", "--workers", "2", "--require-gpu", "--log-level", "debug"])
+    (args, kwargs) = uvicorn_calls[0]
+    assert args == ("service.app:create_app",)
+    assert kwargs["factory"] is True
+    assert (kwargs["host"], kwargs["port"], kwargs["workers"], kwargs["log_level"]) == ("127.0.0.1", 8123, 2, "debug")
+    assert kwargs["log_config"]["loggers"]["service"]["level"] == "DEBUG"
+    workers_see = Settings()  # what create_app() builds in each worker process
+    assert (workers_see.model, workers_see.port, workers_see.require_gpu) == (Path("/srv/bundle"), 8123, True)
+
+
+@pytest.mark.parametrize("argv", [["--port", "0"], ["--log-level", "chatty"], ["--workers", "many"]])
+def test_cli_rejects_invalid_values(
+    environ: dict[str, str], uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]], argv: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 2
+    assert not uvicorn_calls

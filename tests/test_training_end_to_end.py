@@ -1,0 +1,93 @@
+"""A tiny real training run on the shared CelebA subset, through the CLI, into a verified bundle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service.bundle import ATTRIBUTES_FILE, DECODER_FILE, ENCODER_FILE, BundleError, ModelBundle
+from training.cli import build_parser, main
+
+SUBSET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "celeba_subset"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not SUBSET.is_dir(), reason=f"the shared CelebA subset is not at {SUBSET}"),
+]
+
+TINY = [
+    "--max-images", "64", "--epochs", "1", "--batch-size", "16", "--image-size", "32", "--z-dim", "16",
+    "--filters", "8", "16", "--min-positives", "3", "--val-fraction", "0.25", "--name", "tiny",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(run folder, bundle folder) of a one-epoch run, resumed for a second epoch."""
+    root = tmp_path_factory.mktemp("train")
+    run, out, cache = root / "run", root / "bundle", root / "cache"
+    common = ["--data", str(SUBSET), "--run-dir", str(run), "--cache-dir", str(cache), *TINY]
+    assert main(["fit", *common]) == 0
+    assert json.loads((run / "state.json").read_text())["epochs_done"] == 1
+    assert main(["train", *common, "--resume", "--epochs", "2", "--out", str(out)]) == 0
+    return run, out
+
+
+def test_resume_continues_the_run(trained: tuple[Path, Path]) -> None:
+    run, _ = trained
+    state = json.loads((run / "state.json").read_text())
+    assert state["epochs_done"] == 2
+    assert len(state["history"]["val_reconstruction_loss"]) == 2
+    assert (run / "best.weights.h5").is_file()
+
+
+def test_bundle_loads_and_runs_at_batch_1_and_16(trained: tuple[Path, Path]) -> None:
+    _, out = trained
+    bundle = ModelBundle.load(out)
+    assert (bundle.image_size, bundle.z_dim) == (32, 16)
+    manifest = bundle.manifest
+    assert manifest.opset == 17
+    assert manifest.parity["max_abs_diff"] <= 1e-4
+    assert manifest.training["epochs_trained"] == 2
+    assert manifest.dataset["used"] == 64
+    assert "/" not in json.dumps(manifest.dataset)  # no machine paths
+    assert 0 < manifest.metrics["val_reconstruction_mse"] < 0.2
+    assert len(bundle.attributes) + len(manifest.attributes_left_out) == 40
+    encoder = ort.InferenceSession(str(bundle.encoder_path), providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(str(bundle.decoder_path), providers=["CPUExecutionProvider"])
+    for batch in (1, 16):
+        images = np.random.default_rng(batch).random((batch, 32, 32, 3), dtype=np.float32)
+        z_mean, z_log_var = encoder.run(None, {"image": images})
+        assert z_mean.shape == z_log_var.shape == (batch, 16)
+        (decoded,) = decoder.run(None, {"z": z_mean})
+        assert decoded.shape == (batch, 32, 32, 3)
+        assert decoded.min() >= 0.0 and decoded.max() <= 1.0
+
+
+@pytest.mark.parametrize("victim", [ENCODER_FILE, DECODER_FILE, ATTRIBUTES_FILE])
+def test_tampered_bundle_fails_the_sha256_check(trained: tuple[Path, Path], tmp_path: Path, victim: str) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained[1], copy)
+    with (copy / victim).open("ab") as f:
+        f.write(b" ")
+    with pytest.raises(BundleError, match=f"{victim}: sha256 does not match"):
+        ModelBundle.load(copy)
+
+
+def test_check_command_accepts_the_bundle(trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(trained[1])]) == 0
+    assert "tiny: 32px, z=16" in capsys.readouterr().out
+
+
+def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = capsys.readouterr().out
+    for flag in ["--data", "--out", "--image-size", "--z-dim", "--epochs", "--batch-size", "--kl-weight",
+                 "--max-images", "--seed", "--resume", "--crop", "--patience"]:  # fmt: skip
+        assert flag in text

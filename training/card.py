@@ -1,0 +1,116 @@
+"""Model-card figures and figures of merit for a finished bundle, computed through the service's own runtime.
+
+Everything here runs the exported ONNX models via `service.runtime.FaceModel`, so the pictures show
+exactly what the service returns: reconstructions, prior vs sampling-trick samples, and attribute
+edit strips on real validation faces.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from service.runtime import FaceModel, SamplingMode
+from training.train import PreparedData
+
+log = logging.getLogger(__name__)
+
+CARD_DIR = "card"
+EDIT_ATTRIBUTES = ("Smiling", "Male", "Eyeglasses", "Mustache", "Chubby")
+EDIT_STRENGTHS = (-3, -2, -1, 0, 1, 2, 3)
+LABEL_WIDTH = 96
+
+
+def sharpness(faces: np.ndarray) -> float:
+    """Mean squared response to a 3x3 Laplacian on grey faces: what blur removes first."""
+    grey = faces.astype(np.float32).mean(axis=-1) / 255.0
+    laplacian = (
+        grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] - 4 * grey[:, 1:-1, 1:-1]
+    )
+    return float(np.mean(laplacian**2))
+
+
+def grid(rows: list[np.ndarray], labels: list[str] | None = None, scale: int = 2) -> Image.Image:
+    """Rows of uint8 faces [n, h, w, 3] as one picture, optionally with a label left of each row."""
+    strips = [np.concatenate(list(row), axis=1) for row in rows]
+    width = max(s.shape[1] for s in strips)
+    canvas = np.full((sum(s.shape[0] for s in strips), width, 3), 255, dtype=np.uint8)
+    top = 0
+    for strip in strips:
+        canvas[top : top + strip.shape[0], : strip.shape[1]] = strip
+        top += strip.shape[0]
+    image = Image.fromarray(canvas).resize((width * scale, canvas.shape[0] * scale), Image.Resampling.NEAREST)
+    if not labels:
+        return image
+    labelled = Image.new("RGB", (image.width + LABEL_WIDTH, image.height), "white")
+    labelled.paste(image, (LABEL_WIDTH, 0))
+    draw = ImageDraw.Draw(labelled)
+    row_height = image.height // len(labels)
+    for i, label in enumerate(labels):
+        draw.text((4, i * row_height + row_height // 2 - 5), label, fill="black")
+    return labelled
+
+
+def _face_without(data: PreparedData, model: FaceModel, attribute: str, skip: int) -> np.ndarray | None:
+    """The `skip`-th validation face that lacks `attribute` (so +edits have something to add)."""
+    if data.labels is None or attribute not in data.dataset.attribute_names:
+        return None
+    column = data.dataset.attribute_names.index(attribute)
+    candidates = data.val[data.labels[data.val, column] < 0]
+    return data.images[candidates[skip % len(candidates)]] if len(candidates) else None
+
+
+def write_card_figures(bundle_dir: Path, data: PreparedData, seed: int = 0) -> dict[str, object]:
+    """Write card/*.png into the bundle folder and return the figures of merit shown in the card."""
+    model = FaceModel.load(bundle_dir, threads=0, max_batch=10_000, max_strength=10.0)
+    out = bundle_dir / CARD_DIR
+    out.mkdir(exist_ok=True)
+    val = data.images[data.val]
+
+    originals = val[:10]
+    reconstructions = model.decode(model.encode_pixels(originals).z_mean)
+    grid([originals, reconstructions], ["input", "output"]).save(out / "reconstructions.png")
+
+    rng = np.random.default_rng(seed)
+    prior = model.decode(model.sample_latents(20, rng, SamplingMode.PRIOR, 1.0))
+    rng = np.random.default_rng(seed)  # same eps for both rows: only the sampling rule differs
+    trick = model.decode(model.sample_latents(20, rng, SamplingMode.TRICK, 1.0))
+    grid([prior[:10], prior[10:], trick[:10], trick[10:]], ["prior", "prior", "trick", "trick"]).save(
+        out / "samples.png"
+    )
+
+    rows, labels = [], []
+    for i, name in enumerate(EDIT_ATTRIBUTES):
+        face = _face_without(data, model, name, skip=i)
+        if face is None or name not in model.bundle.attributes:
+            continue
+        z = model.encode_pixels(face[np.newaxis]).z_mean[0]
+        latents = np.stack([model.edit(z, {name: s})[0] for s in EDIT_STRENGTHS])
+        rows.append(np.concatenate([face[np.newaxis], model.decode(latents)]))
+        labels.append(name)
+    if rows:
+        grid(rows, labels).save(out / "edits.png")
+
+    all_reconstructions = np.concatenate(
+        [model.decode(model.encode_pixels(val[i : i + 256]).z_mean) for i in range(0, len(val), 256)]
+    )
+    many = 256
+    figures = {
+        "val_reconstruction_mse": float(np.mean((all_reconstructions / 255.0 - val / 255.0) ** 2)),
+        "sharpness_real": sharpness(val),
+        "sharpness_reconstructions": sharpness(all_reconstructions),
+        "sharpness_trick": sharpness(
+            model.decode(model.sample_latents(many, np.random.default_rng(1), SamplingMode.TRICK, 1.0))
+        ),
+        "sharpness_prior": sharpness(
+            model.decode(model.sample_latents(many, np.random.default_rng(1), SamplingMode.PRIOR, 1.0))
+        ),
+        "auc": {name: model.bundle.attributes[name].auc for name in EDIT_ATTRIBUTES if name in model.bundle.attributes},
+    }
+    (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
+    log.info("card figures written to %s: %s", out, figures)
+    return figures
