@@ -7,41 +7,38 @@ The gap between the two is what FastAPI, uvicorn, JSON/multipart parsing and the
     python -m bench.bench_service            # from the repository root: the default bundle, models/celeba-64
     python -m bench.bench_service --model PATH --requests 100 --out bench/results/service_latency.json
 
-(`python bench/bench_service.py` works too once the package is installed, e.g. `pip install -e .`.)
+Run it as a module from the repository root: it imports `bench.common`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
 import httpx
-import numpy as np
-import onnxruntime as ort
 
-from service.imaging import ImageFormat, decode_upload, encode_image, make_grid
-from service.runtime import FaceModel, SamplingMode
+from bench.common import (
+    DEFAULT_DATA,
+    RESULTS_DIR,
+    EndpointWork,
+    face_files,
+    latency_summary,
+    machine,
+    running_server,
+    time_calls,
+)
+from service.runtime import FaceModel
 from service.settings import DEFAULT_MODEL, Settings
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "celeba_subset" / "img_align_celeba"
-DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "service_latency.json"
+DEFAULT_OUT = RESULTS_DIR / "service_latency.json"
 GRID_N = 9
 STRIP_STEPS = 7
 STRENGTH = 2.0
-STARTUP_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
@@ -53,119 +50,49 @@ class Case:
     in_process: Callable[[int], object] | None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextmanager
-def running_server(model: Path, log_path: Path) -> Iterator[str]:
-    """`python -m service` on a free loopback port; yields its base URL once ready, stops it on exit."""
-    port = _free_port()
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--model", str(model), "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not _is_ready(base_url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not become ready:\n{log_path.read_text()}")
-            time.sleep(0.2)
-        yield base_url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def _is_ready(base_url: str) -> bool:
-    try:
-        return httpx.get(f"{base_url}/health/ready", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def _photos(data_dir: Path, count: int) -> list[bytes]:
-    files = sorted(data_dir.glob("*.jpg"))[:count]
-    if not files:
-        raise SystemExit(f"no *.jpg faces in {data_dir}; pass --data")
-    return [file.read_bytes() for file in files]
-
-
 def _cases(model: FaceModel, photos: list[bytes]) -> list[Case]:
-    """The endpoints to time. Each in-process function repeats what the router does, minus HTTP."""
+    """The endpoints to time; the in-process side is `EndpointWork`, which repeats what the routers do minus HTTP."""
+    work = EndpointWork(model, model, photos)
     z = model.bundle.latent_stats.mean
     attribute = model.bundle.attributes.names[0]
     strengths = {attribute: STRENGTH}
-    png = ImageFormat.PNG
-
-    def photo(i: int) -> bytes:
-        return photos[i % len(photos)]
-
-    def sample(i: int, n: int) -> bytes:
-        faces = model.decode(model.sample_latents(n, np.random.default_rng(i), SamplingMode.TRICK, 1.0))
-        return encode_image(faces[0] if n == 1 else make_grid(faces), png)
-
-    def encode(i: int) -> np.ndarray:
-        return model.encode_photos([decode_upload(photo(i))]).sample(np.random.default_rng(i))
-
-    def edit(latent: np.ndarray, steps: int | None) -> bytes:
-        faces = model.decode(model.edit(latent, strengths, steps))
-        return encode_image(faces[0] if steps is None else make_grid(faces, steps), png)
-
-    def edit_photo(i: int) -> bytes:
-        return edit(model.encode_photos([decode_upload(photo(i))]).z_mean[0], None)
-
     jpeg = {"content-type": "image/jpeg"}
     form = {"attributes": json.dumps(strengths)}
     return [
         Case("GET /health/ready", lambda c, i: c.get("/health/ready"), None),
-        Case("GET /sample", lambda c, i: c.get("/sample", params={"seed": i}), lambda i: sample(i, 1)),
+        Case("GET /sample", lambda c, i: c.get("/sample", params={"seed": i}), lambda i: work.sample(i, 1)),
         Case(
             f"GET /sample n={GRID_N} (grid)",
             lambda c, i: c.get("/sample", params={"seed": i, "n": GRID_N}),
-            lambda i: sample(i, GRID_N),
+            lambda i: work.sample(i, GRID_N),
         ),
         Case(
-            "POST /encode", lambda c, i: c.post("/encode", params={"seed": i}, content=photo(i), headers=jpeg), encode
+            "POST /encode",
+            lambda c, i: c.post("/encode", params={"seed": i}, content=work.photo(i), headers=jpeg),
+            work.encode,
         ),
-        Case(
-            "POST /decode",
-            lambda c, i: c.post("/decode", json={"z": z}),
-            lambda i: encode_image(model.decode(model.latents([z]))[0], png),
-        ),
+        Case("POST /decode", lambda c, i: c.post("/decode", json={"z": z}), lambda i: work.decode(z)),
         Case(
             "POST /edit (latent)",
             lambda c, i: c.post("/edit", json={"z": z, "attributes": strengths}),
-            lambda i: edit(model.latents([z])[0], None),
+            lambda i: work.edit(z, strengths),
         ),
         Case(
             "POST /edit (photo)",
-            lambda c, i: c.post("/edit", data=form, files={"image": ("face.jpg", photo(i), "image/jpeg")}),
-            edit_photo,
+            lambda c, i: c.post("/edit", data=form, files={"image": ("face.jpg", work.photo(i), "image/jpeg")}),
+            lambda i: work.edit_photo(i, strengths),
         ),
         Case(
             f"POST /edit steps={STRIP_STEPS}",
             lambda c, i: c.post("/edit", params={"steps": STRIP_STEPS}, json={"z": z, "attributes": strengths}),
-            lambda i: edit(model.latents([z])[0], STRIP_STEPS),
+            lambda i: work.edit(z, strengths, STRIP_STEPS),
         ),
     ]
 
 
 def _time_ms(call: Callable[[int], object], requests: int, warmup: int) -> dict[str, float]:
-    for i in range(warmup):
-        call(i)
-    durations = []
-    for i in range(requests):
-        started = time.perf_counter()
-        call(i)
-        durations.append((time.perf_counter() - started) * 1000)
-    return {"median": float(np.median(durations)), "p95": float(np.percentile(durations, 95))}
+    summary = latency_summary(time_calls(call, requests, warmup))
+    return {"median": summary["p50"], "p95": summary["p95"]}
 
 
 def _checked(client: httpx.Client, request: Callable[[httpx.Client, int], httpx.Response]) -> Callable[[int], object]:
@@ -183,20 +110,25 @@ def _checked(client: httpx.Client, request: Callable[[httpx.Client, int], httpx.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="bundle folder (default: %(default)s)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of face JPEGs (default: %(default)s)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="CelebA-layout folder or folder of face JPEGs (default: %(default)s)",
+    )
     parser.add_argument("--requests", type=int, default=50, help="timed requests per endpoint (default: 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed requests per endpoint first (default: 5)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
     args = parser.parse_args()
 
-    photos = _photos(args.data, 8)
+    photos = [path.read_bytes() for path in face_files(args.data, 8)]
     settings = Settings(model=args.model)  # the same providers and thread count the server picks for itself
     model = FaceModel.from_settings(settings)
     cases = _cases(model, photos)
 
     results: dict[str, dict[str, Any]] = {}
     with (
-        tempfile.TemporaryDirectory() as tmp,
+        TemporaryDirectory() as tmp,
         running_server(args.model, Path(tmp) / "server.log") as base_url,
         httpx.Client(base_url=base_url, timeout=60) as client,
     ):
@@ -217,10 +149,7 @@ def main() -> None:
         "session_threads": settings.session_threads,
         "requests": args.requests,
         "warmup": args.warmup,
-        "cpu_cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "onnxruntime": ort.__version__,
+        "machine": machine(),
         "endpoints": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

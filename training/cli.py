@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--run-dir", type=Path, required=True, help="a run folder written by fit or train")
     export.add_argument("--out", type=Path, required=True, help="bundle folder to write")
 
+    card = commands.add_parser("card", help="model-card figures (card/*.png) and figures of merit for a bundle")
+    _add_data_flags(card)
+    card.add_argument("--bundle", type=Path, required=True, help="bundle folder written by train or export")
+
     check = commands.add_parser("check", help="verify a bundle with the service's loader and print its summary")
     check.add_argument("bundle", type=Path)
     return parser
@@ -100,6 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     from training import train as training
 
     cache = None if args.no_cache else args.cache_dir
+    if args.command == "card":
+        from service.bundle import ModelBundle
+        from training.card import write_card_figures
+
+        bundle = ModelBundle.load(args.bundle)
+        config = TrainConfig.model_validate(
+            {k: v for k, v in bundle.manifest.training.items() if k in TrainConfig.model_fields}
+        )
+        write_card_figures(args.bundle, training.prepare_data(config, args.data, cache, args.skip_bad_images))
+        return 0
     if args.command == "export":
         config, vae = training.load_run(args.run_dir)
         data = training.prepare_data(config, args.data, cache, args.skip_bad_images)

@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make serve` and `make test`. Both create .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DATA ?= ../shared/data/celeba_subset
+
+.PHONY: serve test lint bench train card
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Serving needs no TensorFlow: onnxruntime (CPU) only.
+$(VENV)/.serve-deps: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[cpu]"
+	touch $@
+
+# Tests also train a tiny model, so they need the training extra.
+$(VENV)/.test-deps: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[cpu,train,dev]"
+	touch $@ $(VENV)/.serve-deps
+
+serve: $(VENV)/.serve-deps  ## start the service on the bundled model at http://$(HOST):$(PORT)
+	$(PY) -m service --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.test-deps  ## lint, then the whole test suite
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -q
+
+train: $(VENV)/.test-deps  ## retrain the default bundle from scratch (about 35 min on 2 CPU cores)
+	$(PY) -m training train --data $(DATA) --out models/celeba-64
+	$(PY) -m training card --data $(DATA) --bundle models/celeba-64
+
+bench: $(VENV)/.test-deps  ## all benchmarks; results in bench/results/ and docs/benchmarks.md
+	$(PY) bench/bench_training_speed.py --data $(DATA)
+	$(PY) -m bench.bench_service

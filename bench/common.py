@@ -1,0 +1,274 @@
+"""What the benchmark scripts share: paths, the server under test, the endpoints' in-process work, timing, reports.
+
+Kept free of TensorFlow so the serving benchmarks run in a serving-only environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+
+from service.imaging import ImageFormat, decode_upload, encode_image, make_grid
+from service.preprocess import frame_face
+from service.runtime import Encoding, FaceModel, SamplingMode
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The shared CelebA subset (CelebA layout: img_align_celeba/ + list_attr_celeba.txt), read in place.
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "celeba_subset"
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+FIGURES_DIR = REPO_ROOT / "docs" / "figures"
+STARTUP_TIMEOUT_S = 120
+STOP_TIMEOUT_S = 30
+#: Uvicorn logs this once per worker after the lifespan (model load and warm-up) has finished.
+WORKER_READY_LINE = "Application startup complete."
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+
+
+def face_files(data_dir: Path, count: int) -> list[Path]:
+    """The first `count` JPEG faces of a CelebA-layout folder or of a plain folder of faces."""
+    image_dir = data_dir / "img_align_celeba" if (data_dir / "img_align_celeba").is_dir() else data_dir
+    files = sorted(image_dir.glob("*.jpg"))[:count]
+    if not files:
+        raise SystemExit(f"no *.jpg faces in {image_dir}; pass --data")
+    return files
+
+
+# ---- the server under test ----------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def is_ready(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/health/ready", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@contextmanager
+def running_server(model: Path, log_path: Path, *, workers: int = 1, threads: int = 0) -> Iterator[str]:
+    """`python -m service` on a free loopback port; yields its base URL once every worker is ready.
+
+    The server runs in its own process group, so stopping it also stops uvicorn's worker processes.
+    """
+    port = free_port()
+    command = [sys.executable, "-m", "service", "--model", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", str(workers), "--intra-op-threads", str(threads)]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        # /health/ready answers as soon as one worker is up; the others may still be loading the model.
+        while not (is_ready(base_url) and log_path.read_text().count(WORKER_READY_LINE) >= workers):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not become ready:\n{log_path.read_text()}")
+            time.sleep(0.2)
+        yield base_url
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group, SIGKILL it if it does not exit in time."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+# ---- the endpoints' work without HTTP -----------------------------------------------------------------------------
+
+
+class Backend(Protocol):
+    """Runs the two networks; `FaceModel` (onnxruntime) is one, an eager Keras wrapper another."""
+
+    def encode_pixels(self, pixels: np.ndarray) -> Encoding: ...
+
+    def decode(self, z: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class EndpointWork:
+    """What each face endpoint does besides HTTP, as the routers do it, with the networks run by `backend`.
+
+    `model` supplies the latent math, the limits and the framing; the anchors time this work, so it must
+    stay in step with service/routers/faces.py.
+    """
+
+    model: FaceModel
+    backend: Backend
+    photos: Sequence[bytes]
+    image_format: ImageFormat = ImageFormat.PNG
+
+    def photo(self, i: int) -> bytes:
+        return self.photos[i % len(self.photos)]
+
+    def sample(self, seed: int, n: int) -> bytes:
+        z = self.model.sample_latents(n, np.random.default_rng(seed), SamplingMode.TRICK, 1.0)
+        faces = self.backend.decode(z)
+        return encode_image(faces[0] if n == 1 else make_grid(faces), self.image_format)
+
+    def decode(self, z: Sequence[float]) -> bytes:
+        return encode_image(self.backend.decode(self.model.latents([z]))[0], self.image_format)
+
+    def encode_z_mean(self, i: int) -> Encoding:
+        pixels = frame_face(decode_upload(self.photo(i)), self.model.bundle.preprocess)
+        return self.backend.encode_pixels(pixels[np.newaxis])
+
+    def encode(self, i: int) -> np.ndarray:
+        return self.encode_z_mean(i).sample(np.random.default_rng(i))
+
+    def edit(self, z: Sequence[float], strengths: Mapping[str, float], steps: int | None = None) -> bytes:
+        return self._edit(self.model.latents([z])[0], strengths, steps)
+
+    def edit_photo(self, i: int, strengths: Mapping[str, float]) -> bytes:
+        return self._edit(self.encode_z_mean(i).z_mean[0], strengths, None)
+
+    def _edit(self, z: np.ndarray, strengths: Mapping[str, float], steps: int | None) -> bytes:
+        faces = self.backend.decode(self.model.edit(z, strengths, steps))
+        return encode_image(faces[0] if steps is None else make_grid(faces, steps), self.image_format)
+
+
+# ---- timing -------------------------------------------------------------------------------------------------------
+
+
+def time_calls(call: Callable[[int], object], requests: int, warmup: int) -> list[float]:
+    """Milliseconds of each of `requests` sequential calls, after `warmup` untimed ones."""
+    for i in range(warmup):
+        call(i)
+    durations = []
+    for i in range(requests):
+        started = time.perf_counter()
+        call(i)
+        durations.append((time.perf_counter() - started) * 1000)
+    return durations
+
+
+def latency_summary(durations_ms: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99 and mean in milliseconds (NaN when nothing was measured, e.g. every request failed)."""
+    if not durations_ms:
+        return {key: float("nan") for key in ("p50", "p95", "p99", "mean")}
+    p50, p95, p99 = np.percentile(durations_ms, [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": float(np.mean(durations_ms))}
+
+
+# ---- reports ------------------------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """Where and when the numbers were taken: what docs/benchmarks.md must quote next to each table."""
+    cpu = platform.processor() or "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        cpu = names[0] if names else cpu
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": cores,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "onnxruntime": ort.__version__,
+        "command": " ".join(["python", "-m", _module_name(), *sys.argv[1:]]),
+    }
+
+
+def _module_name() -> str:
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec else Path(sys.argv[0]).stem
+
+
+def _cells(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[list[str]]:
+    """Rows as strings, None as a dash, short rows padded with dashes."""
+    return [
+        ["-" if cell is None else str(cell) for cell in [*row, *[None] * (len(headers) - len(row))]] for row in rows
+    ]
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub Markdown table; floats as given (format them before)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in _cells(headers, rows)]
+    return "\n".join(lines)
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """The same table for the terminal, columns right-aligned except the first."""
+    cells = [list(headers), *_cells(headers, rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in cells
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Table:
+    """One result table, printable to the terminal and to Markdown."""
+
+    title: str
+    headers: Sequence[str]
+    rows: Sequence[Sequence[object]]
+    note: str = ""
+
+    def text(self) -> str:
+        return f"{self.title}\n{text_table(self.headers, self.rows)}" + (f"\n{self.note}" if self.note else "")
+
+    def markdown(self) -> str:
+        return f"#### {self.title}\n\n{markdown_table(self.headers, self.rows)}\n" + (
+            f"\n{self.note}\n" if self.note else ""
+        )
+
+
+def write_report(out: Path, report: Mapping[str, Any], tables: Sequence[Table], headline: str) -> Path:
+    """Print the tables, write the JSON to `out` and the same tables as Markdown next to it (`.md`)."""
+    for table in tables:
+        print(f"\n{table.text()}")
+    print(f"\n{headline}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    info = report["machine"]
+    header = f"Measured {info['date']} on {info['cpu']} ({info['cores']} cores), `{info['command']}`.\n"
+    markdown = "\n".join([header, *(table.markdown() for table in tables), f"**Headline.** {headline}\n"])
+    fragment = out.with_suffix(".md")
+    fragment.write_text(markdown, encoding="utf-8")
+    print(f"\nwritten {out} and {fragment}")
+    return fragment
+
+
+def fmt(value: float | None, digits: int = 1) -> str | None:
+    """A number for a table cell; None and NaN become a dash."""
+    return None if value is None or not np.isfinite(value) else f"{value:.{digits}f}"

@@ -1,0 +1,229 @@
+"""A small CNN that predicts CelebA's 40 attributes: the evaluator of bench/bench_quality.py.
+
+It learns from the VAE's training split only (the same file-name hash split, `training.data.split`), so the
+validation faces the benchmark judges are new to both models. Its penultimate layer, `features`, is the
+embedding the benchmark's Fréchet distance is measured in: a face-specific stand-in for Inception features.
+
+    python -m training.classifier --data ../shared/data/celeba_subset --image-size 64 --epochs 6
+
+writes `runs/classifier-64/` (`classifier.weights.h5` + `classifier.json`: settings, attribute names, per-attribute
+validation AUC). Weights only, no pickle: `AttributeClassifier.load` rebuilds the network from the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+from keras import layers
+from pydantic import BaseModel, ConfigDict, Field
+from sklearn.metrics import roc_auc_score
+
+from training.cli import DEFAULT_CACHE
+from training.config import TrainConfig
+from training.data import CELEBA_CROP
+from training.train import prepare_data
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "classifier.json"
+WEIGHTS_FILE = "classifier.weights.h5"
+FEATURES_LAYER = "features"
+PREDICT_BATCH = 256
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ClassifierConfig(BaseModel):
+    """What the classifier sees (framing, split) and how it is built and trained."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_size: int = Field(64, gt=0, description="side of the square input; must match the bundle it judges")
+    crop: tuple[float, float, float, float] = Field(CELEBA_CROP, description="face box, as in TrainConfig")
+    val_fraction: float = Field(0.05, gt=0, lt=1, description="must match the VAE's, so both hold out the same faces")
+    max_images: int | None = Field(None, gt=0, description="use only the first N images (sorted by file name)")
+    filters: tuple[int, ...] = Field((32, 64, 128, 256), description="one stride-2 conv block each")
+    features: int = Field(256, gt=0, description="width of the penultimate (feature) layer")
+    dropout: float = Field(0.3, ge=0, lt=1, description="before the output layer")
+    epochs: int = Field(6, gt=0)
+    batch_size: int = Field(64, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    seed: int = 0
+
+    def data_config(self) -> TrainConfig:
+        """The TrainConfig whose `prepare_data` gives this classifier's faces and split."""
+        return TrainConfig(
+            image_size=self.image_size, crop=self.crop, val_fraction=self.val_fraction, max_images=self.max_images
+        )
+
+
+def build_classifier(config: ClassifierConfig, attributes: int) -> keras.Model:
+    """Pixels (0-255) -> stride-2 Conv + BatchNorm + ReLU blocks -> global average -> `features` -> sigmoids.
+
+    Stride-2 convolutions (no pooling) and a global average keep it at a few million multiply-adds per face,
+    which is what lets it train in minutes on two CPU cores. Horizontal flips are the only augmentation:
+    none of the 40 attributes depends on left and right.
+    """
+    pixels = keras.Input(shape=(config.image_size, config.image_size, 3), name="pixels")
+    x = layers.Rescaling(1.0 / 255.0)(pixels)
+    x = layers.RandomFlip("horizontal", seed=config.seed)(x)
+    for width in config.filters:
+        x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    features = layers.Dense(config.features, activation="relu", name=FEATURES_LAYER)(x)
+    x = layers.Dropout(config.dropout, seed=config.seed)(features)
+    probabilities = layers.Dense(attributes, activation="sigmoid", name="attributes")(x)
+    return keras.Model(pixels, probabilities, name="attribute_classifier")
+
+
+def validation_auc(probabilities: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str, float | None]:
+    """ROC AUC per attribute (labels 1/-1 or 1/0); None where the split has only one class."""
+    positive = labels > 0
+    return {
+        name: float(roc_auc_score(positive[:, i], probabilities[:, i]))
+        if 0 < positive[:, i].sum() < len(labels)
+        else None
+        for i, name in enumerate(names)
+    }
+
+
+@dataclass
+class AttributeClassifier:
+    """A trained classifier: `predict` gives each face's 40 probabilities and its penultimate features."""
+
+    config: ClassifierConfig
+    attributes: list[str]
+    model: keras.Model  # outputs [probabilities, features]
+    report: dict[str, Any]
+
+    @classmethod
+    def from_training_model(
+        cls, config: ClassifierConfig, attributes: list[str], trained: keras.Model, report: dict[str, Any]
+    ) -> AttributeClassifier:
+        model = keras.Model(trained.input, [trained.output, trained.get_layer(FEATURES_LAYER).output])
+        return cls(config, attributes, model, report)
+
+    @classmethod
+    def load(cls, folder: Path) -> AttributeClassifier:
+        """Rebuild the network from classifier.json and load its weights."""
+        saved = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        config = ClassifierConfig.model_validate(saved["config"])
+        trained = build_classifier(config, len(saved["attributes"]))
+        trained.load_weights(folder / WEIGHTS_FILE)
+        return cls.from_training_model(config, saved["attributes"], trained, saved)
+
+    def predict(self, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 faces [N, size, size, 3] -> (probabilities [N, attributes], features [N, features])."""
+        if faces.shape[1:] != (self.config.image_size, self.config.image_size, 3):
+            raise ValueError(f"faces are {faces.shape[1:]}, the classifier takes {self.config.image_size}px RGB")
+        probabilities, features = self.model.predict(faces.astype(np.float32), batch_size=PREDICT_BATCH, verbose=0)
+        return probabilities, features
+
+    def column(self, attribute: str) -> int:
+        return self.attributes.index(attribute)
+
+
+def train_classifier(
+    config: ClassifierConfig, data_dir: Path, out: Path, cache_dir: Path | None
+) -> AttributeClassifier:
+    """Train on the training split, measure validation AUC, write weights + JSON to `out`."""
+    data = prepare_data(config.data_config(), data_dir, cache_dir, skip_bad=False)
+    if data.labels is None:
+        raise ValueError(f"{data_dir} has no attribute file; the classifier needs CelebA's labels")
+    names = data.dataset.attribute_names
+    targets = (data.labels > 0).astype(np.float32)
+    keras.utils.set_random_seed(config.seed)
+    model = build_classifier(config, len(names))
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(names), name="auc")],
+    )
+    started = time.perf_counter()
+    history = model.fit(
+        data.images[data.train],
+        targets[data.train],
+        validation_data=(data.images[data.val], targets[data.val]),
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        shuffle=True,
+        verbose=1 if sys.stderr.isatty() else 2,
+    )
+    seconds = time.perf_counter() - started
+    classifier = AttributeClassifier.from_training_model(config, names, model, {})
+    probabilities, _ = classifier.predict(data.images[data.val])
+    auc = validation_auc(probabilities, data.labels[data.val], names)
+    known = [value for value in auc.values() if value is not None]
+    classifier.report = {
+        "config": config.model_dump(),
+        "attributes": names,
+        "validation_auc": auc,
+        "mean_validation_auc": float(np.mean(known)) if known else None,
+        "train": len(data.train),
+        "validation": len(data.val),
+        "seconds": round(seconds, 1),
+        "train_images_per_second": round(len(data.train) * config.epochs / seconds, 1),
+        "history": {key: [float(v) for v in values] for key, values in history.history.items()},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_weights(out / WEIGHTS_FILE)
+    (out / CONFIG_FILE).write_text(json.dumps(classifier.report, indent=1) + "\n", encoding="utf-8")
+    log.info(
+        "classifier: %d epochs in %.0f s, mean validation AUC %.3f, written to %s",
+        config.epochs,
+        seconds,
+        classifier.report["mean_validation_auc"] or float("nan"),
+        out,
+    )
+    return classifier
+
+
+def default_out(image_size: int) -> Path:
+    return REPO_ROOT / "runs" / f"classifier-{image_size}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    defaults = ClassifierConfig()
+    parser = argparse.ArgumentParser(prog="python -m training.classifier", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="CelebA-layout folder (img_align_celeba + labels)")
+    parser.add_argument("--out", type=Path, help="folder to write (default: runs/classifier-<image size>)")
+    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="(default: %(default)s)")
+    parser.add_argument("--crop", type=float, nargs=4, default=defaults.crop, help="left top right bottom fractions")
+    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="(default: %(default)s)")
+    parser.add_argument("--max-images", type=int, help="use only the first N images (default: all)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="(default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="(default: %(default)s)")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="decoded-face cache (as training's)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ClassifierConfig(
+        image_size=args.image_size,
+        crop=tuple(args.crop),
+        val_fraction=args.val_fraction,
+        max_images=args.max_images,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+    )
+    classifier = train_classifier(config, args.data, args.out or default_out(args.image_size), args.cache_dir)
+    for name, auc in classifier.report["validation_auc"].items():
+        print(f"{name:<20} {'-' if auc is None else f'{auc:.3f}'}")
+    print(f"mean validation AUC {classifier.report['mean_validation_auc']}")
+
+
+if __name__ == "__main__":
+    main()
