@@ -37,6 +37,7 @@ from bench.common import (
     FIGURES_DIR,
     REPO_ROOT,
     RESULTS_DIR,
+    Backend,
     EndpointWork,
     Table,
     face_files,
@@ -130,7 +131,7 @@ def work_calls(work: EndpointWork, attribute: str) -> dict[str, Callable[[int], 
     }
 
 
-def network_calls(model: FaceModel, backend: Any) -> dict[str, Callable[[int], object]]:
+def network_calls(model: FaceModel, backend: Backend) -> dict[str, Callable[[int], object]]:
     """The networks alone (plus the uint8 conversion both backends do), for the onnxruntime/TensorFlow ratio."""
     rng = np.random.default_rng(0)
     z = {batch: rng.standard_normal((batch, model.z_dim), dtype=np.float32) for batch in (1, BATCH)}

@@ -285,10 +285,9 @@ def tables(report: dict[str, Any]) -> list[Table]:
 def headline(report: dict[str, Any]) -> str:
     by_setting = {row["setting"]: row["fd_mean"] for row in report["sampling"]["rows"]}
     prior, trick = by_setting.get("prior 1"), by_setting.get("trick 1")
-    modes = [key for key in by_setting if key.startswith(("prior", "trick"))]
-    best = min(modes, key=by_setting.__getitem__)
     parts = []
     if prior is not None and trick is not None:
+        best = min((key for key in by_setting if key.startswith(("prior", "trick"))), key=by_setting.__getitem__)
         change = 100 * (trick - prior) / prior
         parts.append(
             f"FD at T=1: trick {trick:.3g} vs prior {prior:.3g} ({change:+.0f} %, "
@@ -304,9 +303,7 @@ def headline(report: dict[str, Any]) -> str:
     return "; ".join(parts) + "."
 
 
-def draw_figures(
-    report: dict[str, Any], samples: dict[str, np.ndarray], figures: Path, psnr: Sequence[float]
-) -> list[Path]:
+def draw_figures(report: dict[str, Any], samples: dict[str, np.ndarray], figures: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -335,7 +332,7 @@ def draw_figures(
     save(fig, "quality_classifier_auc.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.hist(psnr, bins=30)
+    ax.hist(report["reconstruction"]["psnr_per_image"], bins=30)
     ax.axvline(report["reconstruction"]["mean_psnr"], color="C3", label="mean")
     ax.set_xlabel("PSNR of a validation face's reconstruction, dB")
     ax.set_ylabel("faces")
@@ -480,7 +477,6 @@ def main() -> None:
     }
     print("reconstruction")
     report["reconstruction"] = reconstruction(model, data.images[data.val])
-    psnr = report["reconstruction"].pop("psnr_per_image")
     print("sampling")
     report["sampling"] = sampling(model, classifier, data, args.samples, args.repeats, args.temperatures, args.seed)
     print("edits")
@@ -490,7 +486,7 @@ def main() -> None:
         mode.value: model.decode(model.sample_latents(SAMPLE_GRID, np.random.default_rng(args.seed), mode, 1.0))
         for mode in (SamplingMode.PRIOR, SamplingMode.TRICK)
     }
-    report["figures"] = [str(path) for path in draw_figures(report, shown, args.figures, psnr)]
+    report["figures"] = [str(path) for path in draw_figures(report, shown, args.figures)]
     write_report(args.out, report, tables(report), report["headline"])
 
 

@@ -57,4 +57,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         access_log=False,  # RequestLogMiddleware logs every request with its duration
         log_level=settings.log_level,
         log_config=uvicorn_log_config(settings.log_level),
+        timeout_graceful_shutdown=settings.graceful_timeout,
     )

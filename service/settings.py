@@ -16,9 +16,20 @@ ENV_PREFIX = "FACEVAE_"
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
 def usable_cores() -> int:
-    """CPU cores this process may run on (respects taskset and container CPU sets)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """CPU cores this process may use: its affinity mask (taskset, cpusets), capped by a cgroup v2 CPU quota
+    (`docker run --cpus`, compose `cpus:`), so a throttled container does not start more threads than it gets."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, int(quota) // int(period)))
 
 
 class Settings(BaseSettings):
@@ -42,6 +53,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest request body accepted, in bytes.")
     max_batch: int = Field(16, ge=1, description="Most latents, samples (n) or strip steps in one request.")
     max_strength: float = Field(5.0, gt=0, description="Largest attribute strength, in units of projection_std.")
+    graceful_timeout: float = Field(
+        20.0, gt=0, description="Seconds to let in-flight requests finish after SIGTERM before closing them."
+    )
     log_level: LogLevel = Field("info", description="Level of the service and uvicorn loggers.")
 
     @field_validator("providers", mode="before")

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from service import cli
+from service import settings as settings_module
 from service.settings import DEFAULT_MODEL, ENV_PREFIX, Settings, usable_cores
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -86,3 +87,18 @@ def test_cli_rejects_invalid_values(
         cli.main(argv)
     assert exited.value.code == 2
     assert not uvicorn_calls
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("50000 100000", 1), ("200000 100000", 2), ("max 100000", None), ("garbage", None)],
+)
+def test_usable_cores_respects_a_cgroup_cpu_quota(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_max: str, expected: int | None
+) -> None:
+    """A container limited with --cpus must not get one onnxruntime thread per host core."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)), raising=False)
+    quota_file = tmp_path / "cpu.max"
+    quota_file.write_text(cpu_max + "\n")
+    monkeypatch.setattr(settings_module, "CGROUP_CPU_MAX", quota_file)
+    assert usable_cores() == (expected or 8)

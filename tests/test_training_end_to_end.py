@@ -91,3 +91,15 @@ def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     for flag in ["--data", "--out", "--image-size", "--z-dim", "--epochs", "--batch-size", "--kl-weight",
                  "--max-images", "--seed", "--resume", "--crop", "--patience"]:  # fmt: skip
         assert flag in text
+
+
+def test_card_figures_are_drawn_through_the_service_runtime(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained[1], bundle)
+    assert main(["card", "--bundle", str(bundle), "--data", str(SUBSET), "--no-cache"]) == 0
+    for figure in ("reconstructions.png", "samples.png", "edits.png"):
+        assert (bundle / "card" / figure).stat().st_size > 1000
+    figures = json.loads((bundle / "card" / "figures.json").read_text())
+    manifest_mse = ModelBundle.load(bundle).manifest.metrics["val_reconstruction_mse"]
+    assert figures["val_reconstruction_mse"] == pytest.approx(manifest_mse, rel=0.05)
+    assert figures["sharpness_real"] > figures["sharpness_reconstructions"] > 0

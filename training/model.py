@@ -28,7 +28,8 @@ def build_decoder(image_size: int, z_dim: int, filters: tuple[int, ...]) -> kera
 
     `filters` is the encoder's list; the decoder walks it backwards so the two mirror each other.
     Convolving before upsampling costs a quarter of the other order (93 vs 31 img/s at 64x64 on
-    2 CPU cores), which is what makes training on a CPU practical.
+    2 CPU cores), which is what makes training on a CPU practical; bilinear rather than nearest
+    upsampling keeps that order from printing a 2x2 checkerboard on every face.
     """
     base = image_size // 2 ** len(filters)
     if base * 2 ** len(filters) != image_size:
@@ -40,7 +41,7 @@ def build_decoder(image_size: int, z_dim: int, filters: tuple[int, ...]) -> kera
         x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
         x = layers.BatchNormalization()(x)
         x = layers.LeakyReLU(0.2)(x)
-        x = layers.UpSampling2D(2)(x)
+        x = layers.UpSampling2D(2, interpolation="bilinear")(x)
     image = layers.Conv2D(3, 3, padding="same", activation="sigmoid", name=DECODER_OUTPUT)(x)
     return keras.Model(z, image, name="decoder")
 
