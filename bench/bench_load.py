@@ -10,9 +10,9 @@
    networks alone at batch 1 and 16.
 3. With --sweep, repeats a short load test for every workers x threads setting and names the fastest.
 
-    python -m bench.bench_load                                   # models/celeba-64, runs/celeba-64, full grid
-    python -m bench.bench_load --sweep --requests 400
-    python -m bench.bench_load --model /tmp/tiny --requests 20 --concurrency 1 4 --out /tmp/load.json
+    python -m bench.bench_load --sweep              # the documented run: models/celeba-64, runs/celeba-64
+    python -m bench.bench_load --workers 2 --threads 1          # the grid at another server setting
+    python -m bench.bench_load --model /tmp/tiny --requests 20 --concurrency 1 4 --out /tmp/load.json --figures /tmp
 
 Writes JSON (--out), the same tables as Markdown next to it (.md), and figures into --figures.
 """
@@ -57,6 +57,8 @@ CASES = ("live", "sample_n1", "sample_n16", "decode", "encode", "edit")
 BATCH = 16
 EDIT_STRENGTH = 2.0
 PHOTOS = 16
+#: Grey levels the TensorFlow and onnxruntime faces may differ by (rounding) before the run counts as another model.
+PARITY_LEVELS = 1
 HEADLINE_CONCURRENCY = 16
 #: Generous: the load generator stops starting requests after max_seconds per cell itself.
 LOADGEN_SLACK_S = 120
@@ -95,8 +97,18 @@ def load_keras(run_dir: Path, model: FaceModel) -> tuple[KerasBackend | None, st
         )
     import tensorflow as tf
 
+    backend = KerasBackend(vae)
+    z = np.random.default_rng(0).standard_normal((BATCH, model.z_dim), dtype=np.float32)
+    # The anchor must run the bundle's network: a run folder from other code or weights would time something else.
+    worst = int(np.abs(backend.decode(z).astype(np.int16) - model.decode(z).astype(np.int16)).max())
     threads = tf.config.threading.get_intra_op_parallelism_threads() or "all"
-    return KerasBackend(vae), f"TensorFlow {tf.__version__}, eager Keras calls, intra-op threads: {threads}"
+    note = (
+        f"TensorFlow {tf.__version__}, eager Keras calls, intra-op threads: {threads}; "
+        f"max |TF - ORT| on {BATCH} decoded faces: {worst}/255"
+    )
+    if worst > PARITY_LEVELS:
+        note += f" (WARNING: {run_dir} does not match the bundle; the TensorFlow timings are of another network)"
+    return backend, note
 
 
 # ---- the load test ------------------------------------------------------------------------------------------------
@@ -181,10 +193,10 @@ def best_setting(rows: list[dict[str, Any]], cases: Sequence[str]) -> dict[str, 
     """The workers x threads setting with the highest geometric-mean throughput over `cases`, errors disqualify."""
     scores = []
     for (workers, threads), group in itertools.groupby(rows, key=lambda r: (r["workers"], r["threads"])):
-        group = list(group)
-        if any(r["errors"] for r in group) or len(group) != len(cases):
+        members = list(group)
+        if any(r["errors"] for r in members) or len(members) != len(cases):
             continue
-        score = float(np.exp(np.mean([np.log(r["req_s"]) for r in group])))
+        score = float(np.exp(np.mean([np.log(r["req_s"]) for r in members])))
         scores.append({"workers": workers, "threads": threads, "geomean_req_s": score})
     return max(scores, key=lambda s: s["geomean_req_s"]) if scores else None
 
@@ -292,12 +304,12 @@ def tables(report: dict[str, Any]) -> list[Table]:
         best = sweep["best"] or {}
         rows = []
         for (workers, threads), group in itertools.groupby(sweep["load"], key=lambda r: (r["workers"], r["threads"])):
-            group = list(group)
+            members = list(group)
             marker = "yes" if (workers, threads) == (best.get("workers"), best.get("threads")) else ""
             rows.append(
                 [workers, threads]
-                + [f"{fmt(r['req_s'])} ({fmt(r['p95'], 1)})" for r in group]
-                + [sum(r["errors"] for r in group), marker]
+                + [f"{fmt(r['req_s'])} ({fmt(r['p95'], 1)})" for r in members]
+                + [sum(r["errors"] for r in members), marker]
             )
         result.append(
             Table(
@@ -408,7 +420,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64], help="(default: 1 4 16 64)")
     parser.add_argument("--requests", type=int, default=400, help="timed requests per cell and anchor (default: 400)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed requests first (default: 20)")
-    parser.add_argument("--max-seconds", type=float, default=30.0, help="time limit per cell (default: 30)")
+    parser.add_argument(
+        "--max-seconds", type=float, default=30.0, help="time limit per load cell and per anchor (default: 30)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers for the main run (default: 1)")
     parser.add_argument(
         "--threads", type=int, default=0, help="onnxruntime threads per session, 0 = cores / workers (default: 0)"
@@ -426,24 +440,47 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def anchors(model: FaceModel, photos: list[Path], attribute: str, args: argparse.Namespace) -> dict[str, Any]:
+    """In-process (onnxruntime) and TensorFlow timings of the same work, and of the networks alone."""
+    photo_bytes = [path.read_bytes() for path in photos]
+
+    def timed(calls: dict[str, Callable[[int], object]], cases: Sequence[str] | None = None) -> dict[str, Any]:
+        return {
+            name: latency_summary(time_calls(call, args.requests, args.warmup, args.max_seconds))
+            for name, call in calls.items()
+            if cases is None or name in cases
+        }
+
+    print("anchors: in-process (onnxruntime)")
+    result: dict[str, Any] = {
+        "in_process": timed(work_calls(EndpointWork(model, model, photo_bytes), attribute), args.cases),
+        "networks": {"onnxruntime": timed(network_calls(model, model))},
+        "tensorflow": None,
+    }
+    keras_backend, result["tensorflow_note"] = load_keras(args.run_dir, model)
+    print(result["tensorflow_note"])
+    if keras_backend is not None:
+        keras_work = EndpointWork(model, keras_backend, photo_bytes)
+        result["tensorflow"] = timed(work_calls(keras_work, attribute), args.cases)
+        result["networks"]["tensorflow"] = timed(network_calls(model, keras_backend))
+    return result
+
+
 def main() -> None:
     args = parse_args()
     settings = Settings(model=args.model, workers=args.workers, intra_op_threads=args.threads)
     model = FaceModel.from_settings(settings)  # the same providers and threads as one server worker
     attribute = "Smiling" if "Smiling" in model.bundle.attributes else model.bundle.attributes.names[0]
     photos = face_files(args.data, PHOTOS)
-    plan_templates = {case: t for case, t in templates(model, photos, attribute).items() if case in args.cases}
+    all_templates = templates(model, photos, attribute)
 
     print(f"load test: {len(args.cases)} cases x concurrency {args.concurrency}, {args.requests} requests per cell")
-    load = run_load(
-        args.model, args.workers, args.threads, plan_templates, grid_cells(args.cases, args.concurrency, args)
-    )
+    grid = grid_cells(args.cases, args.concurrency, args)
+    load = run_load(args.model, args.workers, args.threads, {c: all_templates[c] for c in args.cases}, grid)
     sweep = None
     if args.sweep:
         sweep_cells = grid_cells(args.sweep_cases, [args.sweep_concurrency], args)
-        sweep_templates = {
-            case: t for case, t in templates(model, photos, attribute).items() if case in args.sweep_cases
-        }
+        sweep_templates = {case: all_templates[case] for case in args.sweep_cases}
         sweep_rows = []
         for workers, threads in itertools.product(args.sweep_workers, args.sweep_threads):
             sweep_rows += run_load(args.model, workers, threads, sweep_templates, sweep_cells)
@@ -452,34 +489,6 @@ def main() -> None:
             "concurrency": args.sweep_concurrency,
             "load": sweep_rows,
             "best": best_setting(sweep_rows, args.sweep_cases),
-        }
-
-    # The anchors run after every server has stopped, so nothing competes with them for the cores.
-    photo_bytes = [path.read_bytes() for path in photos]
-    print("anchors: in-process (onnxruntime)")
-    in_process = {
-        case: latency_summary(time_calls(call, args.requests, args.warmup))
-        for case, call in work_calls(EndpointWork(model, model, photo_bytes), attribute).items()
-        if case in args.cases
-    }
-    networks = {
-        "onnxruntime": {
-            name: latency_summary(time_calls(call, args.requests, args.warmup))
-            for name, call in network_calls(model, model).items()
-        }
-    }
-    keras_backend, tf_note = load_keras(args.run_dir, model)
-    print(tf_note)
-    tensorflow = None
-    if keras_backend is not None:
-        tensorflow = {
-            case: latency_summary(time_calls(call, args.requests, args.warmup))
-            for case, call in work_calls(EndpointWork(model, keras_backend, photo_bytes), attribute).items()
-            if case in args.cases
-        }
-        networks["tensorflow"] = {
-            name: latency_summary(time_calls(call, args.requests, args.warmup))
-            for name, call in network_calls(model, keras_backend).items()
         }
 
     report: dict[str, Any] = {
@@ -494,11 +503,9 @@ def main() -> None:
         "warmup": args.warmup,
         "max_seconds": args.max_seconds,
         "load": load,
-        "in_process": in_process,
-        "tensorflow": tensorflow,
-        "tensorflow_note": tf_note,
-        "networks": networks,
         "sweep": sweep,
+        # After every server has stopped, so nothing competes with the anchors for the cores.
+        **anchors(model, photos, attribute, args),
     }
     report["ratios"] = compute_ratios(report)
     report["headline"] = headline(report)

@@ -283,16 +283,20 @@ def tables(report: dict[str, Any]) -> list[Table]:
 
 
 def headline(report: dict[str, Any]) -> str:
-    by_setting = {row["setting"]: row["fd_mean"] for row in report["sampling"]["rows"]}
-    prior, trick = by_setting.get("prior 1"), by_setting.get("trick 1")
+    rows = {row["setting"]: row for row in report["sampling"]["rows"]}
+    prior, trick = rows.get("prior 1"), rows.get("trick 1")
     parts = []
     if prior is not None and trick is not None:
-        best = min((key for key in by_setting if key.startswith(("prior", "trick"))), key=by_setting.__getitem__)
-        change = 100 * (trick - prior) / prior
+        best = min((k for k in rows if k.startswith(("prior", "trick"))), key=lambda k: rows[k]["fd_mean"])
+        difference = trick["fd_mean"] - prior["fd_mean"]
+        if abs(difference) <= trick["fd_std"] + prior["fd_std"]:
+            verdict = "no clear difference across seeds"
+        else:
+            verdict = "the trick is better" if difference < 0 else "the trick is worse"
         parts.append(
-            f"FD at T=1: trick {trick:.3g} vs prior {prior:.3g} ({change:+.0f} %, "
-            + ("the trick is better" if trick < prior else "the trick is not better")
-            + f"); lowest FD: {best} ({by_setting[best]:.3g})"
+            f"FD at T=1: trick {trick['fd_mean']:.3g} vs prior {prior['fd_mean']:.3g} "
+            f"({100 * difference / prior['fd_mean']:+.0f} %, {verdict}); "
+            f"lowest FD: {best} ({rows[best]['fd_mean']:.3g})"
         )
     successes = [
         f"{r['attribute']} {100 * r['strengths']['+2']['success']:.0f} % (unedited {100 * r['unedited']:.0f} %)"
@@ -455,9 +459,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     bundle = ModelBundle.load(args.model)
-    config = TrainConfig.model_validate(
-        {k: v for k, v in bundle.manifest.training.items() if k in TrainConfig.model_fields}
-    )
+    config = TrainConfig.from_manifest(bundle.manifest.training)
     data = prepare_data(config, args.data, args.cache_dir, skip_bad=False)
     if data.labels is None:
         raise SystemExit(f"{args.data} has no attribute labels; the edit evaluation needs them")

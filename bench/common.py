@@ -158,12 +158,18 @@ class EndpointWork:
 # ---- timing -------------------------------------------------------------------------------------------------------
 
 
-def time_calls(call: Callable[[int], object], requests: int, warmup: int) -> list[float]:
-    """Milliseconds of each of `requests` sequential calls, after `warmup` untimed ones."""
+def time_calls(
+    call: Callable[[int], object], requests: int, warmup: int, max_seconds: float = float("inf")
+) -> list[float]:
+    """Milliseconds of each of `requests` sequential calls after `warmup` untimed ones; none starts after
+    `max_seconds` of timing, so slow cases stay bounded."""
     for i in range(warmup):
         call(i)
-    durations = []
+    durations: list[float] = []
+    deadline = time.monotonic() + max_seconds
     for i in range(requests):
+        if time.monotonic() > deadline:
+            break
         started = time.perf_counter()
         call(i)
         durations.append((time.perf_counter() - started) * 1000)
@@ -171,11 +177,17 @@ def time_calls(call: Callable[[int], object], requests: int, warmup: int) -> lis
 
 
 def latency_summary(durations_ms: Sequence[float]) -> dict[str, float]:
-    """p50/p95/p99 and mean in milliseconds (NaN when nothing was measured, e.g. every request failed)."""
+    """p50/p95/p99 and mean in milliseconds, and how many (NaN when nothing was measured, e.g. all failed)."""
     if not durations_ms:
-        return {key: float("nan") for key in ("p50", "p95", "p99", "mean")}
+        return {"count": 0, **{key: float("nan") for key in ("p50", "p95", "p99", "mean")}}
     p50, p95, p99 = np.percentile(durations_ms, [50, 95, 99])
-    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": float(np.mean(durations_ms))}
+    return {
+        "count": len(durations_ms),
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+        "mean": float(np.mean(durations_ms)),
+    }
 
 
 # ---- reports ------------------------------------------------------------------------------------------------------

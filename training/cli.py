@@ -109,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         from training.card import write_card_figures
 
         bundle = ModelBundle.load(args.bundle)
-        config = TrainConfig.model_validate(
-            {k: v for k, v in bundle.manifest.training.items() if k in TrainConfig.model_fields}
-        )
+        config = TrainConfig.from_manifest(bundle.manifest.training)
         write_card_figures(args.bundle, training.prepare_data(config, args.data, cache, args.skip_bad_images))
         return 0
     if args.command == "export":

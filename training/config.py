@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,3 +33,8 @@ class TrainConfig(BaseModel):
         CELEBA_CROP, description="face box as fractions of width and height: left top right bottom"
     )
     seed: int = Field(0, description="seed for initialisation, shuffling and sampling noise")
+
+    @classmethod
+    def from_manifest(cls, training: dict[str, Any]) -> TrainConfig:
+        """The configuration a bundle was trained with (its manifest's `training` section)."""
+        return cls.model_validate({k: v for k, v in training.items() if k in cls.model_fields})
