@@ -5,7 +5,7 @@
 set -euo pipefail
 DATA=${DATA:-../shared/data/celeba_subset}
 EPOCHS=${EPOCHS:-4}
-for setting in "128 5e-5" "128 2e-4" "128 8e-4" "64 2e-4"; do
+for setting in "128 5e-5" "128 2e-4" "64 5e-5"; do
     read -r z kl <<< "$setting"
     name="sweep-z$z-kl$kl"
     python -m training train --data "$DATA" --epochs "$EPOCHS" --z-dim "$z" --kl-weight "$kl" \

@@ -9,14 +9,19 @@ from keras import layers, ops
 from service.bundle import DECODER_INPUT, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUTS
 
 
+def conv_block(x: keras.KerasTensor, width: int, kernel: int, strides: int = 1) -> keras.KerasTensor:
+    """Conv2D (no bias: BatchNorm has one) + BatchNorm + LeakyReLU, the unit both halves are built of."""
+    x = layers.Conv2D(width, kernel, strides=strides, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.LeakyReLU(0.2)(x)
+
+
 def build_encoder(image_size: int, z_dim: int, filters: tuple[int, ...]) -> keras.Model:
     """Stride-2 Conv2D + BatchNorm + LeakyReLU blocks, Flatten, two Dense heads."""
     image = keras.Input(shape=(image_size, image_size, 3), name=ENCODER_INPUT)
     x = image
     for width in filters:
-        x = layers.Conv2D(width, 4, strides=2, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.LeakyReLU(0.2)(x)
+        x = conv_block(x, width, kernel=4, strides=2)
     x = layers.Flatten()(x)
     z_mean = layers.Dense(z_dim, name=ENCODER_OUTPUTS[0])(x)
     z_log_var = layers.Dense(z_dim, name=ENCODER_OUTPUTS[1])(x)
@@ -24,12 +29,14 @@ def build_encoder(image_size: int, z_dim: int, filters: tuple[int, ...]) -> kera
 
 
 def build_decoder(image_size: int, z_dim: int, filters: tuple[int, ...]) -> keras.Model:
-    """Dense, Reshape, then (Conv2D + BatchNorm + LeakyReLU + UpSampling2D) blocks, Conv2D(3, sigmoid).
+    """Dense, Reshape, (Conv2D + BatchNorm + LeakyReLU + UpSampling2D) blocks, a full-resolution Conv2D
+    block, then Conv2D(3, sigmoid).
 
     `filters` is the encoder's list; the decoder walks it backwards so the two mirror each other.
     Convolving before upsampling costs a quarter of the other order (93 vs 31 img/s at 64x64 on
-    2 CPU cores), which is what makes training on a CPU practical; bilinear rather than nearest
-    upsampling keeps that order from printing a 2x2 checkerboard on every face.
+    2 CPU cores), which is what makes training on a CPU practical. Nearest upsampling keeps detail
+    (bilinear blurred faces 4x more by a Laplacian measure); the narrow full-resolution block lets
+    the decoder smooth away the 2x2 checkerboard that nearest upsampling would otherwise print.
     """
     base = image_size // 2 ** len(filters)
     if base * 2 ** len(filters) != image_size:
@@ -38,10 +45,8 @@ def build_decoder(image_size: int, z_dim: int, filters: tuple[int, ...]) -> kera
     x = layers.Dense(base * base * filters[-1])(z)
     x = layers.Reshape((base, base, filters[-1]))(x)
     for width in reversed(filters):
-        x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.LeakyReLU(0.2)(x)
-        x = layers.UpSampling2D(2, interpolation="bilinear")(x)
+        x = layers.UpSampling2D(2)(conv_block(x, width, kernel=3))
+    x = conv_block(x, max(filters[0] // 2, 8), kernel=3)
     image = layers.Conv2D(3, 3, padding="same", activation="sigmoid", name=DECODER_OUTPUT)(x)
     return keras.Model(z, image, name="decoder")
 

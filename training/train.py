@@ -29,6 +29,8 @@ LAST_WEIGHTS = "last.weights.h5"
 LAST_OPTIMIZER = "last.optimizer.npz"
 STATE_FILE = "state.json"
 MONITOR = "val_reconstruction_loss"
+#: Settings a resumed run may change; anything else would silently mix two different experiments.
+RESUMABLE_CHANGES = {"name", "epochs", "patience"}
 
 
 @dataclass
@@ -144,7 +146,7 @@ def fit(config: TrainConfig, data: PreparedData, run_dir: Path, resume: bool) ->
     state: dict = {"epochs_done": 0, "best": float("inf"), "history": {}}
     if resume and (run_dir / STATE_FILE).is_file():
         saved = TrainConfig.model_validate_json((run_dir / CONFIG_FILE).read_text())
-        if saved.model_dump(exclude={"epochs", "patience"}) != config.model_dump(exclude={"epochs", "patience"}):
+        if saved.model_dump(exclude=RESUMABLE_CHANGES) != config.model_dump(exclude=RESUMABLE_CHANGES):
             raise ValueError(f"{run_dir / CONFIG_FILE}: --resume needs the same settings as the run being resumed")
         state = _restore_last(vae, run_dir)
         log.info("resuming after epoch %d (best %s %.5f)", state["epochs_done"], MONITOR, state["best"])
