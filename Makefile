@@ -33,6 +33,8 @@ train: $(VENV)/.test-deps  ## retrain the default bundle from scratch (about 35 
 	$(PY) -m training train --data $(DATA) --out models/celeba-64
 	$(PY) -m training card --data $(DATA) --bundle models/celeba-64
 
-bench: $(VENV)/.test-deps  ## all benchmarks; results in bench/results/ and docs/benchmarks.md
-	$(PY) bench/bench_training_speed.py --data $(DATA)
+bench: $(VENV)/.test-deps  ## every benchmark (about 25 min on 2 cores); results in bench/results/, see docs/benchmarks.md
 	$(PY) -m bench.bench_service
+	$(PY) -m bench.bench_load --sweep
+	$(PY) -m bench.bench_training_speed --data $(DATA)
+	$(PY) -m bench.bench_quality --train-classifier

@@ -3,7 +3,7 @@
 The input pipeline is good enough when real-data img/s is at least 90% of the synthetic figure.
 Both are measured side by side in one process, alternating, so machine noise hits both alike.
 
-    python bench/bench_training_speed.py --data ../shared/data/celeba_subset --sizes 64 112
+    python -m bench.bench_training_speed --data ../shared/data/celeba_subset --sizes 64 112
 """
 
 from __future__ import annotations

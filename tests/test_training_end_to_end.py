@@ -34,6 +34,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     common = ["--data", str(SUBSET), "--run-dir", str(run), "--cache-dir", str(cache), *TINY]
     assert main(["fit", *common]) == 0
     assert json.loads((run / "state.json").read_text())["epochs_done"] == 1
+    out.mkdir()
+    (out / "README.md").write_text("model card")  # a published bundle's card must survive re-export
     assert main(["train", *common, "--resume", "--epochs", "2", "--out", str(out)]) == 0
     return run, out
 
@@ -44,6 +46,12 @@ def test_resume_continues_the_run(trained: tuple[Path, Path]) -> None:
     assert state["epochs_done"] == 2
     assert len(state["history"]["val_reconstruction_loss"]) == 2
     assert (run / "best.weights.h5").is_file()
+
+
+def test_export_keeps_the_model_card_beside_the_bundle(trained: tuple[Path, Path]) -> None:
+    _, out = trained
+    assert (out / "README.md").read_text() == "model card"
+    assert not out.with_name(out.name + ".partial").exists()
 
 
 def test_bundle_loads_and_runs_at_batch_1_and_16(trained: tuple[Path, Path]) -> None:

@@ -126,8 +126,16 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Replace the bundle's own files in `out`, manifest last; a model card or figures kept beside them stay."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (*HASHED_FILES, MANIFEST_FILE):
+        (staging / name).replace(out / name)
+    staging.rmdir()
+
+
 def build_bundle(config: TrainConfig, vae: VAE, data: PreparedData, training_summary: dict, out: Path) -> ModelBundle:
-    """Write and verify a complete bundle at `out` (built beside it, then moved into place)."""
+    """Write and verify a complete bundle at `out` (built and checked beside it, then moved into place)."""
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -215,7 +223,6 @@ def build_bundle(config: TrainConfig, vae: VAE, data: PreparedData, training_sum
     }
     write_json(staging / MANIFEST_FILE, manifest)
     ModelBundle.load(staging)
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    _move_into_place(staging, out)
     log.info("bundle written to %s (val MSE %.5f, KL %.1f)", out, val_mse, val_kl)
     return ModelBundle.load(out)
