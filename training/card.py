@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from service.imaging import make_grid
 from service.runtime import FaceModel, SamplingMode
 from training.train import PreparedData
 
@@ -35,15 +36,10 @@ def sharpness(faces: np.ndarray) -> float:
 
 
 def grid(rows: list[np.ndarray], labels: list[str] | None = None, scale: int = 2) -> Image.Image:
-    """Rows of uint8 faces [n, h, w, 3] as one picture, optionally with a label left of each row."""
-    strips = [np.concatenate(list(row), axis=1) for row in rows]
-    width = max(s.shape[1] for s in strips)
-    canvas = np.full((sum(s.shape[0] for s in strips), width, 3), 255, dtype=np.uint8)
-    top = 0
-    for strip in strips:
-        canvas[top : top + strip.shape[0], : strip.shape[1]] = strip
-        top += strip.shape[0]
-    image = Image.fromarray(canvas).resize((width * scale, canvas.shape[0] * scale), Image.Resampling.NEAREST)
+    """Equal-length rows of uint8 faces [n, h, w, 3] as one picture (the service's grid), labelled on the left."""
+    tiled = make_grid(np.concatenate(rows), columns=len(rows[0]))
+    height, width = tiled.shape[:2]
+    image = Image.fromarray(tiled).resize((width * scale, height * scale), Image.Resampling.NEAREST)
     if not labels:
         return image
     labelled = Image.new("RGB", (image.width + LABEL_WIDTH, image.height), "white")

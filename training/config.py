@@ -20,10 +20,10 @@ class TrainConfig(BaseModel):
     filters: tuple[int, ...] = Field(
         (32, 64, 128, 256), description="encoder conv widths, one stride-2 block each; the decoder mirrors them"
     )
-    kl_weight: float = Field(2e-4, ge=0, description="weight of KL (nats per image) against per-pixel MSE")
+    kl_weight: float = Field(5e-5, ge=0, description="weight of KL (nats per image) against per-pixel MSE")
     optimizer: Literal["adam", "rmsprop"] = Field("adam", description="optimiser")
     learning_rate: float = Field(1e-3, gt=0, description="optimiser learning rate")
-    epochs: int = Field(20, gt=0, description="maximum epochs (early stopping may end sooner)")
+    epochs: int = Field(12, gt=0, description="maximum epochs (early stopping may end sooner)")
     batch_size: int = Field(64, gt=0, description="images per training step")
     patience: int = Field(5, gt=0, description="epochs without a better validation reconstruction before stopping")
     max_images: int | None = Field(None, gt=0, description="use only the first N images (sorted by file name)")
