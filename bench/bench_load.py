@@ -425,7 +425,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers for the main run (default: 1)")
     parser.add_argument(
-        "--threads", type=int, default=0, help="onnxruntime threads per session, 0 = cores / workers (default: 0)"
+        "--threads", type=int, default=0, help="onnxruntime threads per session, 0 = the service's default (default: 0)"
     )
     parser.add_argument("--sweep", action="store_true", help="also sweep workers x threads (see --sweep-*)")
     parser.add_argument("--sweep-workers", type=int, nargs="+", default=[1, 2], help="(default: 1 2)")

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     )
     require_gpu: bool = Field(False, description="Report not-ready unless both sessions really run on CUDA.")
     intra_op_threads: int = Field(
-        0, ge=0, description="onnxruntime threads per session and worker; 0 means usable cores / workers."
+        0, ge=0, description="onnxruntime threads per session and worker; 0 means half the usable cores / workers."
     )
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest request body accepted, in bytes.")
     max_batch: int = Field(16, ge=1, description="Most latents, samples (n) or strip steps in one request.")
@@ -68,5 +68,9 @@ class Settings(BaseSettings):
 
     @property
     def session_threads(self) -> int:
-        """Threads per onnxruntime session, sharing the cores among workers unless set explicitly."""
-        return self.intra_op_threads or max(1, usable_cores() // self.workers)
+        """Threads per onnxruntime session unless set explicitly: half the cores, shared among the workers.
+
+        The other half stays with uvicorn's event loop and the image encoding; on 2 cores one thread per
+        session served the most requests at concurrency 16 (docs/benchmarks.md, server settings sweep).
+        """
+        return self.intra_op_threads or max(1, usable_cores() // (2 * self.workers))

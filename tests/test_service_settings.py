@@ -60,8 +60,13 @@ def test_every_setting_comes_from_a_facevae_variable(environ: dict[str, str]) ->
     assert (settings.max_body_bytes, settings.max_batch, settings.log_level) == (1234, 4, "debug")
 
 
-def test_session_threads_share_the_cores_among_workers(environ: dict[str, str]) -> None:
-    assert Settings(workers=2).session_threads == max(1, usable_cores() // 2)
+def test_session_threads_share_the_cores_among_workers(
+    environ: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings_module, "usable_cores", lambda: 16)
+    assert Settings(workers=1).session_threads == 8  # half the cores stay with the event loop and image encoding
+    assert Settings(workers=2).session_threads == 4
+    assert Settings(workers=32).session_threads == 1
     assert Settings(workers=2, intra_op_threads=3).session_threads == 3
 
 
