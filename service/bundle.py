@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -97,8 +98,9 @@ class LatentStats(BaseModel):
     std_scalar: float = Field(gt=0)
     count: int = Field(gt=0)
 
-    @property
+    @cached_property
     def mean_array(self) -> np.ndarray:
+        """`mean` as float32, converted once: every /sample request uses it."""
         return np.asarray(self.mean, dtype=np.float32)
 
 
@@ -115,9 +117,9 @@ class AttributeVector(BaseModel):
     positives: int = Field(ge=0)
     negatives: int = Field(ge=0)
 
-    @property
+    @cached_property
     def unit(self) -> np.ndarray:
-        """The direction of the vector, length 1."""
+        """The direction of the vector, length 1, computed once: every /edit request uses it."""
         v = np.asarray(self.vector, dtype=np.float32)
         return v / np.float32(self.norm)
 

@@ -51,7 +51,7 @@ def grid(rows: list[np.ndarray], labels: list[str] | None = None, scale: int = 2
     return labelled
 
 
-def _face_without(data: PreparedData, model: FaceModel, attribute: str, skip: int) -> np.ndarray | None:
+def _face_without(data: PreparedData, attribute: str, skip: int) -> np.ndarray | None:
     """The `skip`-th validation face that lacks `attribute` (so +edits have something to add)."""
     if data.labels is None or attribute not in data.dataset.attribute_names:
         return None
@@ -81,7 +81,7 @@ def write_card_figures(bundle_dir: Path, data: PreparedData, seed: int = 0) -> d
 
     rows, labels = [], []
     for i, name in enumerate(EDIT_ATTRIBUTES):
-        face = _face_without(data, model, name, skip=i)
+        face = _face_without(data, name, skip=i)
         if face is None or name not in model.bundle.attributes:
             continue
         z = model.encode_pixels(face[np.newaxis]).z_mean[0]

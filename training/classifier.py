@@ -7,7 +7,8 @@ embedding the benchmark's Fréchet distance is measured in: a face-specific stan
     python -m training.classifier --data ../shared/data/celeba_subset --image-size 64 --epochs 6
 
 writes `runs/classifier-64/` (`classifier.weights.h5` + `classifier.json`: settings, attribute names, per-attribute
-validation AUC). Weights only, no pickle: `AttributeClassifier.load` rebuilds the network from the JSON.
+validation AUC). Weights (HDF5) and JSON only, no Python object serialisation: `AttributeClassifier.load`
+rebuilds the network from the JSON.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Reading faces: the official CelebA layout (or a plain folder), framing, caching and tf.data.
 
 Images are decoded and framed once with the service's own `frame_face`, so training sees exactly
-what the service will feed the encoder, and cached as uint8 `.npz` (no pickle) keyed by the file
+what the service will feed the encoder, and cached as uint8 `.npz` (read with allow_pickle=False) keyed by the file
 list and the framing. The training pipeline then runs from memory and is never the bottleneck.
 """
 

@@ -7,6 +7,7 @@ draw the report, and only then write the manifest with every file's sha256.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import shutil
@@ -222,7 +223,7 @@ def build_bundle(config: TrainConfig, vae: VAE, data: PreparedData, training_sum
         "files": {name: sha256_file(staging / name) for name in HASHED_FILES},
     }
     write_json(staging / MANIFEST_FILE, manifest)
-    ModelBundle.load(staging)
+    bundle = ModelBundle.load(staging)
     _move_into_place(staging, out)
     log.info("bundle written to %s (val MSE %.5f, KL %.1f)", out, val_mse, val_kl)
-    return ModelBundle.load(out)
+    return dataclasses.replace(bundle, path=out)
