@@ -13,13 +13,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 LATENT_STATS_FILE = "latent_stats.json"
@@ -85,33 +85,57 @@ class Manifest(BaseModel):
 
 
 class LatentStats(BaseModel):
-    """`latent_stats.json`: statistics of the encoder's posterior over the training split.
+    """`latent_stats.json`: the encoder's aggregate posterior over the training split, for `/sample`.
 
-    The "sampling trick" draws z = mean + std_scalar * eps instead of z ~ N(0, I), which lands
-    in the region of latent space the decoder has actually been trained on.
+    `trick` samples z = mean + L @ eps with L the Cholesky factor of the aggregate posterior's covariance
+    (Cov(z_mean) + diag(E[sigma^2])): codes where the decoder was really trained. `textbook` keeps the book's
+    recipe, z = mean + std_scalar * eps with the *average posterior std* as one scalar, which on a model with a
+    small KL weight is far narrower than those codes. `default_mode` is the mode that measured best.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     mean: list[float]
-    std: list[float]
-    std_scalar: float = Field(gt=0)
+    std: list[float] = Field(description="per-dimension std of the aggregate posterior")
+    posterior_std: list[float] = Field(description="per-dimension mean of the encoder's sigma")
+    std_scalar: float = Field(gt=0, description="mean of posterior_std: the textbook's scalar")
+    covariance_cholesky: list[list[float]] = Field(description="lower-triangular L with L @ L.T the covariance")
     count: int = Field(gt=0)
+    default_mode: Literal["trick", "textbook", "prior"] = "trick"
 
     @cached_property
     def mean_array(self) -> np.ndarray:
         """`mean` as float32, converted once: every /sample request uses it."""
         return np.asarray(self.mean, dtype=np.float32)
 
+    @cached_property
+    def cholesky_array(self) -> np.ndarray:
+        """`covariance_cholesky` as float32 [z_dim, z_dim], converted once."""
+        return np.asarray(self.covariance_cholesky, dtype=np.float32)
+
+    def check(self, z_dim: int) -> str | None:
+        """What is wrong with these statistics for a model of `z_dim`, or None."""
+        for field in ("mean", "std", "posterior_std"):
+            if len(getattr(self, field)) != z_dim:
+                return f"{field} has {len(getattr(self, field))} values, z_dim is {z_dim}"
+        if len(self.covariance_cholesky) != z_dim or any(len(row) != z_dim for row in self.covariance_cholesky):
+            return f"covariance_cholesky is not {z_dim}x{z_dim}"
+        cholesky = self.cholesky_array
+        if not np.all(np.isfinite(cholesky)) or np.any(np.triu(cholesky, 1) != 0) or np.any(np.diag(cholesky) <= 0):
+            return "covariance_cholesky is not a finite lower-triangular matrix with a positive diagonal"
+        return None
+
 
 class AttributeVector(BaseModel):
-    """One entry of `attributes.json`: mean(z | attr) - mean(z | not attr) and how good it is."""
+    """One entry of `attributes.json`: a latent direction for an attribute, how far strength 1 moves, how good it is."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
+    method: str = Field(description="how the direction was found: mean_difference, balanced or linear")
     vector: list[float]
     norm: float = Field(ge=0)
+    step: float = Field(gt=0, description="latent distance along the unit vector that strength 1 moves")
     projection_std: float = Field(gt=0)
     auc: float = Field(ge=0, le=1)
     positives: int = Field(ge=0)
@@ -268,11 +292,9 @@ class ModelBundle:
         )
 
         stats = _parse(LatentStats, root / LATENT_STATS_FILE, _read_json(root / LATENT_STATS_FILE))
-        for field in ("mean", "std"):
-            if len(getattr(stats, field)) != z_dim:
-                raise BundleError(
-                    LATENT_STATS_FILE, f"{field} has {len(getattr(stats, field))} values, z_dim is {z_dim}"
-                )
+        problem = stats.check(z_dim)
+        if problem is not None:
+            raise BundleError(LATENT_STATS_FILE, problem)
 
         raw = _read_json(root / ATTRIBUTES_FILE)
         if not isinstance(raw, list):

@@ -34,9 +34,11 @@ CPU = "CPUExecutionProvider"
 
 
 class SamplingMode(StrEnum):
-    #: z = mean + std_scalar * temperature * eps: the region of latent space the decoder was trained on.
+    #: z = mean + temperature * L @ eps, L L^T the aggregate posterior's covariance: where the decoder was trained.
     TRICK = "trick"
-    #: z = temperature * eps, eps ~ N(0, I): the textbook prior, which often gives blurrier faces.
+    #: z = mean + std_scalar * temperature * eps: the book's literal recipe, kept so comparisons stay reproducible.
+    TEXTBOOK = "textbook"
+    #: z = temperature * eps, eps ~ N(0, I): the prior.
     PRIOR = "prior"
 
 
@@ -209,41 +211,72 @@ class FaceModel:
         (images,) = self.decoder.run([DECODER_OUTPUT], {DECODER_INPUT: z.astype(np.float32, copy=False)})
         return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
 
-    def sample_latents(self, n: int, rng: np.random.Generator, mode: SamplingMode, temperature: float) -> np.ndarray:
-        """Draw n latents [n, z_dim]; a seeded `rng` makes the draw, and so the faces, reproducible."""
+    @property
+    def default_sampling(self) -> SamplingMode:
+        """The bundle's best-measured sampling mode, used when a request names none."""
+        return SamplingMode(self.bundle.latent_stats.default_mode)
+
+    def sample_latents(
+        self, n: int, rng: np.random.Generator, mode: SamplingMode | None = None, temperature: float = 1.0
+    ) -> np.ndarray:
+        """Draw n latents [n, z_dim]; a seeded `rng` makes the draw, and so the faces, reproducible.
+
+        Every mode scales the same eps ~ N(0, I), so one seed compares the modes face for face.
+        """
         self.check_batch("n", n)
         eps = rng.standard_normal((n, self.z_dim), dtype=np.float32)
+        mode = mode or self.default_sampling
+        stats = self.bundle.latent_stats
         if mode is SamplingMode.PRIOR:
             return np.float32(temperature) * eps
-        stats = self.bundle.latent_stats
-        return stats.mean_array + np.float32(stats.std_scalar * temperature) * eps
+        if mode is SamplingMode.TEXTBOOK:
+            return stats.mean_array + np.float32(stats.std_scalar * temperature) * eps
+        return stats.mean_array + np.float32(temperature) * (eps @ stats.cholesky_array.T)
 
-    def attribute(self, name: str) -> AttributeVector:
+    def attribute(self, name: str, field: str = "attributes") -> AttributeVector:
         """Look an attribute up ignoring case, or raise `InputError` listing the valid names."""
         if name not in self.bundle.attributes:
             valid = ", ".join(self.bundle.attributes.names)
-            raise InputError("attributes", f"unknown attribute {name!r}; valid names: {valid}")
+            raise InputError(field, f"unknown attribute {name!r}; valid names: {valid}")
         return self.bundle.attributes[name]
 
-    def attribute_offset(self, strengths: Mapping[str, float]) -> np.ndarray:
-        """Sum of strength * projection_std * unit vector: strength 1 moves a face one training std along it."""
+    def attribute_offset(self, strengths: Mapping[str, float], keep: Sequence[str] = ()) -> np.ndarray:
+        """Sum of strength * step * unit vector, with the directions of the `keep` attributes projected out.
+
+        Strength 1 moves a face by the average difference between training faces with and without the
+        attribute. Projecting out the kept attributes' directions (InterFaceGAN's conditional manipulation)
+        makes the edit orthogonal to them, so "Mustache +2, keep Male" leaves the Male projection unchanged.
+        """
         offset = np.zeros(self.z_dim, dtype=np.float32)
+        edited: set[str] = set()
         for name, strength in strengths.items():
             vector = self.attribute(name)
+            if vector.name in edited:
+                raise InputError("attributes", f"{vector.name!r} is given more than once (names ignore case)")
+            edited.add(vector.name)
             if abs(strength) > self.max_strength:
                 raise InputError(
                     "attributes",
                     f"strength {strength} for {vector.name!r} is outside [-{self.max_strength}, {self.max_strength}]",
                 )
-            offset += np.float32(strength * vector.projection_std) * vector.unit
-        return offset
+            offset += np.float32(strength * vector.step) * vector.unit
+        kept = [self.attribute(name, "keep") for name in keep]
+        clash = sorted(edited & {v.name for v in kept})
+        if clash:
+            raise InputError("keep", f"cannot both edit and keep {', '.join(clash)}")
+        if kept:
+            basis, _ = np.linalg.qr(np.stack([v.unit for v in kept], axis=1))
+            offset -= basis @ (basis.T @ offset)
+        return offset.astype(np.float32)
 
-    def edit(self, z: np.ndarray, strengths: Mapping[str, float], steps: int | None = None) -> np.ndarray:
+    def edit(
+        self, z: np.ndarray, strengths: Mapping[str, float], steps: int | None = None, keep: Sequence[str] = ()
+    ) -> np.ndarray:
         """Edited latents for one z [z_dim]: [1, z_dim], or with `steps` a strip [steps, z_dim].
 
         The strip runs from -strength to +strength; with an odd number of steps its middle is z itself.
         """
-        offset = self.attribute_offset(strengths)
+        offset = self.attribute_offset(strengths, keep)
         if steps is None:
             return (z + offset)[np.newaxis]
         self.check_batch("steps", steps)

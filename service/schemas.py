@@ -16,9 +16,18 @@ Strengths = Annotated[
     dict[str, FiniteFloat],
     Field(
         min_length=1,
-        description="Attribute name (any case) to strength in units of the attribute's projection_std; "
-        "several attributes add up.",
+        description="Attribute name (any case) to strength. Strength 1 moves a face by the average difference "
+        "between training faces with and without the attribute, so +2 is a clear edit; several attributes add up.",
         examples=[{"Smiling": 1.5, "Eyeglasses": -1}],
+    ),
+]
+Keep = Annotated[
+    list[str],
+    Field(
+        max_length=40,
+        description="Attributes the edit must not change: their directions are projected out of it "
+        "(InterFaceGAN's conditional edit), e.g. Mustache +2 keeping Male does not change the sex.",
+        examples=[["Male"]],
     ),
 ]
 Seed = Annotated[
@@ -54,10 +63,12 @@ class EncodeParams(Schema):
 class SampleParams(ImageOptions):
     n: int = Field(1, ge=1, description="Number of faces (at most the configured max_batch).")
     seed: Seed = None
-    mode: SamplingMode = Field(
-        SamplingMode.TRICK,
-        description="trick: z = mean + std_scalar * temperature * eps from the training posterior statistics; "
-        "prior: z = temperature * eps, eps ~ N(0, I).",
+    mode: SamplingMode | None = Field(
+        None,
+        description="trick: z = mean + temperature * L eps from a Gaussian fitted to the training faces' codes "
+        "(the aggregate posterior); textbook: the book's z = mean + std_scalar * temperature * eps with the average "
+        "posterior std; prior: z = temperature * eps, eps ~ N(0, I). Default: the bundle's best-measured mode "
+        "(GET /metadata).",
     )
     temperature: float = Field(1.0, ge=0, le=10, allow_inf_nan=False, description="Scales the random part of z.")
     grid: bool = Field(True, description="n > 1: one grid image (true) or a JSON list of faces (false).")
@@ -112,10 +123,18 @@ class DecodeRequest(Schema):
 class EditRequest(Schema):
     """Edit a latent the client already has (from /encode, /sample or an earlier response)."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"z": _EXAMPLE_Z, "attributes": {"Smiling": 1.5}}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"z": _EXAMPLE_Z, "attributes": {"Smiling": 1.5}},
+                {"z": _EXAMPLE_Z, "attributes": {"Mustache": 2}, "keep": ["Male"]},
+            ]
+        }
+    )
 
     z: Latent
     attributes: Strengths
+    keep: Keep = []
 
 
 class EncodeUpload(Schema):
@@ -128,6 +147,7 @@ class EditUpload(EncodeUpload):
     """multipart/form-data body of /edit: the photo is encoded and its z_mean edited."""
 
     attributes: Json[Strengths] = Field(description='JSON object, e.g. {"Smiling": 1.5, "Eyeglasses": -1}.')
+    keep: Json[Keep] = Field([], description='JSON list of attributes the edit must not change, e.g. ["Male"].')
 
 
 # ---- responses --------------------------------------------------------------------------------------------------
@@ -166,7 +186,9 @@ class AttributeInfo(Schema):
     name: str
     auc: float = Field(description="How well the projection on the vector separates faces with and without it.")
     norm: float
-    projection_std: float = Field(description="One unit of strength moves a face this far along the vector.")
+    method: str = Field(description="How the direction was found: mean_difference, balanced or linear.")
+    step: float = Field(description="One unit of strength moves a face this far along the unit vector.")
+    projection_std: float = Field(description="Spread of the training faces' projections on the unit vector.")
     positives: int
     negatives: int
     strength_min: float
@@ -183,6 +205,7 @@ class Metadata(Schema):
     image_size: int
     z_dim: int
     attribute_count: int
+    default_sampling: SamplingMode = Field(description="The /sample mode used when a request names none.")
     providers: dict[str, list[str]] = Field(
         description="Execution providers each onnxruntime session actually uses.",
         examples=[{"encoder": ["CPUExecutionProvider"], "decoder": ["CPUExecutionProvider"]}],

@@ -89,8 +89,9 @@ def test_metadata(client: TestClient, face_model: FaceModel) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["name"] == "tiny-test"
+    assert body["default_sampling"] == face_model.bundle.latent_stats.default_mode
     assert (body["format_version"], body["image_size"], body["z_dim"], body["attribute_count"]) == (
-        1,
+        2,
         IMAGE_SIZE,
         Z_DIM,
         len(ATTRIBUTES),
@@ -112,6 +113,8 @@ def test_attributes(client: TestClient, face_model: FaceModel) -> None:
         "name": "Smiling",
         "auc": smiling.auc,
         "norm": smiling.norm,
+        "method": smiling.method,
+        "step": smiling.step,
         "projection_std": smiling.projection_std,
         "positives": smiling.positives,
         "negatives": smiling.negatives,
@@ -148,15 +151,17 @@ def test_sample_same_seed_gives_same_bytes(client: TestClient) -> None:
     assert first.content != client.get("/sample", params={"seed": 6, "n": 4}).content
 
 
-def test_sample_trick_and_prior_draw_different_latents(client: TestClient, face_model: FaceModel) -> None:
-    def latents(mode: str) -> np.ndarray:
-        response = client.get("/sample", params={"seed": 1, "mode": mode}, headers={"accept": "application/json"})
+def test_sample_modes_draw_from_the_same_noise(client: TestClient, face_model: FaceModel) -> None:
+    def latents(**params: str) -> np.ndarray:
+        response = client.get("/sample", params={"seed": 1, **params}, headers={"accept": "application/json"})
+        assert response.status_code == 200
         return np.asarray(response.json()["z"])
 
     stats = face_model.bundle.latent_stats
-    trick, prior = latents("trick"), latents("prior")
-    np.testing.assert_allclose(trick, stats.mean_array + stats.std_scalar * prior, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(trick, prior)
+    prior, textbook, trick = latents(mode="prior"), latents(mode="textbook"), latents(mode="trick")
+    np.testing.assert_allclose(textbook, stats.mean_array + stats.std_scalar * prior, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(trick, stats.mean_array + prior @ stats.cholesky_array.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(latents(), latents(mode=stats.default_mode))
 
 
 def test_sample_several_is_a_grid_by_default(client: TestClient) -> None:
@@ -224,7 +229,7 @@ def test_encode_only_produces_json(client: TestClient) -> None:
         ({"n": TEST_MAX_BATCH + 1}, f"the maximum per request is {TEST_MAX_BATCH}"),
         ({"n": 0}, "greater than or equal to 1"),
         ({"temperature": "nan"}, "finite number"),
-        ({"mode": "posterior"}, "'trick' or 'prior'"),
+        ({"mode": "posterior"}, "'trick', 'textbook' or 'prior'"),
         ({"seed": -1}, "greater than or equal to 0"),
         ({"colour": "blue"}, "Extra inputs are not permitted"),
     ],
@@ -421,12 +426,49 @@ def _edit_json(client: TestClient, attributes: dict[str, float], **params: Any) 
     )
 
 
-def test_edit_moves_z_by_strength_times_projection_std(client: TestClient, face_model: FaceModel) -> None:
+def test_edit_moves_z_by_strength_times_step(client: TestClient, face_model: FaceModel) -> None:
     response = _edit_json(client, {"Smiling": 1.5, "Eyeglasses": -1})
     assert response.status_code == 200
     smiling, glasses = face_model.bundle.attributes["Smiling"], face_model.bundle.attributes["Eyeglasses"]
-    expected = np.asarray(Z) + 1.5 * smiling.projection_std * smiling.unit - glasses.projection_std * glasses.unit
+    expected = np.asarray(Z) + 1.5 * smiling.step * smiling.unit - glasses.step * glasses.unit
     np.testing.assert_allclose(response.json()["z"], [expected], rtol=1e-5, atol=1e-6)
+
+
+def test_edit_keep_leaves_the_kept_attribute_s_projection_alone(client: TestClient, face_model: FaceModel) -> None:
+    male = face_model.bundle.attributes["Male"]
+    body = {"z": Z, "attributes": {"Smiling": 2}, "keep": ["male"]}
+    response = client.post("/edit", json=body, headers={"accept": "application/json"})
+    assert response.status_code == 200
+    edited = np.asarray(response.json()["z"][0])
+    assert (edited - np.asarray(Z)) @ male.unit == pytest.approx(0.0, abs=1e-5)
+    plain = np.asarray(_edit_json(client, {"Smiling": 2}).json()["z"][0])
+    assert not np.allclose(edited, plain)
+
+
+def test_edit_multipart_keep_matches_json(client: TestClient) -> None:
+    data = image_bytes(face_photo())
+    z_mean = client.post("/encode", **upload(data)).json()["z_mean"]
+    form = {"attributes": '{"Smiling": 2}', "keep": '["Male"]'}
+    from_photo = client.post("/edit", data=form, **upload(data))
+    assert from_photo.status_code == 200
+    body = {"z": z_mean, "attributes": {"Smiling": 2}, "keep": ["Male"]}
+    assert from_photo.content == client.post("/edit", json=body).content
+
+
+@pytest.mark.parametrize(
+    ("keep", "expected"),
+    [
+        (["Beard"], "unknown attribute 'Beard'"),
+        (["Smiling"], "cannot both edit and keep Smiling"),
+        ("Male", "Input should be a valid array"),
+        ([1], "Input should be a valid string"),
+    ],
+    ids=["unknown", "edited", "not-a-list", "not-names"],
+)
+def test_edit_bad_keep_is_422(client: TestClient, keep: object, expected: str) -> None:
+    response = client.post("/edit", json={"z": Z, "attributes": {"Smiling": 1}, "keep": keep})
+    assert response.status_code == 422
+    assert expected in messages(response)
 
 
 def test_edit_attribute_names_ignore_case(client: TestClient) -> None:
@@ -466,6 +508,7 @@ def test_edit_multipart_photo_edits_its_z_mean(client: TestClient) -> None:
         ({"Smiling": 5.5}, "strength 5.5 for 'Smiling' is outside [-5.0, 5.0]"),
         ({"Smiling": -6}, "is outside [-5.0, 5.0]"),
         ({}, "at least 1 item"),
+        ({"Smiling": 5, "smiling": 5, "SMILING": 5}, "'Smiling' is given more than once"),
     ],
 )
 def test_edit_bad_attributes_are_422(client: TestClient, attributes: dict[str, float], expected: str) -> None:
@@ -482,8 +525,10 @@ def test_edit_bad_attributes_are_422(client: TestClient, attributes: dict[str, f
         ({"attributes": '{"Wings": 1}'}, "unknown attribute 'Wings'"),
         ({}, "Field required"),
         ({"attributes": '{"Smiling": 1}', "strength": "2"}, "Extra inputs are not permitted"),
+        ({"attributes": '{"Smiling": 1}', "keep": "Male"}, "Invalid JSON"),
+        ({"attributes": '{"Smiling": 1}', "keep": '["Wings"]'}, "unknown attribute 'Wings'"),
     ],
-    ids=["broken-json", "nan", "unknown", "missing", "unknown-field"],
+    ids=["broken-json", "nan", "unknown", "missing", "unknown-field", "keep-not-json", "keep-unknown"],
 )
 def test_edit_multipart_bad_attributes_are_422(client: TestClient, form: dict[str, str], expected: str) -> None:
     response = client.post("/edit", data=form, **upload(image_bytes(face_photo())))

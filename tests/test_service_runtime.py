@@ -63,17 +63,38 @@ def test_encoding_sample_is_the_reparameterisation(model: FaceModel) -> None:
     np.testing.assert_allclose(encoding.sample(np.random.default_rng(7)), expected, rtol=1e-6)
 
 
-def test_trick_sampling_scales_and_shifts_the_prior_draw(model: FaceModel) -> None:
+def test_each_sampling_mode_transforms_the_same_prior_draw(model: FaceModel) -> None:
     stats = model.bundle.latent_stats
     prior = model.sample_latents(4, np.random.default_rng(3), SamplingMode.PRIOR, 1.0)
+    textbook = model.sample_latents(4, np.random.default_rng(3), SamplingMode.TEXTBOOK, 0.5)
     trick = model.sample_latents(4, np.random.default_rng(3), SamplingMode.TRICK, 0.5)
-    np.testing.assert_allclose(trick, stats.mean_array + stats.std_scalar * 0.5 * prior, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(trick, prior)
+    np.testing.assert_allclose(textbook, stats.mean_array + stats.std_scalar * 0.5 * prior, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(trick, stats.mean_array + 0.5 * prior @ stats.cholesky_array.T, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(trick, textbook)
 
 
-def test_trick_at_zero_temperature_is_the_mean_latent(model: FaceModel) -> None:
-    z = model.sample_latents(2, np.random.default_rng(0), SamplingMode.TRICK, 0.0)
-    np.testing.assert_allclose(z, np.tile(model.bundle.latent_stats.mean_array, (2, 1)))
+def test_trick_draws_have_the_aggregate_posterior_covariance(model: FaceModel) -> None:
+    z = np.concatenate(
+        [model.sample_latents(MAX_BATCH, np.random.default_rng(i), SamplingMode.TRICK) for i in range(400)]
+    )
+    cholesky = model.bundle.latent_stats.cholesky_array
+    np.testing.assert_allclose(np.cov(z, rowvar=False), cholesky @ cholesky.T, atol=0.08)
+    np.testing.assert_allclose(z.mean(axis=0), model.bundle.latent_stats.mean_array, atol=0.08)
+
+
+def test_default_sampling_mode_is_the_bundle_s(model: FaceModel) -> None:
+    assert model.default_sampling is SamplingMode(model.bundle.latent_stats.default_mode)
+    np.testing.assert_array_equal(
+        model.sample_latents(2, np.random.default_rng(5)),
+        model.sample_latents(2, np.random.default_rng(5), model.default_sampling, 1.0),
+    )
+
+
+@pytest.mark.parametrize("mode", list(SamplingMode))
+def test_zero_temperature_gives_the_mode_s_centre(model: FaceModel, mode: SamplingMode) -> None:
+    z = model.sample_latents(2, np.random.default_rng(0), mode, 0.0)
+    centre = np.zeros(Z_DIM) if mode is SamplingMode.PRIOR else model.bundle.latent_stats.mean_array
+    np.testing.assert_allclose(z, np.tile(centre, (2, 1)))
 
 
 def test_sampling_more_than_max_batch_is_refused(model: FaceModel) -> None:
@@ -82,10 +103,36 @@ def test_sampling_more_than_max_batch_is_refused(model: FaceModel) -> None:
     assert caught.value.field == "n"
 
 
-def test_attribute_offset_is_strength_times_projection_std_along_the_unit_vector(model: FaceModel) -> None:
+def test_attribute_offset_is_strength_times_step_along_the_unit_vector(model: FaceModel) -> None:
     smiling, male = model.bundle.attributes["Smiling"], model.bundle.attributes["Male"]
-    expected = 1.5 * smiling.projection_std * smiling.unit - 2.0 * male.projection_std * male.unit
+    expected = 1.5 * smiling.step * smiling.unit - 2.0 * male.step * male.unit
     np.testing.assert_allclose(model.attribute_offset({"smiling": 1.5, "MALE": -2.0}), expected, rtol=1e-5)
+
+
+def test_keep_projects_the_kept_directions_out_of_the_edit(model: FaceModel) -> None:
+    male, glasses = model.bundle.attributes["Male"], model.bundle.attributes["Eyeglasses"]
+    plain = model.attribute_offset({"Smiling": 2.0})
+    kept = model.attribute_offset({"Smiling": 2.0}, keep=["male", "Eyeglasses"])
+    assert abs(plain @ male.unit) > 0.05  # random test vectors overlap, so there is something to remove
+    assert kept @ male.unit == pytest.approx(0.0, abs=1e-5)
+    assert kept @ glasses.unit == pytest.approx(0.0, abs=1e-5)
+    # Only the kept directions are removed: what is left of the edit is the rest of it.
+    residual = plain - kept
+    basis, _ = np.linalg.qr(np.stack([male.unit, glasses.unit], axis=1))
+    np.testing.assert_allclose(residual, basis @ (basis.T @ plain), atol=1e-5)
+
+
+def test_keep_rejects_unknown_and_edited_attributes(model: FaceModel) -> None:
+    with pytest.raises(InputError, match="unknown attribute 'Beard'") as caught:
+        model.attribute_offset({"Smiling": 1.0}, keep=["Beard"])
+    assert caught.value.field == "keep"
+    with pytest.raises(InputError, match="cannot both edit and keep Smiling"):
+        model.attribute_offset({"Smiling": 1.0}, keep=["SMILING"])
+
+
+def test_the_same_attribute_twice_in_other_cases_is_refused(model: FaceModel) -> None:
+    with pytest.raises(InputError, match="'Smiling' is given more than once"):
+        model.attribute_offset({"Smiling": 5.0, "smiling": 5.0})
 
 
 def test_edit_strip_runs_from_minus_to_plus_strength_around_z(model: FaceModel) -> None:

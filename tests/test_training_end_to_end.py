@@ -12,6 +12,8 @@ import pytest
 
 from service.bundle import ATTRIBUTES_FILE, DECODER_FILE, ENCODER_FILE, BundleError, ModelBundle
 from training.cli import build_parser, main
+from training.config import TrainConfig
+from training.train import phases
 
 SUBSET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "celeba_subset"
 
@@ -23,12 +25,13 @@ pytestmark = [
 TINY = [
     "--max-images", "64", "--epochs", "1", "--batch-size", "16", "--image-size", "32", "--z-dim", "16",
     "--filters", "8", "16", "--min-positives", "3", "--val-fraction", "0.25", "--name", "tiny",
+    "--warmup-epochs", "1", "--discriminator-filters", "8", "16",
 ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(run folder, bundle folder) of a one-epoch run, resumed for a second epoch."""
+    """(run folder, bundle folder) of a one-epoch warm-up, resumed for a second epoch with the discriminator."""
     root = tmp_path_factory.mktemp("train")
     run, out, cache = root / "run", root / "bundle", root / "cache"
     common = ["--data", str(SUBSET), "--run-dir", str(run), "--cache-dir", str(cache), *TINY]
@@ -45,7 +48,13 @@ def test_resume_continues_the_run(trained: tuple[Path, Path]) -> None:
     state = json.loads((run / "state.json").read_text())
     assert state["epochs_done"] == 2
     assert len(state["history"]["val_reconstruction_loss"]) == 2
+    # The discriminator joined after the warm-up epoch, and the best checkpoint comes from its phase.
+    assert state["history"]["discriminator_loss"][0] == 0.0
+    assert state["history"]["discriminator_loss"][1] > 0.0
+    assert state["history"]["adversarial_balance"][1] > 0.0
+    assert state["best"] == state["history"]["val_reconstruction_loss"][1]
     assert (run / "best.weights.h5").is_file()
+    assert (run / "warmup.weights.h5").is_file()
 
 
 def test_export_keeps_the_model_card_beside_the_bundle(trained: tuple[Path, Path]) -> None:
@@ -92,12 +101,20 @@ def test_check_command_accepts_the_bundle(trained: tuple[Path, Path], capsys: py
     assert "tiny: 32px, z=16" in capsys.readouterr().out
 
 
+def test_phases_warm_up_without_the_discriminator_first() -> None:
+    assert phases(TrainConfig(epochs=10, warmup_epochs=3)) == [(0, 3, False), (3, 10, True)]
+    assert phases(TrainConfig(epochs=10, warmup_epochs=0)) == [(0, 10, True)]
+    assert phases(TrainConfig(epochs=10, adversarial_weight=0)) == [(0, 10, False)]
+    assert phases(TrainConfig(epochs=3, warmup_epochs=5)) == [(0, 3, False)]
+
+
 def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     text = capsys.readouterr().out
     for flag in ["--data", "--out", "--image-size", "--z-dim", "--epochs", "--batch-size", "--kl-weight",
-                 "--max-images", "--seed", "--resume", "--crop", "--patience"]:  # fmt: skip
+                 "--max-images", "--seed", "--resume", "--crop", "--patience", "--adversarial-weight",
+                 "--warmup-epochs", "--direction-method", "--default-sampling"]:  # fmt: skip
         assert flag in text
 
 
@@ -107,6 +124,8 @@ def test_card_figures_are_drawn_through_the_service_runtime(trained: tuple[Path,
     assert main(["card", "--bundle", str(bundle), "--data", str(SUBSET), "--no-cache"]) == 0
     for figure in ("reconstructions.png", "samples.png", "edits.png"):
         assert (bundle / "card" / figure).stat().st_size > 1000
+    has_both = {"Mustache", "Male"} <= set(ModelBundle.load(bundle).attributes)
+    assert (bundle / "card" / "conditional_edits.png").is_file() == has_both
     figures = json.loads((bundle / "card" / "figures.json").read_text())
     manifest_mse = ModelBundle.load(bundle).manifest.metrics["val_reconstruction_mse"]
     assert figures["val_reconstruction_mse"] == pytest.approx(manifest_mse, rel=0.05)

@@ -101,7 +101,9 @@ def _attribute(name: str, rng: np.random.Generator) -> dict[str, object]:
     return {
         "name": name,
         "vector": vector.tolist(),
+        "method": "linear",
         "norm": float(np.linalg.norm(vector)),
+        "step": 0.7,
         "projection_std": 0.5,
         "auc": 0.8,
         "positives": 40,
@@ -115,13 +117,17 @@ def build_tiny_bundle(path: Path) -> Path:
     rng = np.random.default_rng(0)
     _save(_encoder(rng), path / ENCODER_FILE)
     _save(_decoder(rng), path / DECODER_FILE)
+    cholesky = np.tril(rng.normal(0.0, 0.2, (Z_DIM, Z_DIM)), -1) + np.diag(rng.uniform(0.5, 1.0, Z_DIM))
     write_json(
         path / LATENT_STATS_FILE,
         {
             "mean": rng.normal(0.0, 0.3, Z_DIM).tolist(),
-            "std": np.full(Z_DIM, 0.8).tolist(),
-            "std_scalar": 0.8,
+            "std": np.sqrt((cholesky**2).sum(axis=1)).tolist(),
+            "posterior_std": np.full(Z_DIM, 0.2).tolist(),
+            "std_scalar": 0.2,
+            "covariance_cholesky": cholesky.tolist(),
             "count": 100,
+            "default_mode": "trick",
         },
     )
     write_json(path / ATTRIBUTES_FILE, [_attribute(name, rng) for name in ATTRIBUTES])

@@ -51,13 +51,26 @@ def grid(rows: list[np.ndarray], labels: list[str] | None = None, scale: int = 2
     return labelled
 
 
-def _face_without(data: PreparedData, attribute: str, skip: int) -> np.ndarray | None:
-    """The `skip`-th validation face that lacks `attribute` (so +edits have something to add)."""
+def _faces_by(data: PreparedData, attribute: str, sign: int, count: int, skip: int = 0) -> np.ndarray | None:
+    """`count` validation faces whose label of `attribute` is `sign` (1 or -1), from the `skip`-th on."""
     if data.labels is None or attribute not in data.dataset.attribute_names:
         return None
     column = data.dataset.attribute_names.index(attribute)
-    candidates = data.val[data.labels[data.val, column] < 0]
-    return data.images[candidates[skip % len(candidates)]] if len(candidates) else None
+    candidates = data.val[data.labels[data.val, column] == sign]
+    if len(candidates) == 0:
+        return None
+    return data.images[np.roll(candidates, -skip)[:count]]
+
+
+def _conditional_edit_figure(model: FaceModel, data: PreparedData, path: Path) -> None:
+    """Women given Mustache +2 alone and with keep=["Male"]: the conditional edit should not change the sex."""
+    women = _faces_by(data, "Male", -1, 8)
+    if women is None or not {"Mustache", "Male"} <= set(model.bundle.attributes):
+        return
+    z = model.encode_pixels(women).z_mean
+    plain = model.decode(np.concatenate([model.edit(row, {"Mustache": 2}) for row in z]))
+    kept = model.decode(np.concatenate([model.edit(row, {"Mustache": 2}, keep=["Male"]) for row in z]))
+    grid([women, model.decode(z), plain, kept], ["photo", "reconstructed", "Mustache +2", "+ keep Male"]).save(path)
 
 
 def write_card_figures(bundle_dir: Path, data: PreparedData, seed: int = 0) -> dict[str, object]:
@@ -67,29 +80,37 @@ def write_card_figures(bundle_dir: Path, data: PreparedData, seed: int = 0) -> d
     out.mkdir(exist_ok=True)
     val = data.images[data.val]
 
-    originals = val[:10]
-    reconstructions = model.decode(model.encode_pixels(originals).z_mean)
-    grid([originals, reconstructions], ["input", "output"]).save(out / "reconstructions.png")
+    rows, labels = [], []
+    for name, sign in (("men", 1), ("women", -1)):
+        originals = _faces_by(data, "Male", sign, 10)
+        if originals is None:
+            continue
+        rows += [originals, model.decode(model.encode_pixels(originals).z_mean)]
+        labels += [f"{name}: photo", "reconstructed"]
+    if not rows:
+        rows, labels = [val[:10], model.decode(model.encode_pixels(val[:10]).z_mean)], ["photo", "reconstructed"]
+    grid(rows, labels).save(out / "reconstructions.png")
 
-    rng = np.random.default_rng(seed)
-    prior = model.decode(model.sample_latents(20, rng, SamplingMode.PRIOR, 1.0))
-    rng = np.random.default_rng(seed)  # same eps for both rows: only the sampling rule differs
-    trick = model.decode(model.sample_latents(20, rng, SamplingMode.TRICK, 1.0))
-    grid([prior[:10], prior[10:], trick[:10], trick[10:]], ["prior", "prior", "trick", "trick"]).save(
-        out / "samples.png"
-    )
+    rows, labels = [], []
+    for mode in SamplingMode:  # same eps for every mode: only the sampling rule differs
+        faces = model.decode(model.sample_latents(20, np.random.default_rng(seed), mode, 1.0))
+        rows += [faces[:10], faces[10:]]
+        labels += [mode.value, mode.value]
+    grid(rows, labels).save(out / "samples.png")
 
     rows, labels = [], []
     for i, name in enumerate(EDIT_ATTRIBUTES):
-        face = _face_without(data, name, skip=i)
-        if face is None or name not in model.bundle.attributes:
+        faces = _faces_by(data, name, -1, 2, skip=2 * i)
+        if faces is None or name not in model.bundle.attributes:
             continue
-        z = model.encode_pixels(face[np.newaxis]).z_mean[0]
-        latents = np.stack([model.edit(z, {name: s})[0] for s in EDIT_STRENGTHS])
-        rows.append(np.concatenate([face[np.newaxis], model.decode(latents)]))
-        labels.append(name)
+        for face in faces:  # faces without the attribute, so +edits have something to add
+            z = model.encode_pixels(face[np.newaxis]).z_mean[0]
+            latents = np.stack([model.edit(z, {name: s})[0] for s in EDIT_STRENGTHS])
+            rows.append(np.concatenate([face[np.newaxis], model.decode(latents)]))
+            labels.append(name)
     if rows:
         grid(rows, labels).save(out / "edits.png")
+    _conditional_edit_figure(model, data, out / "conditional_edits.png")
 
     all_reconstructions = np.concatenate(
         [model.decode(model.encode_pixels(val[i : i + 256]).z_mean) for i in range(0, len(val), 256)]
@@ -99,12 +120,12 @@ def write_card_figures(bundle_dir: Path, data: PreparedData, seed: int = 0) -> d
         "val_reconstruction_mse": float(np.mean((all_reconstructions / 255.0 - val / 255.0) ** 2)),
         "sharpness_real": sharpness(val),
         "sharpness_reconstructions": sharpness(all_reconstructions),
-        "sharpness_trick": sharpness(
-            model.decode(model.sample_latents(many, np.random.default_rng(1), SamplingMode.TRICK, 1.0))
-        ),
-        "sharpness_prior": sharpness(
-            model.decode(model.sample_latents(many, np.random.default_rng(1), SamplingMode.PRIOR, 1.0))
-        ),
+        **{
+            f"sharpness_{mode.value}": sharpness(
+                model.decode(model.sample_latents(many, np.random.default_rng(1), mode, 1.0))
+            )
+            for mode in SamplingMode
+        },
         "auc": {name: model.bundle.attributes[name].auc for name in EDIT_ATTRIBUTES if name in model.bundle.attributes},
     }
     (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")

@@ -22,12 +22,27 @@ class TrainConfig(BaseModel):
     )
     kl_weight: float = Field(5e-5, ge=0, description="weight of KL (nats per image) against per-pixel MSE")
     optimizer: Literal["adam", "rmsprop"] = Field("adam", description="optimiser")
-    learning_rate: float = Field(1e-3, gt=0, description="optimiser learning rate")
-    epochs: int = Field(12, gt=0, description="maximum epochs (early stopping may end sooner)")
+    learning_rate: float = Field(1e-3, gt=0, description="optimiser learning rate at the start")
+    final_learning_rate: float = Field(
+        1e-4, gt=0, description="learning rate at the last epoch (cosine decay; = learning_rate for a constant one)"
+    )
+    epochs: int = Field(18, gt=0, description="maximum epochs (early stopping may end sooner)")
+    adversarial_weight: float = Field(
+        0.8, ge=0, description="patch discriminator's loss weight, relative to the reconstruction gradient; 0: none"
+    )
+    warmup_epochs: int = Field(4, ge=0, description="epochs of plain VAE training before the discriminator joins")
+    discriminator_filters: tuple[int, ...] = Field((32, 64, 128), description="patch discriminator conv widths")
+    discriminator_learning_rate: float = Field(2e-4, gt=0, description="discriminator learning rate (Adam 0.5, 0.9)")
     batch_size: int = Field(64, gt=0, description="images per training step")
     patience: int = Field(5, gt=0, description="epochs without a better validation reconstruction before stopping")
     max_images: int | None = Field(None, gt=0, description="use only the first N images (sorted by file name)")
     val_fraction: float = Field(0.05, gt=0, lt=1, description="share of files held out for validation (by name hash)")
+    direction_method: Literal["mean_difference", "balanced", "linear"] = Field(
+        "linear", description="how attribute directions are found (see training/latents.py)"
+    )
+    default_sampling: Literal["trick", "textbook", "prior"] = Field(
+        "trick", description="the /sample mode the bundle recommends (bench/bench_quality.py measures them)"
+    )
     min_positives: int = Field(20, ge=1, description="fewest training faces with and without an attribute to keep it")
     crop: tuple[float, float, float, float] = Field(
         CELEBA_CROP, description="face box as fractions of width and height: left top right bottom"

@@ -40,7 +40,7 @@ from service.bundle import (
     write_json,
 )
 from training.config import TrainConfig
-from training.latents import LatentStatsAccumulator, attribute_vectors
+from training.latents import aggregate_posterior, attribute_vectors
 from training.model import VAE
 from training.report import draw_report
 from training.train import PreparedData, preprocess_of
@@ -150,14 +150,8 @@ def build_bundle(config: TrainConfig, vae: VAE, data: PreparedData, training_sum
     log.info("parity ORT vs TF: max abs diff %.2e", parity["max_abs_diff"])
 
     log.info("encoding %d training and %d validation faces", len(data.train), len(data.val))
-    accumulator = LatentStatsAccumulator(config.z_dim)
-    z_train_parts = []
-    for start in range(0, len(data.train), ENCODE_BATCH):
-        z_mean, z_log_var = encode(encoder, data.images[data.train[start : start + ENCODE_BATCH]])
-        accumulator.update(z_mean, z_log_var)
-        z_train_parts.append(z_mean)
-    stats = accumulator.result()
-    z_train = np.concatenate(z_train_parts)
+    z_train, z_train_log_var = encode(encoder, data.images[data.train])
+    stats = aggregate_posterior(z_train, z_train_log_var, config.default_sampling)
     z_val, z_val_log_var = encode(encoder, val_faces)
     write_json(staging / LATENT_STATS_FILE, stats.model_dump())
 
@@ -170,6 +164,7 @@ def build_bundle(config: TrainConfig, vae: VAE, data: PreparedData, training_sum
             z_val,
             data.labels[data.val],
             config.min_positives,
+            config.direction_method,
         )
         log.info("%d attribute vectors kept, %d left out", len(vectors), len(left_out))
     else:
@@ -189,7 +184,7 @@ def build_bundle(config: TrainConfig, vae: VAE, data: PreparedData, training_sum
         inputs=val_faces[:8],
         reconstructions=reconstructions[:8],
         prior=decode(decoder, eps),
-        trick=decode(decoder, stats.mean_array + stats.std_scalar * eps),
+        trick=decode(decoder, stats.mean_array + eps @ stats.cholesky_array.T),
         title=f"{config.name}: validation MSE {val_mse:.4f}, KL {val_kl:.1f} nats",
     )
 

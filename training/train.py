@@ -1,7 +1,8 @@
 """The training loop: data in, a run folder with the best and last checkpoints and the history out.
 
-A run folder holds `config.json`, `best.weights.h5` (lowest validation reconstruction loss),
-`last.weights.h5` + `last.optimizer.npz` + `state.json` (for --resume) and `history.json`.
+A run folder holds `config.json`, `best.weights.h5` (lowest validation reconstruction loss of the last phase),
+`warmup.weights.h5` (the plain VAE at the end of the warm-up), `last.weights.h5` + `last.optimizer.npz` +
+`state.json` (for --resume) and `history.json`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from service.bundle import Preprocess
 from training.config import TrainConfig
 from training.data import FaceDataset, as_tf_dataset, discover, load_images, split
-from training.model import VAE, build_decoder, build_encoder
+from training.model import VAE, build_decoder, build_discriminator, build_encoder
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,9 @@ LAST_WEIGHTS = "last.weights.h5"
 LAST_OPTIMIZER = "last.optimizer.npz"
 STATE_FILE = "state.json"
 MONITOR = "val_reconstruction_loss"
+WARMUP_WEIGHTS = "warmup.weights.h5"
 #: Settings a resumed run may change; anything else would silently mix two different experiments.
+#: (More epochs stretch the cosine learning-rate schedule from where the run is.)
 RESUMABLE_CHANGES = {"name", "epochs", "patience"}
 
 
@@ -74,25 +77,41 @@ def prepare_data(config: TrainConfig, data_dir: Path, cache_dir: Path | None, sk
     return PreparedData(dataset, images, labels, train, val)
 
 
-def build_vae(config: TrainConfig) -> VAE:
-    """A compiled, built VAE for this configuration."""
+def build_vae(config: TrainConfig, steps_per_epoch: int | None = None) -> VAE:
+    """A compiled VAE (with its discriminator when adversarial_weight > 0) whose every variable exists.
+
+    With `steps_per_epoch` the learning rate follows a cosine from learning_rate to final_learning_rate over
+    the run; without it (loading a checkpoint to export it) it is constant.
+    """
+    discriminator = None
+    if config.adversarial_weight > 0:
+        discriminator = build_discriminator(config.image_size, config.discriminator_filters)
     vae = VAE(
         build_encoder(config.image_size, config.z_dim, config.filters),
         build_decoder(config.image_size, config.z_dim, config.filters),
         kl_weight=config.kl_weight,
         seed=config.seed,
+        discriminator=discriminator,
+        adversarial_weight=config.adversarial_weight,
     )
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = config.learning_rate
+    if steps_per_epoch is not None and config.final_learning_rate != config.learning_rate:
+        floor = config.final_learning_rate / config.learning_rate
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, config.epochs * steps_per_epoch, alpha=floor
+        )
     optimizer_class = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}[config.optimizer]
-    vae.compile(optimizer=optimizer_class(learning_rate=config.learning_rate))
-    vae(np.zeros((1, config.image_size, config.image_size, 3), dtype=np.float32))
-    vae.optimizer.build(vae.trainable_variables)
+    vae.compile(optimizer=optimizer_class(learning_rate=learning_rate))
+    if discriminator is not None:
+        vae.d_optimizer = keras.optimizers.Adam(config.discriminator_learning_rate, beta_1=0.5, beta_2=0.9)
+    vae.build_all(config.image_size)
     return vae
 
 
 def load_run(run_dir: Path, weights: str = BEST_WEIGHTS) -> tuple[TrainConfig, VAE]:
     """Rebuild a run's model and load its checkpoint."""
     config = TrainConfig.model_validate_json((run_dir / CONFIG_FILE).read_text())
-    vae = build_vae(config)
+    vae = build_vae(config, steps_per_epoch=1)  # any schedule: the optimizer's variables must match the checkpoint's
     vae.load_weights(run_dir / weights)
     return config, vae
 
@@ -100,9 +119,10 @@ def load_run(run_dir: Path, weights: str = BEST_WEIGHTS) -> tuple[TrainConfig, V
 class LastCheckpoint(keras.callbacks.Callback):
     """Saves what --resume needs after every epoch: weights, optimizer state, history, best so far."""
 
-    def __init__(self, run_dir: Path, state: dict) -> None:
+    def __init__(self, run_dir: Path, state: dict, warmup_epochs: int) -> None:
         super().__init__()
         self.run_dir = run_dir
+        self.warmup_epochs = warmup_epochs
         self.history: dict[str, list[float]] = state["history"]
         self.best: float = state["best"]
         self.seconds_before: float = state.get("seconds", 0.0)
@@ -114,7 +134,9 @@ class LastCheckpoint(keras.callbacks.Callback):
             self.history.setdefault(key, []).append(float(value))
         self.best = min(self.best, float(logs.get(MONITOR, np.inf)))
         self.model.save_weights(self.run_dir / LAST_WEIGHTS)
-        np.savez(self.run_dir / LAST_OPTIMIZER, *[np.asarray(v) for v in self.model.optimizer.variables])
+        if epoch + 1 == self.warmup_epochs:  # the plain VAE the discriminator starts from: an ablation for free
+            self.model.save_weights(self.run_dir / WARMUP_WEIGHTS)
+        np.savez(self.run_dir / LAST_OPTIMIZER, *[np.asarray(v) for v in self.model.optimizer_variables])
         seconds = self.seconds_before + time.perf_counter() - self.started
         state = {"epochs_done": epoch + 1, "best": self.best, "seconds": seconds, "history": self.history}
         (self.run_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
@@ -125,9 +147,9 @@ def _restore_last(vae: VAE, run_dir: Path) -> dict:
     vae.load_weights(run_dir / LAST_WEIGHTS)
     with np.load(run_dir / LAST_OPTIMIZER, allow_pickle=False) as stored:
         values = [stored[f"arr_{i}"] for i in range(len(stored.files))]
-    if len(values) != len(vae.optimizer.variables):
+    if len(values) != len(vae.optimizer_variables):
         raise ValueError(f"{run_dir / LAST_OPTIMIZER}: optimizer state does not match the model")
-    for variable, value in zip(vae.optimizer.variables, values, strict=True):
+    for variable, value in zip(vae.optimizer_variables, values, strict=True):
         variable.assign(value)
     return json.loads((run_dir / STATE_FILE).read_text())
 
@@ -138,11 +160,25 @@ def run_summary(run_dir: Path) -> dict:
     return {"epochs": state["epochs_done"], "seconds": state.get("seconds", 0.0), "history": state["history"]}
 
 
+def phases(config: TrainConfig) -> list[tuple[int, int, bool]]:
+    """(first epoch, end epoch, adversarial) for each phase: a plain-VAE warm-up, then the discriminator joins."""
+    if config.adversarial_weight == 0 or config.warmup_epochs >= config.epochs:
+        return [(0, config.epochs, False)]
+    if config.warmup_epochs == 0:
+        return [(0, config.epochs, True)]
+    return [(0, config.warmup_epochs, False), (config.warmup_epochs, config.epochs, True)]
+
+
 def fit(config: TrainConfig, data: PreparedData, run_dir: Path, resume: bool) -> dict:
-    """Train with early stopping on validation reconstruction loss; return the run's summary."""
+    """Train phase by phase; return the run's summary.
+
+    The best checkpoint is the lowest validation reconstruction loss within the last phase: the warm-up's
+    blurrier faces fit pixels a little better and must not win. Early stopping also watches the last phase only.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
-    vae = build_vae(config)
+    steps_per_epoch = -(-len(data.train) // config.batch_size)
+    vae = build_vae(config, steps_per_epoch)
     state: dict = {"epochs_done": 0, "best": float("inf"), "history": {}}
     if resume and (run_dir / STATE_FILE).is_file():
         saved = TrainConfig.model_validate_json((run_dir / CONFIG_FILE).read_text())
@@ -157,28 +193,43 @@ def fit(config: TrainConfig, data: PreparedData, run_dir: Path, resume: bool) ->
 
     train_ds = as_tf_dataset(data.images[data.train], config.batch_size, shuffle_seed=config.seed)
     val_ds = as_tf_dataset(data.images[data.val], config.batch_size)
-    last = LastCheckpoint(run_dir, state)
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(
-            run_dir / BEST_WEIGHTS,
-            monitor=MONITOR,
-            mode="min",
-            save_best_only=True,
-            save_weights_only=True,
-            initial_value_threshold=state["best"] if np.isfinite(state["best"]) else None,
-        ),
-        keras.callbacks.EarlyStopping(monitor=MONITOR, mode="min", patience=config.patience),
-        last,
-    ]
-    vae.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=config.epochs,
-        initial_epoch=state["epochs_done"],
-        callbacks=callbacks,
-        shuffle=False,  # the tf.data pipeline shuffles, seeded
-        verbose=1 if sys.stderr.isatty() else 2,
-    )
+    all_phases = phases(config)
+    for first, end, adversarial in all_phases:
+        if state["epochs_done"] >= end:
+            continue
+        final = (first, end, adversarial) == all_phases[-1]
+        if final and state["epochs_done"] <= first:
+            state["best"] = float("inf")
+        log.info("epochs %d-%d: %s", first + 1, end, "VAE + discriminator" if adversarial else "VAE only")
+        vae.adversarial = adversarial
+        vae.make_train_function(force=True)
+        last = LastCheckpoint(run_dir, state, config.warmup_epochs)
+        callbacks: list[keras.callbacks.Callback] = [last]
+        if final:
+            callbacks = [
+                keras.callbacks.ModelCheckpoint(
+                    run_dir / BEST_WEIGHTS,
+                    monitor=MONITOR,
+                    mode="min",
+                    save_best_only=True,
+                    save_weights_only=True,
+                    initial_value_threshold=state["best"] if np.isfinite(state["best"]) else None,
+                ),
+                keras.callbacks.EarlyStopping(monitor=MONITOR, mode="min", patience=config.patience),
+                last,
+            ]
+        vae.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=end,
+            initial_epoch=state["epochs_done"],
+            callbacks=callbacks,
+            shuffle=False,  # the tf.data pipeline shuffles, seeded
+            verbose=1 if sys.stderr.isatty() else 2,
+        )
+        state = json.loads((run_dir / STATE_FILE).read_text())
+        if vae.stop_training:
+            break
     summary = run_summary(run_dir)
-    log.info("trained %d epochs in %.0f s; best %s %.5f", summary["epochs"], summary["seconds"], MONITOR, last.best)
+    log.info("trained %d epochs in %.0f s; best %s %.5f", summary["epochs"], summary["seconds"], MONITOR, state["best"])
     return summary

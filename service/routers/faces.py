@@ -95,12 +95,13 @@ def edit(
     """Move a face along attribute vectors: a photo (its z_mean is edited) or a latent, plus strengths.
 
     With `steps` the result is a strip from -strength to +strength with the unedited face in the middle.
+    `keep` names attributes whose directions are projected out of the edit, so they stay as they are.
     """
     media_type = choose_media_type(accept, params.format, one_picture=True)
     if isinstance(source, EditUpload):
         z = model.encode_photos([decode_upload(source.image)]).z_mean[0]
     else:
         z = model.latents([source.z])[0]
-    edited = model.edit(z, source.attributes, params.steps)
+    edited = model.edit(z, source.attributes, params.steps, source.keep)
     faces = model.decode(edited)
     return render_faces(media_type, faces, edited, seed=None, image_format=params.format, columns=len(faces))

@@ -21,6 +21,7 @@ async def metadata(model: LoadedModel) -> Metadata:
         image_size=model.image_size,
         z_dim=model.z_dim,
         attribute_count=len(model.bundle.attributes),
+        default_sampling=model.default_sampling,
         providers=model.providers,
         service_version=__version__,
     )
@@ -35,6 +36,8 @@ async def attributes(model: LoadedModel) -> AttributeList:
                 name=vector.name,
                 auc=vector.auc,
                 norm=vector.norm,
+                method=vector.method,
+                step=vector.step,
                 projection_std=vector.projection_std,
                 positives=vector.positives,
                 negatives=vector.negatives,
