@@ -52,7 +52,9 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest request body accepted, in bytes.")
     max_batch: int = Field(16, ge=1, description="Most latents, samples (n) or strip steps in one request.")
-    max_strength: float = Field(5.0, gt=0, description="Largest attribute strength, in units of projection_std.")
+    max_strength: float = Field(
+        5.0, gt=0, description="Largest attribute strength (1 = the gap between faces with and without it)."
+    )
     graceful_timeout: float = Field(
         20.0, gt=0, description="Seconds to let in-flight requests finish after SIGTERM before closing them."
     )
