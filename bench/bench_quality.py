@@ -1,7 +1,7 @@
 """Model quality of one or more bundles, side by side, through the service's runtime, judged at 0.5.
 
 Every number comes from `service.runtime.FaceModel` (onnxruntime, the code the service runs) on the validation
-split of the training package (`training.train.prepare_data` with the bundle's own TrainConfig), so the faces are
+split of the training package (`training.prepared.prepare_data` with the bundle's own TrainConfig), so the faces are
 new to the VAE and to the judge: training/classifier.py's CNN, trained on the training split with blur and noise
 augmentation so that a soft VAE face is judged on its content, not on its blur. Every verdict is p >= 0.5.
 
@@ -85,7 +85,7 @@ from training.classifier import AttributeClassifier, ClassifierConfig, default_o
 from training.cli import DEFAULT_CACHE
 from training.config import TrainConfig
 from training.latents import DIRECTION_METHODS, aggregate_posterior, attribute_vectors
-from training.train import PreparedData, prepare_data
+from training.prepared import PreparedData, prepare_data
 
 TEMPERATURES = (0.5, 0.75, 1.0, 1.25)
 STRENGTHS = (1.0, 2.0, 3.0)

@@ -24,7 +24,8 @@ import tensorflow as tf
 from training.cli import DEFAULT_CACHE
 from training.config import TrainConfig
 from training.data import as_tf_dataset
-from training.train import build_vae, prepare_data
+from training.prepared import prepare_data
+from training.train import build_vae
 
 ROOT = Path(__file__).resolve().parents[1]
 

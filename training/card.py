@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from service.imaging import make_grid
 from service.runtime import FaceModel, SamplingMode
-from training.train import PreparedData
+from training.prepared import PreparedData
 
 log = logging.getLogger(__name__)
 

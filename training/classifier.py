@@ -35,7 +35,7 @@ from sklearn.metrics import roc_auc_score
 from training.cli import DEFAULT_CACHE
 from training.config import TrainConfig
 from training.data import CELEBA_CROP
-from training.train import prepare_data
+from training.prepared import PreparedData, prepare_data
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +177,13 @@ def train_classifier(
     config: ClassifierConfig, data_dir: Path, out: Path, cache_dir: Path | None
 ) -> AttributeClassifier:
     """Train on the training split, measure validation AUC, write weights + JSON to `out`."""
-    data = prepare_data(config.data_config(), data_dir, cache_dir, skip_bad=False)
+    return fit_classifier(config, prepare_data(config.data_config(), data_dir, cache_dir, skip_bad=False), out)
+
+
+def fit_classifier(config: ClassifierConfig, data: PreparedData, out: Path) -> AttributeClassifier:
+    """`train_classifier` on faces already prepared with `config.data_config()`'s framing and split."""
     if data.labels is None:
-        raise ValueError(f"{data_dir} has no attribute file; the classifier needs CelebA's labels")
+        raise ValueError(f"{data.dataset.root} has no attribute file; the classifier needs CelebA's labels")
     names = data.dataset.attribute_names
     targets = (data.labels > 0).astype(np.float32)
     keras.utils.set_random_seed(config.seed)
@@ -227,6 +231,29 @@ def train_classifier(
         out,
     )
     return classifier
+
+
+def perceptual_network(config: TrainConfig, data: PreparedData, folder: Path) -> keras.Model:
+    """The face network a VAE's perceptual loss compares in: loaded from `folder`, or trained there first.
+
+    A classifier of its own, not the benchmark's judge: trained on the same training split but without blur or
+    noise (its features should notice exactly what blur removes) and from another seed, so the VAE is never
+    trained against the network that scores it.
+    """
+    if not (folder / CONFIG_FILE).is_file():
+        settings = ClassifierConfig(
+            image_size=config.image_size,
+            crop=config.crop,
+            val_fraction=config.val_fraction,
+            max_images=config.max_images,
+            blur_probability=0.0,
+            noise_std=0.0,
+            epochs=config.perceptual_epochs,
+            seed=config.seed + 1,
+        )
+        log.info("training the perceptual loss's face network (%d epochs) into %s", settings.epochs, folder)
+        return fit_classifier(settings, data, folder).model
+    return AttributeClassifier.load(folder).model
 
 
 def default_out(image_size: int) -> Path:

@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
     from training import export as exporting
     from training import train as training
+    from training.prepared import prepare_data
 
     cache = None if args.no_cache else args.cache_dir
     if args.command == "card":
@@ -110,18 +111,18 @@ def main(argv: list[str] | None = None) -> int:
 
         bundle = ModelBundle.load(args.bundle)
         config = TrainConfig.from_manifest(bundle.manifest.training)
-        write_card_figures(args.bundle, training.prepare_data(config, args.data, cache, args.skip_bad_images))
+        write_card_figures(args.bundle, prepare_data(config, args.data, cache, args.skip_bad_images))
         return 0
     if args.command == "export":
         config, vae = training.load_run(args.run_dir)
-        data = training.prepare_data(config, args.data, cache, args.skip_bad_images)
+        data = prepare_data(config, args.data, cache, args.skip_bad_images)
         summary = training.run_summary(args.run_dir)
         exporting.build_bundle(config, vae, data, summary, args.out)
         return 0
 
     config = _config_from(args)
     run_dir = args.run_dir or Path("runs") / config.name
-    data = training.prepare_data(config, args.data, cache, args.skip_bad_images)
+    data = prepare_data(config, args.data, cache, args.skip_bad_images)
     summary = training.fit(config, data, run_dir, args.resume)
     if args.command == "train":
         _, vae = training.load_run(run_dir)

@@ -30,6 +30,10 @@ class TrainConfig(BaseModel):
     adversarial_weight: float = Field(
         0.8, ge=0, description="patch discriminator's loss weight, relative to the reconstruction gradient; 0: none"
     )
+    perceptual_weight: float = Field(
+        0.02, ge=0, description="weight of the perceptual loss (a face network's features) against pixel MSE; 0: none"
+    )
+    perceptual_epochs: int = Field(6, gt=0, description="epochs to train the perceptual loss's face network")
     warmup_epochs: int = Field(4, ge=0, description="epochs of plain VAE training before the discriminator joins")
     discriminator_filters: tuple[int, ...] = Field((32, 64, 128), description="patch discriminator conv widths")
     discriminator_learning_rate: float = Field(2e-4, gt=0, description="discriminator learning rate (Adam 0.5, 0.9)")

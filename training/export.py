@@ -42,8 +42,8 @@ from service.bundle import (
 from training.config import TrainConfig
 from training.latents import aggregate_posterior, attribute_vectors
 from training.model import VAE
+from training.prepared import PreparedData, preprocess_of
 from training.report import draw_report
-from training.train import PreparedData, preprocess_of
 
 log = logging.getLogger(__name__)
 

@@ -72,16 +72,34 @@ def _l2(tensor: tf.Tensor) -> tf.Tensor:
     return ops.sqrt(ops.sum(ops.square(tensor)))
 
 
+def feature_extractor(
+    network: keras.Model, layer_type: type[layers.Layer] = layers.ReLU, count: int = 3
+) -> keras.Model:
+    """The first `count` activations of a trained face network, frozen: the space the perceptual loss compares in."""
+    outputs = [layer.output for layer in network.layers if isinstance(layer, layer_type)][:count]
+    if len(outputs) < count:
+        raise ValueError(f"{network.name} has {len(outputs)} {layer_type.__name__} layers, the loss needs {count}")
+    extractor = keras.Model(network.input, outputs, name="perceptual_features")
+    extractor.trainable = False
+    return extractor
+
+
 class VAE(keras.Model):
-    """Encoder + reparameterisation + decoder, optionally sharpened by a patch discriminator; each loss named.
+    """Encoder + reparameterisation + decoder, optionally with a perceptual loss and a patch discriminator.
 
-    loss = reconstruction (MSE per pixel on the [0, 1] scale) + kl_weight * KL (nats per image, summed over
-    latent dimensions, averaged over the batch) [+ adversarial_weight * lambda * generator hinge loss].
+    loss = reconstruction (MSE per pixel on the [0, 1] scale) + kl_weight * KL (nats per image, summed over latent
+    dimensions, averaged over the batch) [+ perceptual_weight * perceptual] [+ adversarial_weight * lambda *
+    generator hinge loss].
 
-    With a discriminator and `adversarial` on, the decoder also decodes a half batch of latents drawn from a
-    Gaussian fitted to the batch's codes, so the discriminator teaches it to draw sharp faces where `/sample`
-    draws, not only where photos encode. `lambda` balances the adversarial gradient against the reconstruction
-    gradient at the decoder's last layer (Esser et al. 2021, VQGAN), so one setting works while both losses drift.
+    - perceptual (DFC-VAE, Hou et al. 2017): the squared difference of a frozen face network's activations on the
+      photo and on its reconstruction, each layer relative to the photo's own activation energy. Pixel MSE alone
+      is minimised by the average of every face that could have encoded to z, which is a blur; features of eyes,
+      mouths and hair edges are not.
+    - adversarial (VAE-GAN, Larsen et al. 2016): after a warm-up the decoder also decodes a half batch of latents
+      drawn from a Gaussian fitted to the batch's codes, so the discriminator teaches it to draw sharp faces where
+      `/sample` draws, not only where photos encode. `lambda` balances the adversarial gradient against the
+      reconstruction gradient at the decoder's last layer (Esser et al. 2021, VQGAN), so one setting holds while
+      both losses drift.
     """
 
     def __init__(
@@ -92,14 +110,18 @@ class VAE(keras.Model):
         seed: int = 0,
         discriminator: keras.Model | None = None,
         adversarial_weight: float = 0.0,
+        features: keras.Model | None = None,
+        perceptual_weight: float = 0.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
         self.discriminator = discriminator
+        self.feature_network = features
         self.kl_weight = kl_weight
         self.adversarial_weight = adversarial_weight
+        self.perceptual_weight = perceptual_weight
         #: Read when the train step is traced: `fit` runs a warm-up phase without it, then one with it.
         self.adversarial = False
         self.d_optimizer: keras.optimizers.Optimizer | None = None
@@ -107,16 +129,19 @@ class VAE(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction_loss")
         self.kl_tracker = keras.metrics.Mean(name="kl_loss")
+        self.perceptual_tracker = keras.metrics.Mean(name="perceptual_loss")
         self.generator_tracker = keras.metrics.Mean(name="generator_loss")
         self.discriminator_tracker = keras.metrics.Mean(name="discriminator_loss")
         self.balance_tracker = keras.metrics.Mean(name="adversarial_balance")
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
-        vae = [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker]
-        if self.discriminator is None:
-            return vae
-        return [*vae, self.generator_tracker, self.discriminator_tracker, self.balance_tracker]
+        tracked = [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker]
+        if self.feature_network is not None:
+            tracked.append(self.perceptual_tracker)
+        if self.discriminator is not None:
+            tracked += [self.generator_tracker, self.discriminator_tracker, self.balance_tracker]
+        return tracked
 
     def reparameterize(self, z_mean: tf.Tensor, z_log_var: tf.Tensor) -> tf.Tensor:
         """z = z_mean + exp(0.5 * z_log_var) * eps, eps ~ N(0, I): keeps sampling differentiable."""
@@ -130,7 +155,7 @@ class VAE(keras.Model):
     def build_all(self, image_size: int) -> None:
         """Create every variable (both halves, the discriminator, both optimizers) so checkpoints can load."""
         self(np.zeros((1, image_size, image_size, 3), dtype=np.float32))
-        self.optimizer.build(self.encoder.trainable_variables + self.decoder.trainable_variables)
+        self.optimizer.build(self.vae_variables)
         if self.discriminator is not None:
             self.discriminator(np.zeros((1, image_size, image_size, 3), dtype=np.float32), training=True)
             self.d_optimizer.build(self.discriminator.trainable_variables)
@@ -148,27 +173,56 @@ class VAE(keras.Model):
     def kl_divergence(self, z_mean: tf.Tensor, z_log_var: tf.Tensor) -> tf.Tensor:
         return ops.mean(-0.5 * ops.sum(1.0 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=1))
 
-    def vae_losses(self, images: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """(total, reconstruction, kl) for one batch."""
+    def perceptual(self, images: tf.Tensor, reconstruction: tf.Tensor) -> tf.Tensor:
+        """Sum over the feature layers of |F(x) - F(x_hat)|^2 / |F(x)|^2 (batch means); 0 without a network."""
+        if self.feature_network is None:
+            return ops.zeros(())
+        real = self.feature_network(images * 255.0, training=False)
+        fake = self.feature_network(reconstruction * 255.0, training=False)
+        return sum(
+            ops.mean(ops.square(r - f)) / (ops.stop_gradient(ops.mean(ops.square(r))) + 1e-6)
+            for r, f in zip(real, fake, strict=True)
+        )
+
+    def _named_losses(
+        self, images: tf.Tensor, reconstruction: tf.Tensor, z_mean: tf.Tensor, z_log_var: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        losses = {
+            "reconstruction": ops.mean(ops.square(images - reconstruction)),
+            "kl": self.kl_divergence(z_mean, z_log_var),
+            "perceptual": self.perceptual(images, reconstruction),
+        }
+        losses["fit"] = losses["reconstruction"] + self.perceptual_weight * losses["perceptual"]
+        losses["total"] = losses["fit"] + self.kl_weight * losses["kl"]
+        return losses
+
+    def vae_losses(self, images: tf.Tensor, training: bool) -> dict[str, tf.Tensor]:
+        """The named losses of one batch: reconstruction, kl, perceptual, fit (the first + perceptual), total."""
         z_mean, z_log_var = self.encoder(images, training=training)
         reconstruction = self.decoder(self.reparameterize(z_mean, z_log_var), training=training)
-        reconstruction_loss = ops.mean(ops.square(images - reconstruction))
-        kl_loss = self.kl_divergence(z_mean, z_log_var)
-        return reconstruction_loss + self.kl_weight * kl_loss, reconstruction_loss, kl_loss
+        return self._named_losses(images, reconstruction, z_mean, z_log_var)
 
-    def _track(self, total: tf.Tensor, reconstruction: tf.Tensor, kl: tf.Tensor) -> dict[str, tf.Tensor]:
-        self.loss_tracker.update_state(total)
-        self.reconstruction_tracker.update_state(reconstruction)
-        self.kl_tracker.update_state(kl)
+    def _track(self, losses: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        self.loss_tracker.update_state(losses["total"])
+        self.reconstruction_tracker.update_state(losses["reconstruction"])
+        self.kl_tracker.update_state(losses["kl"])
+        self.perceptual_tracker.update_state(losses["perceptual"])
+        for tracker, key in [
+            (self.generator_tracker, "generator"),
+            (self.discriminator_tracker, "discriminator"),
+            (self.balance_tracker, "balance"),
+        ]:
+            if key in losses:
+                tracker.update_state(losses[key])
         return {m.name: m.result() for m in self.metrics}
 
     def train_step(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         if self.discriminator is None or not self.adversarial:
             with tf.GradientTape() as tape:
-                total, reconstruction, kl = self.vae_losses(images, training=True)
-            grads = tape.gradient(total, self.vae_variables)
+                losses = self.vae_losses(images, training=True)
+            grads = tape.gradient(losses["total"], self.vae_variables)
             self.optimizer.apply_gradients(zip(grads, self.vae_variables, strict=True))
-            return self._track(total, reconstruction, kl)
+            return self._track(losses)
         return self._adversarial_step(images)
 
     def _adversarial_step(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -182,28 +236,23 @@ class VAE(keras.Model):
             spread = ops.sqrt(ops.var(codes, axis=0) + 1e-6)
             drawn = ops.mean(codes, axis=0) + spread * keras.random.normal(ops.shape(codes), seed=self.noise)
             decoded = self.decoder(ops.concatenate([z, drawn[: batch // 2]], axis=0), training=True)
-            reconstruction = decoded[:batch]
-            reconstruction_loss = ops.mean(ops.square(images - reconstruction))
-            kl_loss = self.kl_divergence(z_mean, z_log_var)
-            generator_loss = -ops.mean(self.discriminator(decoded, training=True))
+            losses = self._named_losses(images, decoded[:batch], z_mean, z_log_var)
+            losses["generator"] = -ops.mean(self.discriminator(decoded, training=True))
             with tape.stop_recording():
-                rec_grad = tape.gradient(reconstruction_loss, last_kernel)
-                adv_grad = tape.gradient(generator_loss, last_kernel)
-            balance = ops.stop_gradient(ops.clip(_l2(rec_grad) / (_l2(adv_grad) + 1e-4), 0.0, 1e4))
-            total = reconstruction_loss + self.kl_weight * kl_loss + self.adversarial_weight * balance * generator_loss
+                fit_grad = tape.gradient(losses["fit"], last_kernel)
+                adv_grad = tape.gradient(losses["generator"], last_kernel)
+            losses["balance"] = ops.stop_gradient(ops.clip(_l2(fit_grad) / (_l2(adv_grad) + 1e-4), 0.0, 1e4))
+            losses["total"] += self.adversarial_weight * losses["balance"] * losses["generator"]
             fake = ops.stop_gradient(decoded)
-            discriminator_loss = ops.mean(ops.relu(1.0 - self.discriminator(images, training=True))) + ops.mean(
+            losses["discriminator"] = ops.mean(ops.relu(1.0 - self.discriminator(images, training=True))) + ops.mean(
                 ops.relu(1.0 + self.discriminator(fake, training=True))
             )
-        grads = tape.gradient(total, self.vae_variables)
+        grads = tape.gradient(losses["total"], self.vae_variables)
         self.optimizer.apply_gradients(zip(grads, self.vae_variables, strict=True))
         d_vars = self.discriminator.trainable_variables
-        self.d_optimizer.apply_gradients(zip(tape.gradient(discriminator_loss, d_vars), d_vars, strict=True))
+        self.d_optimizer.apply_gradients(zip(tape.gradient(losses["discriminator"], d_vars), d_vars, strict=True))
         del tape
-        self.generator_tracker.update_state(generator_loss)
-        self.discriminator_tracker.update_state(discriminator_loss)
-        self.balance_tracker.update_state(balance)
-        return self._track(total, reconstruction_loss, kl_loss)
+        return self._track(losses)
 
     def test_step(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._track(*self.vae_losses(images, training=False))
+        return self._track(self.vae_losses(images, training=False))

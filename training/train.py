@@ -1,8 +1,8 @@
-"""The training loop: data in, a run folder with the best and last checkpoints and the history out.
+"""The training loop: data in, a run folder with checkpoints and the history out.
 
-A run folder holds `config.json`, `best.weights.h5` (lowest validation reconstruction loss of the last phase),
-`warmup.weights.h5` (the plain VAE at the end of the warm-up), `last.weights.h5` + `last.optimizer.npz` +
-`state.json` (for --resume) and `history.json`.
+A run folder holds `config.json`; `features/` (the perceptual loss's face network, trained first);
+`best.weights.h5` (lowest validation reconstruction loss of the last phase); `warmup.weights.h5` (the VAE at
+the end of the warm-up); `last.weights.h5` + `last.optimizer.npz` + `state.json` (for --resume); `history.json`.
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from service.bundle import Preprocess
+from training.classifier import AttributeClassifier, perceptual_network
 from training.config import TrainConfig
-from training.data import FaceDataset, as_tf_dataset, discover, load_images, split
-from training.model import VAE, build_decoder, build_discriminator, build_encoder
+from training.data import as_tf_dataset
+from training.model import VAE, build_decoder, build_discriminator, build_encoder, feature_extractor
+from training.prepared import PreparedData
 
 log = logging.getLogger(__name__)
 
@@ -31,55 +31,16 @@ LAST_OPTIMIZER = "last.optimizer.npz"
 STATE_FILE = "state.json"
 MONITOR = "val_reconstruction_loss"
 WARMUP_WEIGHTS = "warmup.weights.h5"
+FEATURES_DIR = "features"
 #: Settings a resumed run may change; anything else would silently mix two different experiments.
 #: (More epochs stretch the cosine learning-rate schedule from where the run is.)
 RESUMABLE_CHANGES = {"name", "epochs", "patience"}
 
 
-@dataclass
-class PreparedData:
-    """Decoded faces with their labels, split into training and validation."""
-
-    dataset: FaceDataset
-    images: np.ndarray  # uint8 [N, size, size, 3]
-    labels: np.ndarray | None  # int8 [N, attributes]
-    train: np.ndarray  # indices into images
-    val: np.ndarray
-
-    def describe(self) -> dict[str, object]:
-        return {
-            **self.dataset.describe(),
-            "used": len(self.images),
-            "train": len(self.train),
-            "validation": len(self.val),
-        }
-
-
-def preprocess_of(config: TrainConfig) -> Preprocess:
-    return Preprocess(crop=config.crop, size=config.image_size)
-
-
-def prepare_data(config: TrainConfig, data_dir: Path, cache_dir: Path | None, skip_bad: bool) -> PreparedData:
-    """Discover, cap at --max-images, decode once, and split by file name."""
-    dataset = discover(data_dir)
-    if config.max_images is not None and config.max_images < len(dataset.files):
-        labels = dataset.labels[: config.max_images] if dataset.labels is not None else None
-        dataset = FaceDataset(
-            dataset.root, dataset.image_dir, dataset.files[: config.max_images], dataset.attribute_names, labels
-        )
-    images, kept = load_images(dataset, preprocess_of(config), cache_dir, skip_bad)
-    files = [dataset.files[i] for i in kept]
-    train, val = split(files, config.val_fraction)
-    if len(train) == 0 or len(val) == 0:
-        raise ValueError(f"{len(files)} images give an empty training or validation split; use more images")
-    labels = dataset.labels[kept] if dataset.labels is not None else None
-    log.info("%d images: %d train, %d validation", len(images), len(train), len(val))
-    return PreparedData(dataset, images, labels, train, val)
-
-
-def build_vae(config: TrainConfig, steps_per_epoch: int | None = None) -> VAE:
+def build_vae(config: TrainConfig, steps_per_epoch: int | None = None, network: keras.Model | None = None) -> VAE:
     """A compiled VAE (with its discriminator when adversarial_weight > 0) whose every variable exists.
 
+    `network` is the perceptual loss's face network, needed when perceptual_weight > 0.
     With `steps_per_epoch` the learning rate follows a cosine from learning_rate to final_learning_rate over
     the run; without it (loading a checkpoint to export it) it is constant.
     """
@@ -93,6 +54,8 @@ def build_vae(config: TrainConfig, steps_per_epoch: int | None = None) -> VAE:
         seed=config.seed,
         discriminator=discriminator,
         adversarial_weight=config.adversarial_weight,
+        features=feature_extractor(network) if config.perceptual_weight > 0 else None,
+        perceptual_weight=config.perceptual_weight,
     )
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = config.learning_rate
     if steps_per_epoch is not None and config.final_learning_rate != config.learning_rate:
@@ -111,7 +74,8 @@ def build_vae(config: TrainConfig, steps_per_epoch: int | None = None) -> VAE:
 def load_run(run_dir: Path, weights: str = BEST_WEIGHTS) -> tuple[TrainConfig, VAE]:
     """Rebuild a run's model and load its checkpoint."""
     config = TrainConfig.model_validate_json((run_dir / CONFIG_FILE).read_text())
-    vae = build_vae(config, steps_per_epoch=1)  # any schedule: the optimizer's variables must match the checkpoint's
+    network = AttributeClassifier.load(run_dir / FEATURES_DIR).model if config.perceptual_weight > 0 else None
+    vae = build_vae(config, steps_per_epoch=1, network=network)  # any schedule: optimizer variables must match
     vae.load_weights(run_dir / weights)
     return config, vae
 
@@ -178,7 +142,8 @@ def fit(config: TrainConfig, data: PreparedData, run_dir: Path, resume: bool) ->
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     steps_per_epoch = -(-len(data.train) // config.batch_size)
-    vae = build_vae(config, steps_per_epoch)
+    network = perceptual_network(config, data, run_dir / FEATURES_DIR) if config.perceptual_weight > 0 else None
+    vae = build_vae(config, steps_per_epoch, network)
     state: dict = {"epochs_done": 0, "best": float("inf"), "history": {}}
     if resume and (run_dir / STATE_FILE).is_file():
         saved = TrainConfig.model_validate_json((run_dir / CONFIG_FILE).read_text())
