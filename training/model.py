@@ -72,13 +72,11 @@ def _l2(tensor: tf.Tensor) -> tf.Tensor:
     return ops.sqrt(ops.sum(ops.square(tensor)))
 
 
-def feature_extractor(
-    network: keras.Model, layer_type: type[layers.Layer] = layers.ReLU, count: int = 3
-) -> keras.Model:
-    """The first `count` activations of a trained face network, frozen: the space the perceptual loss compares in."""
-    outputs = [layer.output for layer in network.layers if isinstance(layer, layer_type)][:count]
+def feature_extractor(network: keras.Model, count: int = 3) -> keras.Model:
+    """The first `count` ReLU activations of a trained face network, frozen: the perceptual loss's feature space."""
+    outputs = [layer.output for layer in network.layers if isinstance(layer, layers.ReLU)][:count]
     if len(outputs) < count:
-        raise ValueError(f"{network.name} has {len(outputs)} {layer_type.__name__} layers, the loss needs {count}")
+        raise ValueError(f"{network.name} has {len(outputs)} ReLU layers, the perceptual loss needs {count}")
     extractor = keras.Model(network.input, outputs, name="perceptual_features")
     extractor.trainable = False
     return extractor
