@@ -60,7 +60,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import onnxruntime as ort
 import scipy.linalg
-from PIL import Image, ImageDraw
 
 from bench.common import DEFAULT_DATA, FIGURES_DIR, REPO_ROOT, RESULTS_DIR, Table, fmt, machine, write_report
 from service.bundle import (
@@ -77,10 +76,9 @@ from service.bundle import (
     ModelBundle,
     Preprocess,
 )
-from service.imaging import make_grid
 from service.runtime import Encoding, FaceModel, SamplingMode
 from service.settings import DEFAULT_MODEL
-from training.card import EDIT_ATTRIBUTES
+from training.card import EDIT_ATTRIBUTES, grid
 from training.classifier import AttributeClassifier, ClassifierConfig, default_out, train_classifier
 from training.cli import DEFAULT_CACHE
 from training.config import TrainConfig
@@ -752,21 +750,6 @@ def headline(report: dict[str, Any]) -> str:
 # ---- figures ------------------------------------------------------------------------------------------------------
 
 
-def labelled_grid(rows: Sequence[np.ndarray], labels: Sequence[str], scale: int = 2) -> Image.Image:
-    """Equal-length rows of uint8 faces as one picture (the service's grid), each row labelled on the left."""
-    tiled = make_grid(np.concatenate(rows), columns=len(rows[0]))
-    height, width = tiled.shape[:2]
-    image = Image.fromarray(tiled).resize((width * scale, height * scale), Image.Resampling.NEAREST)
-    label_width = 8 + 6 * max(len(label) for label in labels)
-    labelled = Image.new("RGB", (image.width + label_width, image.height), "white")
-    labelled.paste(image, (label_width, 0))
-    draw = ImageDraw.Draw(labelled)
-    row_height = image.height // len(labels)
-    for i, label in enumerate(labels):
-        draw.text((4, i * row_height + row_height // 2 - 5), label, fill="black")
-    return labelled
-
-
 def picture_figures(subjects: Sequence[Subject], attributes: Sequence[str], seed: int, figures: Path) -> list[Path]:
     """Reconstructions of men and women (photo, then each bundle), samples per mode and edit strips per bundle."""
     paths = []
@@ -781,7 +764,7 @@ def picture_figures(subjects: Sequence[Subject], attributes: Sequence[str], seed
             rows.append(subject.model.decode(subject.z_val[chosen]))
             labels.append(subject.label)
     paths.append(figures / "quality_reconstructions.png")
-    labelled_grid(rows, labels).save(paths[-1])
+    grid(rows, labels).save(paths[-1])
 
     for subject in subjects:
         model = subject.model
@@ -791,7 +774,7 @@ def picture_figures(subjects: Sequence[Subject], attributes: Sequence[str], seed
         default = str(model.bundle.latent_stats.default_mode)
         names = [f"{m.value} T=1" + (" (default)" if m.value == default else "") for m in SamplingMode]
         paths.append(figures / f"quality_samples_{subject.slug}.png")
-        labelled_grid(shown, names).save(paths[-1])
+        grid(shown, names).save(paths[-1])
 
         data = subject.data
         assert data.labels is not None
@@ -806,7 +789,7 @@ def picture_figures(subjects: Sequence[Subject], attributes: Sequence[str], seed
             names.append(name)
         if strips:
             paths.append(figures / f"quality_edits_{subject.slug}.png")
-            labelled_grid(strips, [f"{name} -3..+3" for name in names]).save(paths[-1])
+            grid(strips, [f"{name} -3..+3" for name in names]).save(paths[-1])
     return paths
 
 

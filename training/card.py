@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 CARD_DIR = "card"
 EDIT_ATTRIBUTES = ("Smiling", "Male", "Eyeglasses", "Mustache", "Chubby")
 EDIT_STRENGTHS = (-3, -2, -1, 0, 1, 2, 3)
-LABEL_WIDTH = 96
 
 
 def sharpness(faces: np.ndarray) -> float:
@@ -42,8 +41,9 @@ def grid(rows: list[np.ndarray], labels: list[str] | None = None, scale: int = 2
     image = Image.fromarray(tiled).resize((width * scale, height * scale), Image.Resampling.NEAREST)
     if not labels:
         return image
-    labelled = Image.new("RGB", (image.width + LABEL_WIDTH, image.height), "white")
-    labelled.paste(image, (LABEL_WIDTH, 0))
+    label_width = 8 + 6 * max(len(label) for label in labels)
+    labelled = Image.new("RGB", (image.width + label_width, image.height), "white")
+    labelled.paste(image, (label_width, 0))
     draw = ImageDraw.Draw(labelled)
     row_height = image.height // len(labels)
     for i, label in enumerate(labels):

@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
-from keras import layers
+from keras import layers, ops
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sklearn.metrics import roc_auc_score
 
@@ -65,6 +66,9 @@ class ClassifierConfig(BaseModel):
         (0.2, 1.75), description="training only: range of the Gaussian blur's sigma in pixels (drawn per batch)"
     )
     blur_kernel: int = Field(9, gt=0, description="side of the blur kernel; odd, about 5 sigma wide")
+    balanced: bool = Field(
+        True, description="weight each attribute's two classes equally, so p >= 0.5 is a fair verdict on rare ones"
+    )
     noise_std: float = Field(0.03, ge=0, description="training only: Gaussian pixel noise std on the [0, 1] scale")
     epochs: int = Field(6, gt=0)
     batch_size: int = Field(64, gt=0)
@@ -124,6 +128,37 @@ def build_classifier(config: ClassifierConfig, attributes: int) -> keras.Model:
     x = layers.Dropout(config.dropout, seed=config.seed)(features)
     probabilities = layers.Dense(attributes, activation="sigmoid", name="attributes")(x)
     return keras.Model(pixels, probabilities, name="attribute_classifier")
+
+
+def balanced_crossentropy(positive_rate: np.ndarray) -> Callable[[Any, Any], Any]:
+    """Binary cross-entropy with each attribute's two classes weighted equally (weights 0.5 / class rate).
+
+    Plain cross-entropy calibrates p to CelebA's base rates, so p >= 0.5 needs overwhelming evidence for a rare
+    attribute: such a judge calls only about one real moustache in six a moustache. Weighted, p >= 0.5 means
+    "more likely than not if both classes were equally common", a fair verdict on any single face.
+    """
+    rate = np.clip(positive_rate.astype(np.float32), 1e-3, 1 - 1e-3)
+    positive_weight, negative_weight = 0.5 / rate, 0.5 / (1 - rate)
+
+    def loss(y_true: Any, y_pred: Any) -> Any:
+        p = ops.clip(y_pred, 1e-7, 1 - 1e-7)
+        terms = positive_weight * y_true * ops.log(p) + negative_weight * (1 - y_true) * ops.log(1 - p)
+        return -ops.mean(terms, axis=-1)
+
+    return loss
+
+
+def verdict_rates(probabilities: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str, dict[str, float]]:
+    """Per attribute, how often p >= 0.5 agrees with the labels: recall on faces with it, specificity without."""
+    verdicts, positive = probabilities >= 0.5, labels > 0
+    rates = {}
+    for i, name in enumerate(names):
+        has, lacks = positive[:, i], ~positive[:, i]
+        rates[name] = {
+            "recall": float(verdicts[has, i].mean()) if has.any() else float("nan"),
+            "specificity": float((~verdicts[lacks, i]).mean()) if lacks.any() else float("nan"),
+        }
+    return rates
 
 
 def validation_auc(probabilities: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str, float | None]:
@@ -190,7 +225,7 @@ def fit_classifier(config: ClassifierConfig, data: PreparedData, out: Path) -> A
     model = build_classifier(config, len(names))
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss="binary_crossentropy",
+        loss=balanced_crossentropy(targets[data.train].mean(axis=0)) if config.balanced else "binary_crossentropy",
         metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(names), name="auc")],
     )
     started = time.perf_counter()
@@ -213,6 +248,7 @@ def fit_classifier(config: ClassifierConfig, data: PreparedData, out: Path) -> A
         "attributes": names,
         "validation_auc": auc,
         "mean_validation_auc": float(np.mean(known)) if known else None,
+        "validation_at_half": verdict_rates(probabilities, data.labels[data.val], names),
         "train": len(data.train),
         "validation": len(data.val),
         "seconds": round(seconds, 1),
@@ -278,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
         "--blur-sigma", type=float, nargs=2, default=defaults.blur_sigma, help="min max (default: %(default)s)"
     )
     parser.add_argument("--noise-std", type=float, default=defaults.noise_std, help="(default: %(default)s; 0 = off)")
+    parser.add_argument(
+        "--unbalanced", action="store_true", help="plain cross-entropy (p calibrated to the attributes' base rates)"
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="decoded-face cache (as training's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -291,10 +330,14 @@ def main(argv: list[str] | None = None) -> None:
         blur_probability=args.blur_probability,
         blur_sigma=tuple(args.blur_sigma),
         noise_std=args.noise_std,
+        balanced=not args.unbalanced,
     )
     classifier = train_classifier(config, args.data, args.out or default_out(args.image_size), args.cache_dir)
+    rates = classifier.report["validation_at_half"]
+    print(f"{'attribute':<20} {'AUC':>6} {'recall':>7} {'specif.':>7}  (validation, p >= 0.5)")
     for name, auc in classifier.report["validation_auc"].items():
-        print(f"{name:<20} {'-' if auc is None else f'{auc:.3f}'}")
+        shown = "-" if auc is None else f"{auc:.3f}"
+        print(f"{name:<20} {shown:>6} {rates[name]['recall']:>7.2f} {rates[name]['specificity']:>7.2f}")
     print(f"mean validation AUC {classifier.report['mean_validation_auc']}")
 
 
