@@ -1,0 +1,105 @@
+"""The bundle loader refuses a bundle whose sampling statistics or attribute vectors would break /sample or /edit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.bundle import (
+    ATTRIBUTES_FILE,
+    LATENT_STATS_FILE,
+    MANIFEST_FILE,
+    BundleError,
+    ModelBundle,
+    sha256_file,
+    write_json,
+)
+from tests.tiny_bundle import Z_DIM
+
+
+def _altered(source: Path, target: Path, file: str, change: Callable[[Any], None]) -> Path:
+    """A copy of the bundle with one JSON file changed and its sha256 updated: only the content is wrong."""
+    shutil.copytree(source, target)
+    data = json.loads((target / file).read_text())
+    change(data)
+    write_json(target / file, data)
+    manifest = json.loads((target / MANIFEST_FILE).read_text())
+    manifest["files"][file] = sha256_file(target / file)
+    write_json(target / MANIFEST_FILE, manifest)
+    return target
+
+
+def _set_upper(stats: dict[str, Any]) -> None:
+    stats["covariance_cholesky"][0][1] = 0.5
+
+
+def _zero_diagonal(stats: dict[str, Any]) -> None:
+    stats["covariance_cholesky"][2][2] = 0.0
+
+
+def _drop_row(stats: dict[str, Any]) -> None:
+    stats["covariance_cholesky"].pop()
+
+
+def _nan(stats: dict[str, Any]) -> None:
+    stats["covariance_cholesky"][3][1] = float("nan")
+
+
+def _short_posterior_std(stats: dict[str, Any]) -> None:
+    stats["posterior_std"] = stats["posterior_std"][:-1]
+
+
+def _unknown_mode(stats: dict[str, Any]) -> None:
+    stats["default_mode"] = "posterior"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (_set_upper, "covariance_cholesky is not a finite lower-triangular matrix with a positive diagonal"),
+        (_zero_diagonal, "covariance_cholesky is not a finite lower-triangular matrix with a positive diagonal"),
+        (_nan, "covariance_cholesky is not a finite lower-triangular matrix with a positive diagonal"),
+        (_drop_row, f"covariance_cholesky is not {Z_DIM}x{Z_DIM}"),
+        (_short_posterior_std, f"posterior_std has {Z_DIM - 1} values, z_dim is {Z_DIM}"),
+        (_unknown_mode, "invalid at default_mode"),
+    ],
+    ids=["upper-triangle", "zero-diagonal", "nan", "short", "posterior-std", "mode"],
+)
+def test_bad_sampling_statistics_are_refused(
+    tiny_bundle: Path, tmp_path: Path, change: Callable[[Any], None], expected: str
+) -> None:
+    bundle = _altered(tiny_bundle, tmp_path / "bundle", LATENT_STATS_FILE, change)
+    with pytest.raises(BundleError, match=f"{LATENT_STATS_FILE}: ") as caught:
+        ModelBundle.load(bundle)
+    assert expected in str(caught.value)
+
+
+def test_attribute_without_a_positive_step_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    def no_step(vectors: list[dict[str, Any]]) -> None:
+        vectors[0]["step"] = 0.0
+
+    bundle = _altered(tiny_bundle, tmp_path / "bundle", ATTRIBUTES_FILE, no_step)
+    with pytest.raises(BundleError, match=f"{ATTRIBUTES_FILE}: invalid at step"):
+        ModelBundle.load(bundle)
+
+
+def test_a_format_1_bundle_is_refused_with_the_version(tiny_bundle: Path, tmp_path: Path) -> None:
+    shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    manifest = json.loads((tmp_path / "bundle" / MANIFEST_FILE).read_text())
+    manifest["format_version"] = 1
+    write_json(tmp_path / "bundle" / MANIFEST_FILE, manifest)
+    with pytest.raises(BundleError, match="format_version 1 is not supported \\(expected 2\\)"):
+        ModelBundle.load(tmp_path / "bundle")
+
+
+def test_the_tiny_bundle_s_statistics_load_as_arrays(tiny_bundle: Path) -> None:
+    stats = ModelBundle.load(tiny_bundle).latent_stats
+    assert stats.cholesky_array.shape == (Z_DIM, Z_DIM)
+    assert stats.cholesky_array.dtype == np.float32
+    assert stats.check(Z_DIM) is None
