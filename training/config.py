@@ -42,7 +42,7 @@ class TrainConfig(BaseModel):
     max_images: int | None = Field(None, gt=0, description="use only the first N images (sorted by file name)")
     val_fraction: float = Field(0.05, gt=0, lt=1, description="share of files held out for validation (by name hash)")
     direction_method: Literal["mean_difference", "balanced", "linear"] = Field(
-        "linear", description="how attribute directions are found (see training/latents.py)"
+        "mean_difference", description="how attribute directions are found (see training/latents.py)"
     )
     default_sampling: Literal["trick", "textbook", "prior"] = Field(
         "trick", description="the /sample mode the bundle recommends (bench/bench_quality.py measures them)"

@@ -89,7 +89,7 @@ def attribute_vectors(
     z_val: np.ndarray,
     labels_val: np.ndarray,
     min_positives: int,
-    method: DirectionMethod = "linear",
+    method: DirectionMethod = "mean_difference",
 ) -> tuple[list[AttributeVector], list[dict[str, object]]]:
     """One direction per attribute by `method`, with the step that strength 1 moves, its spread and validation AUC.
 

@@ -33,8 +33,8 @@ MONITOR = "val_reconstruction_loss"
 WARMUP_WEIGHTS = "warmup.weights.h5"
 FEATURES_DIR = "features"
 #: Settings a resumed run may change; anything else would silently mix two different experiments.
-#: (More epochs stretch the cosine learning-rate schedule from where the run is.)
-RESUMABLE_CHANGES = {"name", "epochs", "patience"}
+#: (More epochs stretch the cosine learning-rate schedule from where the run is; the last two only shape the export.)
+RESUMABLE_CHANGES = {"name", "epochs", "patience", "direction_method", "default_sampling"}
 
 
 def build_vae(config: TrainConfig, steps_per_epoch: int | None = None, network: keras.Model | None = None) -> VAE:
