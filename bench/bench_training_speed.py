@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
+from training.classifier import ClassifierConfig, build_classifier
 from training.cli import DEFAULT_CACHE
 from training.config import TrainConfig
 from training.data import as_tf_dataset
@@ -43,7 +44,11 @@ def measure(size: int, data_dir: Path, steps: int, rounds: int) -> dict[str, flo
     real = as_tf_dataset(data.images[data.train], config.batch_size, shuffle_seed=0).repeat()
     noise = np.random.default_rng(0).random((config.batch_size * 8, size, size, 3), dtype=np.float32)
     synthetic = tf.data.Dataset.from_tensor_slices(noise).batch(config.batch_size).repeat()
-    vae = build_vae(config)
+    # The default recipe's main phase: perceptual loss (an untrained network of the same shape costs the same) and
+    # the discriminator.
+    network = build_classifier(ClassifierConfig(image_size=size), attributes=40)
+    vae = build_vae(config, network=network)
+    vae.adversarial = config.adversarial_weight > 0
     vae.fit(real, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)  # trace and warm up both paths
     vae.fit(synthetic, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
     real_runs, synthetic_runs = [], []
