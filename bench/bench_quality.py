@@ -66,8 +66,6 @@ from service.bundle import (
     ATTRIBUTES_FILE,
     DECODER_FILE,
     ENCODER_FILE,
-    ENCODER_INPUT,
-    ENCODER_OUTPUTS,
     LATENT_STATS_FILE,
     MANIFEST_FILE,
     AttributeVector,
@@ -76,12 +74,13 @@ from service.bundle import (
     ModelBundle,
     Preprocess,
 )
-from service.runtime import Encoding, FaceModel, SamplingMode
+from service.runtime import FaceModel, SamplingMode
 from service.settings import DEFAULT_MODEL
-from training.card import EDIT_ATTRIBUTES, grid
+from training.card import EDIT_ATTRIBUTES, grid, sharpness
 from training.classifier import AttributeClassifier, ClassifierConfig, default_out, train_classifier
 from training.cli import DEFAULT_CACHE
 from training.config import TrainConfig
+from training.export import encode
 from training.latents import DIRECTION_METHODS, aggregate_posterior, attribute_vectors
 from training.prepared import PreparedData, prepare_data
 
@@ -128,15 +127,6 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_covmean)
 
 
-def laplacian_variance(faces: np.ndarray) -> np.ndarray:
-    """Per face: variance of the 3x3 Laplacian of the grey image (ITU-R 601 luma, 0-255): what blur removes first."""
-    grey = faces.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    laplacian = (
-        grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] - 4 * grey[:, 1:-1, 1:-1]
-    )
-    return laplacian.reshape(len(faces), -1).var(axis=1)
-
-
 def phi_correlations(labels: np.ndarray) -> np.ndarray:
     """Phi coefficients (Pearson on 0/1) between every pair of attribute columns; 0 where a column is constant."""
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -169,16 +159,6 @@ def data_config(training: Mapping[str, Any], max_images: int | None) -> TrainCon
     return TrainConfig(**{key: training[key] for key in keys if key in training}, max_images=max_images)
 
 
-def encode_all(encode: Callable[[np.ndarray], Encoding], faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """z_mean and z_log_var of uint8 faces, in batches."""
-    means, log_vars = [], []
-    for start in range(0, len(faces), BATCH):
-        encoding = encode(faces[start : start + BATCH])
-        means.append(encoding.z_mean)
-        log_vars.append(encoding.z_log_var)
-    return np.concatenate(means), np.concatenate(log_vars)
-
-
 def extract_old_bundle(rev: str, path: str, into: Path) -> Path:
     """The bundle files at `rev` (git show), written to `into`."""
     into.mkdir(parents=True, exist_ok=True)
@@ -207,12 +187,8 @@ def open_old_bundle(
     encoder = ort.InferenceSession(str(folder / ENCODER_FILE), options, providers=["CPUExecutionProvider"])
     decoder = ort.InferenceSession(str(folder / DECODER_FILE), options, providers=["CPUExecutionProvider"])
 
-    def encode(pixels: np.ndarray) -> Encoding:
-        z_mean, z_log_var = encoder.run(list(ENCODER_OUTPUTS), {ENCODER_INPUT: pixels.astype(np.float32) / 255.0})
-        return Encoding(z_mean=z_mean, z_log_var=z_log_var)
-
     data = data_for(manifest["training"])
-    z_train, z_log_var = encode_all(encode, data.images[data.train])
+    z_train, z_log_var = encode(encoder, data.images[data.train])
     stats = aggregate_posterior(z_train, z_log_var, default_mode="textbook")
     stats = stats.model_copy(update={"std_scalar": float(old_stats["std_scalar"])})
     vectors = [
@@ -222,7 +198,7 @@ def open_old_bundle(
     fields = {**manifest, "preprocess": Preprocess.model_validate(manifest["preprocess"])}
     bundle = ModelBundle(folder, Manifest.model_construct(**fields), stats, AttributeVectors(vectors))
     model = FaceModel(bundle, encoder, decoder, max_batch=int(limits["batch"]), max_strength=limits["strength"])
-    z_val, _ = encode_all(encode, data.images[data.val])
+    z_val, _ = encode(encoder, data.images[data.val])
     return Subject(
         label,
         f"git {label}",
@@ -241,8 +217,8 @@ def open_bundle(
     model = FaceModel.load(path, threads=0, max_batch=int(limits["batch"]), max_strength=limits["strength"])
     training = model.bundle.manifest.training
     data = data_for(training)
-    z_train, _ = encode_all(model.encode_pixels, data.images[data.train])
-    z_val, _ = encode_all(model.encode_pixels, data.images[data.val])
+    z_train, _ = encode(model.encoder, data.images[data.train])
+    z_val, _ = encode(model.encoder, data.images[data.val])
     min_positives = int(training.get("min_positives", TrainConfig().min_positives))
     return Subject(label, str(path), model, data, z_train, z_val, min_positives)
 
@@ -303,7 +279,7 @@ def reconstruction(subject: Subject, classifier: AttributeClassifier, real: Real
         "mse": float(mse.mean()),
         "psnr_of_mean_mse": float(10 * np.log10(1.0 / mse.mean())),
         "manifest_mse": subject.model.bundle.manifest.metrics.get("val_reconstruction_mse"),
-        "sharpness": float(laplacian_variance(decoded).mean() / real.sharpness),
+        "sharpness": float(sharpness(decoded).mean() / real.sharpness),
         "male_kept": float(kept.mean()),
         "male_kept_men": float(kept[men].mean()) if men.any() else None,
         "male_kept_women": float(kept[~men].mean()) if (~men).any() else None,
@@ -329,7 +305,7 @@ def sampling(
     temperatures = sorted({*temperatures, 1.0})
     anchor_count = min(samples, len(data.train))
     fds: dict[str, list[float]] = {}
-    sharpness: dict[str, list[float]] = {}
+    sharp: dict[str, list[float]] = {}
     for repeat in range(repeats):
         chosen = np.random.default_rng(seed + repeat).choice(len(data.train), anchor_count, replace=False)
         train_faces = data.images[data.train[chosen]]
@@ -348,9 +324,7 @@ def sampling(
                 key = f"{mode.value} {temperature:g}"
                 fds.setdefault(key, []).append(frechet_distance(classifier.predict(generated)[1], real.features))
                 if temperature == 1.0:
-                    sharpness.setdefault(mode.value, []).append(
-                        float(laplacian_variance(generated).mean() / real.sharpness)
-                    )
+                    sharp.setdefault(mode.value, []).append(float(sharpness(generated).mean() / real.sharpness))
         print(f"  {subject.label}: FD repeat {repeat + 1}/{repeats} done")
     rows = [
         {"setting": key, "fd_mean": float(np.mean(v)), "fd_std": float(np.std(v)), "fd": v} for key, v in fds.items()
@@ -363,7 +337,7 @@ def sampling(
         "temperatures": temperatures,
         "modes": [mode.value for mode in SamplingMode],
         "default_mode": str(model.bundle.latent_stats.default_mode),
-        "sharpness": {mode: float(np.mean(values)) for mode, values in sharpness.items()},
+        "sharpness": {mode: float(np.mean(values)) for mode, values in sharp.items()},
         "rows": rows,
     }
 
@@ -1043,7 +1017,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if id(subject.data) not in reals:
                 faces = subject.data.images[subject.data.val]
                 verdicts, features = judge(classifier, faces)
-                reals[id(subject.data)] = Real(verdicts, features, float(laplacian_variance(faces).mean()))
+                reals[id(subject.data)] = Real(verdicts, features, float(sharpness(faces).mean()))
             real = reals[id(subject.data)]
             unrelated = unrelated_columns(subject, classifier)
             stats = subject.model.bundle.latent_stats

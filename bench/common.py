@@ -26,7 +26,7 @@ import onnxruntime as ort
 
 from service.imaging import ImageFormat, decode_upload, encode_image, make_grid
 from service.preprocess import frame_face
-from service.runtime import Encoding, FaceModel, SamplingMode
+from service.runtime import Encoding, FaceModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The shared CelebA subset (CelebA layout: img_align_celeba/ + list_attr_celeba.txt), read in place.
@@ -130,7 +130,7 @@ class EndpointWork:
         return self.photos[i % len(self.photos)]
 
     def sample(self, seed: int, n: int) -> bytes:
-        z = self.model.sample_latents(n, np.random.default_rng(seed), SamplingMode.TRICK, 1.0)
+        z = self.model.sample_latents(n, np.random.default_rng(seed))  # /sample's default mode
         faces = self.backend.decode(z)
         return encode_image(faces[0] if n == 1 else make_grid(faces), self.image_format)
 

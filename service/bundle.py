@@ -11,9 +11,10 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import numpy as np
 import onnx
@@ -34,6 +35,22 @@ ENCODER_OUTPUTS = ("z_mean", "z_log_var")
 DECODER_INPUT = "z"
 DECODER_OUTPUT = "image"
 BATCH_DIM = "batch"
+
+
+class SamplingMode(StrEnum):
+    """How `/sample` turns eps ~ N(0, I) into a latent (see `LatentStats.draw`)."""
+
+    #: z = mean + temperature * L @ eps, L L^T the aggregate posterior's covariance: where the decoder was trained.
+    TRICK = "trick"
+    #: z = mean + std_scalar * temperature * eps: the book's literal recipe, kept so comparisons stay reproducible.
+    TEXTBOOK = "textbook"
+    #: z = temperature * eps: the prior.
+    PRIOR = "prior"
+
+
+#: How an attribute direction was found on the training split (training/latents.py computes each).
+DirectionMethod = Literal["mean_difference", "balanced", "linear"]
+DIRECTION_METHODS: tuple[DirectionMethod, ...] = get_args(DirectionMethod)
 
 
 class BundleError(ValueError):
@@ -101,7 +118,7 @@ class LatentStats(BaseModel):
     std_scalar: float = Field(gt=0, description="mean of posterior_std: the textbook's scalar")
     covariance_cholesky: list[list[float]] = Field(description="lower-triangular L with L @ L.T the covariance")
     count: int = Field(gt=0)
-    default_mode: Literal["trick", "textbook", "prior"] = "trick"
+    default_mode: SamplingMode = SamplingMode.TRICK
 
     @cached_property
     def mean_array(self) -> np.ndarray:
@@ -112,6 +129,14 @@ class LatentStats(BaseModel):
     def cholesky_array(self) -> np.ndarray:
         """`covariance_cholesky` as float32 [z_dim, z_dim], converted once."""
         return np.asarray(self.covariance_cholesky, dtype=np.float32)
+
+    def draw(self, eps: np.ndarray, mode: SamplingMode, temperature: float = 1.0) -> np.ndarray:
+        """Latents [N, z_dim] from float32 eps ~ N(0, I) [N, z_dim] by `mode`; the same eps gives comparable faces."""
+        if mode is SamplingMode.PRIOR:
+            return np.float32(temperature) * eps
+        if mode is SamplingMode.TEXTBOOK:
+            return self.mean_array + np.float32(self.std_scalar * temperature) * eps
+        return self.mean_array + np.float32(temperature) * (eps @ self.cholesky_array.T)
 
     def check(self, z_dim: int) -> str | None:
         """What is wrong with these statistics for a model of `z_dim`, or None."""
@@ -132,7 +157,7 @@ class AttributeVector(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    method: str = Field(description="how the direction was found: mean_difference, balanced or linear")
+    method: DirectionMethod = Field(description="how the direction was found")
     vector: list[float]
     norm: float = Field(ge=0)
     step: float = Field(gt=0, description="latent distance along the unit vector that strength 1 moves")

@@ -9,7 +9,6 @@ import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from service.bundle import (
     ENCODER_OUTPUTS,
     AttributeVector,
     ModelBundle,
+    SamplingMode,
 )
 from service.preprocess import frame_face
 from service.settings import Settings
@@ -31,15 +31,6 @@ logger = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-
-
-class SamplingMode(StrEnum):
-    #: z = mean + temperature * L @ eps, L L^T the aggregate posterior's covariance: where the decoder was trained.
-    TRICK = "trick"
-    #: z = mean + std_scalar * temperature * eps: the book's literal recipe, kept so comparisons stay reproducible.
-    TEXTBOOK = "textbook"
-    #: z = temperature * eps, eps ~ N(0, I): the prior.
-    PRIOR = "prior"
 
 
 class InputError(ValueError):
@@ -214,7 +205,7 @@ class FaceModel:
     @property
     def default_sampling(self) -> SamplingMode:
         """The bundle's best-measured sampling mode, used when a request names none."""
-        return SamplingMode(self.bundle.latent_stats.default_mode)
+        return self.bundle.latent_stats.default_mode
 
     def sample_latents(
         self, n: int, rng: np.random.Generator, mode: SamplingMode | None = None, temperature: float = 1.0
@@ -225,13 +216,7 @@ class FaceModel:
         """
         self.check_batch("n", n)
         eps = rng.standard_normal((n, self.z_dim), dtype=np.float32)
-        mode = mode or self.default_sampling
-        stats = self.bundle.latent_stats
-        if mode is SamplingMode.PRIOR:
-            return np.float32(temperature) * eps
-        if mode is SamplingMode.TEXTBOOK:
-            return stats.mean_array + np.float32(stats.std_scalar * temperature) * eps
-        return stats.mean_array + np.float32(temperature) * (eps @ stats.cholesky_array.T)
+        return self.bundle.latent_stats.draw(eps, mode or self.default_sampling, temperature)
 
     def attribute(self, name: str, field: str = "attributes") -> AttributeVector:
         """Look an attribute up ignoring case, or raise `InputError` listing the valid names."""

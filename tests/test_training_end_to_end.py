@@ -54,7 +54,6 @@ def test_resume_continues_the_run(trained: tuple[Path, Path]) -> None:
     assert state["history"]["adversarial_balance"][1] > 0.0
     assert state["best"] == state["history"]["val_reconstruction_loss"][1]
     assert (run / "best.weights.h5").is_file()
-    assert (run / "warmup.weights.h5").is_file()
 
 
 def test_export_keeps_the_model_card_beside_the_bundle(trained: tuple[Path, Path]) -> None:

@@ -26,7 +26,7 @@ def _vae(features: keras.Model | None) -> VAE:
         build_encoder(SIZE, Z, (4, 8)),
         build_decoder(SIZE, Z, (4, 8)),
         kl_weight=1e-3,
-        features=features,
+        feature_network=features,
         perceptual_weight=0.5,
     )
 

@@ -25,13 +25,16 @@ EDIT_ATTRIBUTES = ("Smiling", "Male", "Eyeglasses", "Mustache", "Chubby")
 EDIT_STRENGTHS = (-3, -2, -1, 0, 1, 2, 3)
 
 
-def sharpness(faces: np.ndarray) -> float:
-    """Mean squared response to a 3x3 Laplacian on grey faces: what blur removes first."""
-    grey = faces.astype(np.float32).mean(axis=-1) / 255.0
+def sharpness(faces: np.ndarray) -> np.ndarray:
+    """Per face: variance of the 3x3 Laplacian of the grey image (ITU-R 601 luma, 0-255): what blur removes first.
+
+    The card and bench/bench_quality.py report its mean over faces, divided by the real photos' mean.
+    """
+    grey = faces.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     laplacian = (
         grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] - 4 * grey[:, 1:-1, 1:-1]
     )
-    return float(np.mean(laplacian**2))
+    return laplacian.reshape(len(faces), -1).var(axis=1)
 
 
 def grid(rows: list[np.ndarray], labels: list[str] | None = None, scale: int = 2) -> Image.Image:
@@ -118,11 +121,11 @@ def write_card_figures(bundle_dir: Path, data: PreparedData, seed: int = 0) -> d
     many = 256
     figures = {
         "val_reconstruction_mse": float(np.mean((all_reconstructions / 255.0 - val / 255.0) ** 2)),
-        "sharpness_real": sharpness(val),
-        "sharpness_reconstructions": sharpness(all_reconstructions),
+        "sharpness_real": float(sharpness(val).mean()),
+        "sharpness_reconstructions": float(sharpness(all_reconstructions).mean()),
         **{
-            f"sharpness_{mode.value}": sharpness(
-                model.decode(model.sample_latents(many, np.random.default_rng(1), mode, 1.0))
+            f"sharpness_{mode.value}": float(
+                sharpness(model.decode(model.sample_latents(many, np.random.default_rng(1), mode, 1.0))).mean()
             )
             for mode in SamplingMode
         },

@@ -273,8 +273,8 @@ def perceptual_network(config: TrainConfig, data: PreparedData, folder: Path) ->
     """The face network a VAE's perceptual loss compares in: loaded from `folder`, or trained there first.
 
     A classifier of its own, not the benchmark's judge: trained on the same training split but without blur or
-    noise (its features should notice exactly what blur removes) and from another seed, so the VAE is never
-    trained against the network that scores it.
+    noise (its features should notice exactly what blur removes), with plain cross-entropy and from another seed,
+    so the VAE is never trained against the network that scores it.
     """
     if not (folder / CONFIG_FILE).is_file():
         settings = ClassifierConfig(
@@ -284,6 +284,7 @@ def perceptual_network(config: TrainConfig, data: PreparedData, folder: Path) ->
             max_images=config.max_images,
             blur_probability=0.0,
             noise_std=0.0,
+            balanced=False,
             epochs=config.perceptual_epochs,
             seed=config.seed + 1,
         )

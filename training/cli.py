@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import enum
 import logging
 import os
 import types
@@ -28,6 +29,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs.update(nargs="+", type=typing.get_args(annotation)[0])
         elif origin is typing.Literal:
             kwargs.update(choices=typing.get_args(annotation))
+        elif isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+            kwargs.update(type=annotation, choices=list(annotation))
         else:
             kwargs["type"] = annotation
         group.add_argument("--" + name.replace("_", "-"), dest=name, **kwargs)

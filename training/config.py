@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.bundle import DirectionMethod, SamplingMode
 from training.data import CELEBA_CROP
 
 
@@ -41,11 +42,11 @@ class TrainConfig(BaseModel):
     patience: int = Field(5, gt=0, description="epochs without a better validation reconstruction before stopping")
     max_images: int | None = Field(None, gt=0, description="use only the first N images (sorted by file name)")
     val_fraction: float = Field(0.05, gt=0, lt=1, description="share of files held out for validation (by name hash)")
-    direction_method: Literal["mean_difference", "balanced", "linear"] = Field(
+    direction_method: DirectionMethod = Field(
         "mean_difference", description="how attribute directions are found (see training/latents.py)"
     )
-    default_sampling: Literal["trick", "textbook", "prior"] = Field(
-        "trick", description="the /sample mode the bundle recommends (bench/bench_quality.py measures them)"
+    default_sampling: SamplingMode = Field(
+        SamplingMode.TRICK, description="the /sample mode the bundle recommends (bench/bench_quality.py measures them)"
     )
     min_positives: int = Field(20, ge=1, description="fewest training faces with and without an attribute to keep it")
     crop: tuple[float, float, float, float] = Field(

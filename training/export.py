@@ -36,6 +36,7 @@ from service.bundle import (
     MANIFEST_FILE,
     REPORT_FILE,
     ModelBundle,
+    SamplingMode,
     sha256_file,
     write_json,
 )
@@ -183,8 +184,8 @@ def build_bundle(config: TrainConfig, vae: VAE, data: PreparedData, training_sum
         history=training_summary["history"],
         inputs=val_faces[:8],
         reconstructions=reconstructions[:8],
-        prior=decode(decoder, eps),
-        trick=decode(decoder, stats.mean_array + eps @ stats.cholesky_array.T),
+        prior=decode(decoder, stats.draw(eps, SamplingMode.PRIOR)),
+        trick=decode(decoder, stats.draw(eps, SamplingMode.TRICK)),
         title=f"{config.name}: validation MSE {val_mse:.4f}, KL {val_kl:.1f} nats",
     )
 

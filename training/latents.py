@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from service.bundle import AttributeVector, LatentStats
+from service.bundle import DIRECTION_METHODS, AttributeVector, DirectionMethod, LatentStats, SamplingMode
 
-DirectionMethod = Literal["mean_difference", "balanced", "linear"]
-DIRECTION_METHODS: tuple[DirectionMethod, ...] = ("mean_difference", "balanced", "linear")
 #: The attribute the balanced method stratifies by: CelebA's strongest confounder (Tom White, "Sampling
 #: Generative Networks": without it the Mustache or Heavy_Makeup vector is mostly a sex change).
 CONFOUNDER = "Male"
 
 
 def aggregate_posterior(
-    z_mean: np.ndarray, z_log_var: np.ndarray, default_mode: str = "trick", jitter: float = 1e-6
+    z_mean: np.ndarray,
+    z_log_var: np.ndarray,
+    default_mode: SamplingMode = SamplingMode.TRICK,
+    jitter: float = 1e-6,
 ) -> LatentStats:
     """A Gaussian fitted to the aggregate posterior q(z) = mean over faces of N(z_mean, sigma^2).
 

@@ -68,6 +68,18 @@ def build_discriminator(image_size: int, filters: tuple[int, ...]) -> keras.Mode
     return keras.Model(image, logits, name="discriminator")
 
 
+#: Reported metric -> the named loss it averages.
+METRIC_LOSSES = {
+    "loss": "total",
+    "reconstruction_loss": "reconstruction",
+    "kl_loss": "kl",
+    "perceptual_loss": "perceptual",
+    "generator_loss": "generator",
+    "discriminator_loss": "discriminator",
+    "adversarial_balance": "balance",
+}
+
+
 def _l2(tensor: tf.Tensor) -> tf.Tensor:
     return ops.sqrt(ops.sum(ops.square(tensor)))
 
@@ -108,7 +120,7 @@ class VAE(keras.Model):
         seed: int = 0,
         discriminator: keras.Model | None = None,
         adversarial_weight: float = 0.0,
-        features: keras.Model | None = None,
+        feature_network: keras.Model | None = None,
         perceptual_weight: float = 0.0,
         **kwargs,
     ) -> None:
@@ -116,7 +128,7 @@ class VAE(keras.Model):
         self.encoder = encoder
         self.decoder = decoder
         self.discriminator = discriminator
-        self.feature_network = features
+        self.feature_network = feature_network
         self.kl_weight = kl_weight
         self.adversarial_weight = adversarial_weight
         self.perceptual_weight = perceptual_weight
@@ -201,17 +213,11 @@ class VAE(keras.Model):
         return self._named_losses(images, reconstruction, z_mean, z_log_var)
 
     def _track(self, losses: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        self.loss_tracker.update_state(losses["total"])
-        self.reconstruction_tracker.update_state(losses["reconstruction"])
-        self.kl_tracker.update_state(losses["kl"])
-        self.perceptual_tracker.update_state(losses["perceptual"])
-        for tracker, key in [
-            (self.generator_tracker, "generator"),
-            (self.discriminator_tracker, "discriminator"),
-            (self.balance_tracker, "balance"),
-        ]:
+        """Update every reported metric from its loss (the adversarial ones only once that phase runs)."""
+        for metric in self.metrics:
+            key = METRIC_LOSSES[metric.name]
             if key in losses:
-                tracker.update_state(losses[key])
+                metric.update_state(losses[key])
         return {m.name: m.result() for m in self.metrics}
 
     def train_step(self, images: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -1,8 +1,8 @@
 """The training loop: data in, a run folder with checkpoints and the history out.
 
 A run folder holds `config.json`; `features/` (the perceptual loss's face network, trained first);
-`best.weights.h5` (lowest validation reconstruction loss of the last phase); `warmup.weights.h5` (the VAE at
-the end of the warm-up); `last.weights.h5` + `last.optimizer.npz` + `state.json` (for --resume); `history.json`.
+`best.weights.h5` (lowest validation reconstruction loss of the last phase); `last.weights.h5` +
+`last.optimizer.npz` + `state.json` (for --resume); `history.json`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ LAST_WEIGHTS = "last.weights.h5"
 LAST_OPTIMIZER = "last.optimizer.npz"
 STATE_FILE = "state.json"
 MONITOR = "val_reconstruction_loss"
-WARMUP_WEIGHTS = "warmup.weights.h5"
 FEATURES_DIR = "features"
 #: Settings a resumed run may change; anything else would silently mix two different experiments.
 #: (More epochs stretch the cosine learning-rate schedule from where the run is; the last two only shape the export.)
@@ -54,7 +53,7 @@ def build_vae(config: TrainConfig, steps_per_epoch: int | None = None, network: 
         seed=config.seed,
         discriminator=discriminator,
         adversarial_weight=config.adversarial_weight,
-        features=feature_extractor(network) if config.perceptual_weight > 0 else None,
+        feature_network=feature_extractor(network) if config.perceptual_weight > 0 else None,
         perceptual_weight=config.perceptual_weight,
     )
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = config.learning_rate
@@ -83,10 +82,9 @@ def load_run(run_dir: Path, weights: str = BEST_WEIGHTS) -> tuple[TrainConfig, V
 class LastCheckpoint(keras.callbacks.Callback):
     """Saves what --resume needs after every epoch: weights, optimizer state, history, best so far."""
 
-    def __init__(self, run_dir: Path, state: dict, warmup_epochs: int) -> None:
+    def __init__(self, run_dir: Path, state: dict) -> None:
         super().__init__()
         self.run_dir = run_dir
-        self.warmup_epochs = warmup_epochs
         self.history: dict[str, list[float]] = state["history"]
         self.best: float = state["best"]
         self.seconds_before: float = state.get("seconds", 0.0)
@@ -98,8 +96,6 @@ class LastCheckpoint(keras.callbacks.Callback):
             self.history.setdefault(key, []).append(float(value))
         self.best = min(self.best, float(logs.get(MONITOR, np.inf)))
         self.model.save_weights(self.run_dir / LAST_WEIGHTS)
-        if epoch + 1 == self.warmup_epochs:  # the plain VAE the discriminator starts from: an ablation for free
-            self.model.save_weights(self.run_dir / WARMUP_WEIGHTS)
         np.savez(self.run_dir / LAST_OPTIMIZER, *[np.asarray(v) for v in self.model.optimizer_variables])
         seconds = self.seconds_before + time.perf_counter() - self.started
         state = {"epochs_done": epoch + 1, "best": self.best, "seconds": seconds, "history": self.history}
@@ -168,7 +164,7 @@ def fit(config: TrainConfig, data: PreparedData, run_dir: Path, resume: bool) ->
         log.info("epochs %d-%d: %s", first + 1, end, "VAE + discriminator" if adversarial else "VAE only")
         vae.adversarial = adversarial
         vae.make_train_function(force=True)
-        last = LastCheckpoint(run_dir, state, config.warmup_epochs)
+        last = LastCheckpoint(run_dir, state)
         callbacks: list[keras.callbacks.Callback] = [last]
         if final:
             callbacks = [
