@@ -382,15 +382,25 @@ def edit_effect(
     }
 
 
-def edits(
-    subject: Subject,
-    model: FaceModel,
-    classifier: AttributeClassifier,
-    attributes: Sequence[str],
-    max_faces: int,
-    unrelated: Mapping[str, list[int]],
-) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class EditJudging:
+    """What every edit measurement shares: the judge, the attributes edited, how many faces, and per attribute the
+    classifier columns unrelated to it (`unrelated_columns`)."""
+
+    classifier: AttributeClassifier
+    attributes: Sequence[str]
+    max_faces: int
+    unrelated: Mapping[str, list[int]]
+
+
+def edits(subject: Subject, model: FaceModel, judging: EditJudging) -> dict[str, Any]:
     """Edit success, side effects and identity drift per attribute, direction and strength, with `model`'s vectors."""
+    classifier, attributes, max_faces, unrelated = (
+        judging.classifier,
+        judging.attributes,
+        judging.max_faces,
+        judging.unrelated,
+    )
     data = subject.data
     assert data.labels is not None
     rows, skipped = [], {}
@@ -439,14 +449,9 @@ def edits(
     return {"strengths": list(STRENGTHS), "max_faces": max_faces, "rows": rows, "skipped": skipped}
 
 
-def conditional_edits(
-    subject: Subject,
-    model: FaceModel,
-    classifier: AttributeClassifier,
-    max_faces: int,
-    unrelated: Mapping[str, list[int]],
-) -> list[dict[str, Any]]:
+def conditional_edits(subject: Subject, model: FaceModel, judging: EditJudging) -> list[dict[str, Any]]:
     """CONDITIONAL_EDITS with and without `keep`: success, how often the kept verdict flips, side effects."""
+    classifier, max_faces, unrelated = judging.classifier, judging.max_faces, judging.unrelated
     data = subject.data
     assert data.labels is not None
     names = data.dataset.attribute_names
@@ -489,13 +494,7 @@ def conditional_edits(
     return rows
 
 
-def directions(
-    subject: Subject,
-    classifier: AttributeClassifier,
-    attributes: Sequence[str],
-    max_faces: int,
-    unrelated: Mapping[str, list[int]],
-) -> dict[str, Any]:
+def directions(subject: Subject, judging: EditJudging) -> dict[str, Any]:
     """Every direction method's vectors, rebuilt from this bundle's encoded training split, judged as the edits."""
     data = subject.data
     assert data.labels is not None
@@ -513,8 +512,8 @@ def directions(
         )
         variant = with_vectors(subject.model, vectors)
         result[method] = {
-            "edits": edits(subject, variant, classifier, attributes, max_faces, unrelated),
-            "conditional": conditional_edits(subject, variant, classifier, max_faces, unrelated),
+            "edits": edits(subject, variant, judging),
+            "conditional": conditional_edits(subject, variant, judging),
             "left_out": left_out,
         }
         print(f"  {subject.label}: directions {method} done")
@@ -1040,9 +1039,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 subject, classifier, real, args.samples, args.repeats, args.temperatures, args.seed
             )
             print("  edits")
-            section["edits"] = edits(subject, subject.model, classifier, args.attributes, args.edit_faces, unrelated)
+            judging = EditJudging(classifier, args.attributes, args.edit_faces, unrelated)
+            section["edits"] = edits(subject, subject.model, judging)
             if not args.skip_directions:
-                section["directions"] = directions(subject, classifier, args.attributes, args.edit_faces, unrelated)
+                section["directions"] = directions(subject, judging)
             section["issue8"] = issue_table(section)
             report["bundles"].append(section)
         report["headline"] = headline(report)
