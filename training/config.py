@@ -34,6 +34,12 @@ class TrainConfig(BaseModel):
     perceptual_weight: float = Field(
         0.02, ge=0, description="weight of the perceptual loss (a face network's features) against pixel MSE; 0: none"
     )
+    semantic_weight: float = Field(
+        0.1, ge=0, description="weight of the face network's penultimate-feature distance against pixel MSE; 0: none"
+    )
+    residual_blocks: int = Field(
+        2, ge=0, description="decoder residual blocks at the highest resolutions (1: 64x64 only, 2: 64 and 32)"
+    )
     perceptual_epochs: int = Field(6, gt=0, description="epochs to train the perceptual loss's face network")
     warmup_epochs: int = Field(4, ge=0, description="epochs of plain VAE training before the discriminator joins")
     discriminator_filters: tuple[int, ...] = Field((32, 64, 128), description="patch discriminator conv widths")
@@ -53,6 +59,11 @@ class TrainConfig(BaseModel):
         CELEBA_CROP, description="face box as fractions of width and height: left top right bottom"
     )
     seed: int = Field(0, description="seed for initialisation, shuffling and sampling noise")
+
+    @property
+    def uses_face_network(self) -> bool:
+        """Whether a feature loss (perceptual or semantic) needs the face network trained before the VAE."""
+        return self.perceptual_weight > 0 or self.semantic_weight > 0
 
     @classmethod
     def from_manifest(cls, training: dict[str, Any]) -> TrainConfig:

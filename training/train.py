@@ -39,7 +39,7 @@ RESUMABLE_CHANGES = {"name", "epochs", "patience", "direction_method", "default_
 def build_vae(config: TrainConfig, steps_per_epoch: int | None = None, network: keras.Model | None = None) -> VAE:
     """A compiled VAE (with its discriminator when adversarial_weight > 0) whose every variable exists.
 
-    `network` is the perceptual loss's face network, needed when perceptual_weight > 0.
+    `network` is the feature losses' face network, needed when `config.uses_face_network`.
     With `steps_per_epoch` the learning rate follows a cosine from learning_rate to final_learning_rate over
     the run; without it (loading a checkpoint to export it) it is constant.
     """
@@ -48,13 +48,14 @@ def build_vae(config: TrainConfig, steps_per_epoch: int | None = None, network: 
         discriminator = build_discriminator(config.image_size, config.discriminator_filters)
     vae = VAE(
         build_encoder(config.image_size, config.z_dim, config.filters),
-        build_decoder(config.image_size, config.z_dim, config.filters),
+        build_decoder(config.image_size, config.z_dim, config.filters, config.residual_blocks),
         kl_weight=config.kl_weight,
         seed=config.seed,
         discriminator=discriminator,
         adversarial_weight=config.adversarial_weight,
-        feature_network=feature_extractor(network) if config.perceptual_weight > 0 else None,
+        feature_network=feature_extractor(network) if config.uses_face_network else None,
         perceptual_weight=config.perceptual_weight,
+        semantic_weight=config.semantic_weight,
     )
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = config.learning_rate
     if steps_per_epoch is not None and config.final_learning_rate != config.learning_rate:
@@ -73,7 +74,7 @@ def build_vae(config: TrainConfig, steps_per_epoch: int | None = None, network: 
 def load_run(run_dir: Path, weights: str = BEST_WEIGHTS) -> tuple[TrainConfig, VAE]:
     """Rebuild a run's model and load its checkpoint."""
     config = TrainConfig.model_validate_json((run_dir / CONFIG_FILE).read_text())
-    network = AttributeClassifier.load(run_dir / FEATURES_DIR).model if config.perceptual_weight > 0 else None
+    network = AttributeClassifier.load(run_dir / FEATURES_DIR).model if config.uses_face_network else None
     vae = build_vae(config, steps_per_epoch=1, network=network)  # any schedule: optimizer variables must match
     vae.load_weights(run_dir / weights)
     return config, vae
@@ -138,7 +139,7 @@ def fit(config: TrainConfig, data: PreparedData, run_dir: Path, resume: bool) ->
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     steps_per_epoch = -(-len(data.train) // config.batch_size)
-    network = perceptual_network(config, data, run_dir / FEATURES_DIR) if config.perceptual_weight > 0 else None
+    network = perceptual_network(config, data, run_dir / FEATURES_DIR) if config.uses_face_network else None
     vae = build_vae(config, steps_per_epoch, network)
     state: dict = {"epochs_done": 0, "best": float("inf"), "history": {}}
     if resume and (run_dir / STATE_FILE).is_file():
