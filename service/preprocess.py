@@ -16,14 +16,18 @@ _RESAMPLE = {
 
 
 def frame_face(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
-    """Crop the manifest's box (fractions of width and height) and resize: uint8 array [size, size, 3].
+    """Crop the manifest's box and resize: uint8 array [size, size, 3].
 
-    The box is passed to Pillow as sub-pixel floats, so a 89x109 and a 178x218 copy of one photo
-    get the same framing.
+    The box's centre is given as fractions of width and height; its side is the shorter of its two sides in
+    pixels, so the crop is square on any aspect ratio (on CelebA's 178:218 both sides are already equal) and a
+    4000x3000 photo is cropped, not squashed. The box is passed to Pillow as sub-pixel floats, so a 89x109 and a
+    178x218 copy of one photo get the same framing.
     """
     rgb = image.convert("RGB")
     width, height = rgb.size
     left, top, right, bottom = preprocess.crop
-    box = (left * width, top * height, right * width, bottom * height)
+    half = min((right - left) * width, (bottom - top) * height) / 2
+    centre_x, centre_y = (left + right) / 2 * width, (top + bottom) / 2 * height
+    box = (centre_x - half, centre_y - half, centre_x + half, centre_y + half)
     size = (preprocess.size, preprocess.size)
     return np.asarray(rgb.resize(size, _RESAMPLE[preprocess.resample], box=box), dtype=np.uint8)

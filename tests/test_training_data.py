@@ -140,6 +140,21 @@ def test_crop_frames_half_and_full_resolution_alike() -> None:
     )
 
 
+@pytest.mark.parametrize(("width", "height"), [(178, 218), (400, 300), (300, 600), (4000, 3000)])
+def test_crop_is_square_on_any_aspect_ratio(width: int, height: int) -> None:
+    """A round disc at the box's centre stays round: photos of other shapes are cropped, never squashed."""
+    preprocess = Preprocess(crop=CELEBA_CROP, size=64)
+    left, top, right, bottom = CELEBA_CROP
+    x, y = np.meshgrid(np.arange(width), np.arange(height))
+    radius = 0.25 * min((right - left) * width, (bottom - top) * height)
+    disc = np.hypot(x - (left + right) / 2 * width, y - (top + bottom) / 2 * height) < radius
+    photo = Image.fromarray(np.where(disc[..., None], 255, 0).astype(np.uint8).repeat(3, axis=2))
+    framed = frame_face(photo, preprocess)[..., 0] > 127
+    rows, columns = np.flatnonzero(framed.any(axis=1)), np.flatnonzero(framed.any(axis=0))
+    assert abs(len(rows) - len(columns)) <= 1
+    assert len(rows) == pytest.approx(32, abs=2)  # a quarter of the side is the radius: the disc spans half
+
+
 def test_read_attribute_file_rejects_a_wrong_count(tmp_path: Path) -> None:
     root = make_celeba(tmp_path)
     text = (root / ATTRIBUTE_FILE).read_text().replace("6", "7", 1)
