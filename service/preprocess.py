@@ -7,7 +7,7 @@ from PIL import Image
 
 from service.bundle import Preprocess
 
-_RESAMPLE = {
+RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
@@ -15,19 +15,26 @@ _RESAMPLE = {
 }
 
 
-def frame_face(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
-    """Crop the manifest's box and resize: uint8 array [size, size, 3].
+def crop_box(preprocess: Preprocess, width: float, height: float) -> tuple[float, float, float, float]:
+    """The training crop of a `width` x `height` image: (left, top, right, bottom) in its pixels.
 
     The box's centre is given as fractions of width and height; its side is the shorter of its two sides in
     pixels, so the crop is square on any aspect ratio (on CelebA's 178:218 both sides are already equal) and a
-    4000x3000 photo is cropped, not squashed. The box is passed to Pillow as sub-pixel floats, so a 89x109 and a
-    178x218 copy of one photo get the same framing.
+    4000x3000 photo is cropped, not squashed.
     """
-    rgb = image.convert("RGB")
-    width, height = rgb.size
     left, top, right, bottom = preprocess.crop
     half = min((right - left) * width, (bottom - top) * height) / 2
     centre_x, centre_y = (left + right) / 2 * width, (top + bottom) / 2 * height
-    box = (centre_x - half, centre_y - half, centre_x + half, centre_y + half)
+    return (centre_x - half, centre_y - half, centre_x + half, centre_y + half)
+
+
+def frame_face(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
+    """Crop `crop_box` and resize: uint8 array [size, size, 3].
+
+    The box is passed to Pillow as sub-pixel floats, so a 89x109 and a 178x218 copy of one photo get the same
+    framing.
+    """
+    rgb = image.convert("RGB")
     size = (preprocess.size, preprocess.size)
-    return np.asarray(rgb.resize(size, _RESAMPLE[preprocess.resample], box=box), dtype=np.uint8)
+    box = crop_box(preprocess, *rgb.size)
+    return np.asarray(rgb.resize(size, RESAMPLE[preprocess.resample], box=box), dtype=np.uint8)
