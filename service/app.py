@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from service import __version__
 from service.dependencies import ModelState
 from service.errors import add_exception_handlers
+from service.framing import FaceFramer
 from service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
 from service.routers import faces, health, info
 from service.runtime import FaceModel
@@ -26,6 +27,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     state: ModelState = app.state.model_state
     state.model = await run_in_threadpool(FaceModel.from_settings, settings)
+    state.framer = FaceFramer(state.model.bundle.preprocess)
+    await run_in_threadpool(state.framer.warm_up)
     if settings.require_gpu and not state.model.uses_gpu:
         state.problem = f"require_gpu is set but CUDA is not in use: {state.model.providers}"
         logger.error("not ready: %s", state.problem)
@@ -33,7 +36,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.problem = None
         logger.info("ready: providers %s", state.model.providers)
     yield
-    state.model, state.problem = None, "shutting down"
+    state.model, state.framer, state.problem = None, None, "shutting down"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 LATENT_STATS_FILE = "latent_stats.json"
@@ -62,14 +62,43 @@ class BundleError(ValueError):
         self.problem = problem
 
 
+#: The five face landmarks, in this order, wherever the API or a bundle lists them ("left" as the viewer sees it).
+LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
 class Preprocess(BaseModel):
-    """How a photo becomes model input: crop a box given as fractions of width and height, resize."""
+    """How a photo becomes model input: crop a box given as fractions of width and height, resize; or, for photos
+    that are not aligned crops, move the detected landmarks onto `landmarks`, the training crops' template."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     crop: tuple[float, float, float, float] = Field(description="[left, top, right, bottom] in [0, 1]")
     size: int = Field(gt=0)
     resample: str = "lanczos"
+    landmarks: tuple[tuple[float, float], ...] | None = Field(
+        None,
+        description="Where the detector finds the five LANDMARKS on the training crops (median), as (x, y) "
+        "fractions of the model input's side; every bundle has them, training's own framing needs none",
+    )
+
+    @field_validator("landmarks")
+    @classmethod
+    def _landmarks_are_a_face(
+        cls, points: tuple[tuple[float, float], ...] | None
+    ) -> tuple[tuple[float, float], ...] | None:
+        if points is None:
+            return None
+        if len(points) != len(LANDMARKS):
+            raise ValueError(f"landmarks has {len(points)} points, expected {len(LANDMARKS)} ({', '.join(LANDMARKS)})")
+        array = np.asarray(points, dtype=np.float64)
+        if not np.all(np.isfinite(array)) or np.any(array < 0) or np.any(array > 1):
+            raise ValueError("landmarks must be finite fractions in [0, 1] of the model input's side")
+        (left_eye, right_eye, _, mouth_left, mouth_right) = array
+        if not (left_eye[0] < right_eye[0] and mouth_left[0] < mouth_right[0]):
+            raise ValueError("landmarks: each left point must be left of its right point (as the viewer sees it)")
+        if not max(left_eye[1], right_eye[1]) < min(mouth_left[1], mouth_right[1]):
+            raise ValueError("landmarks: the eyes must be above the mouth")
+        return points
 
     @field_validator("crop")
     @classmethod
@@ -289,13 +318,15 @@ class ModelBundle:
             if not (root / file).is_file():
                 raise BundleError(file, f"missing from bundle {root}")
 
-        manifest = _parse(Manifest, root / MANIFEST_FILE, _read_json(root / MANIFEST_FILE))
-        if manifest.format_version != FORMAT_VERSION:
-            raise BundleError(
-                MANIFEST_FILE, f"format_version {manifest.format_version} is not supported (expected {FORMAT_VERSION})"
-            )
+        raw_manifest = _read_json(root / MANIFEST_FILE)
+        version = raw_manifest.get("format_version") if isinstance(raw_manifest, dict) else None
+        if version != FORMAT_VERSION:  # before parsing: an older layout would fail on a field, not on its version
+            raise BundleError(MANIFEST_FILE, f"format_version {version} is not supported (expected {FORMAT_VERSION})")
+        manifest = _parse(Manifest, root / MANIFEST_FILE, raw_manifest)
         if manifest.preprocess.size != manifest.image_size:
             raise BundleError(MANIFEST_FILE, "preprocess.size differs from image_size")
+        if manifest.preprocess.landmarks is None:
+            raise BundleError(MANIFEST_FILE, "preprocess.landmarks (the template photos are aligned to) is missing")
         for file in HASHED_FILES:
             expected = manifest.files.get(file)
             if expected is None:

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
+from service.framing import FaceFramer
 from service.rendering import JSON
 from service.runtime import FaceModel
 from service.schemas import EditRequest, EditUpload, EncodeUpload
@@ -25,6 +26,7 @@ class ModelState:
     """What the lifespan has loaded; `problem` says why the service is not ready (None when it is)."""
 
     model: FaceModel | None = None
+    framer: FaceFramer | None = None
     problem: str | None = NOT_LOADED
 
 
@@ -49,6 +51,15 @@ def ready_model(state: Annotated[ModelState, Depends(model_state)]) -> FaceModel
 StateDep = Annotated[ModelState, Depends(model_state)]
 LoadedModel = Annotated[FaceModel, Depends(loaded_model)]
 ReadyModel = Annotated[FaceModel, Depends(ready_model)]
+
+
+def ready_framer(state: StateDep, model: ReadyModel) -> FaceFramer:
+    """The photo framer the lifespan made for the model; through `ready_model`, so it answers 503 as it does."""
+    assert state.framer is not None and state.model is model
+    return state.framer
+
+
+ReadyFramer = Annotated[FaceFramer, Depends(ready_framer)]
 AcceptHeader = Annotated[
     str | None, Header(description="image/png (default), image/jpeg, image/webp or application/json.")
 ]

@@ -10,6 +10,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from service.detection import DetectorUnavailable
 from service.imaging import ImageTooLarge, InvalidImage
 from service.runtime import InputError
 
@@ -20,6 +21,12 @@ async def _invalid_image(request: Request, exc: InvalidImage) -> Response:
 
 async def _image_too_large(request: Request, exc: ImageTooLarge) -> Response:
     return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_413_CONTENT_TOO_LARGE)
+
+
+async def _detector_unavailable(request: Request, exc: DetectorUnavailable) -> Response:
+    """A deployment without the detector (see service/detection.py) cannot honour align=auto: say so, and how."""
+    detail = f"align=auto is not available on this server ({exc}); send an aligned crop with align=none"
+    return JSONResponse({"detail": detail}, status_code=status.HTTP_501_NOT_IMPLEMENTED)
 
 
 def _json_safe(value: Any) -> Any:
@@ -55,3 +62,4 @@ def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ImageTooLarge, _image_too_large)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(InputError, _input_error)
+    app.add_exception_handler(DetectorUnavailable, _detector_unavailable)

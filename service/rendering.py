@@ -30,6 +30,7 @@ _ERROR_DESCRIPTIONS = {
     406: "None of the media types in Accept can be produced.",
     413: "Request body over the size limit, or image dimensions over the decoding limit.",
     415: "Unsupported request Content-Type.",
+    501: "align=auto on a server installed without the face detector (see GET /metadata's face_detection).",
     503: "Model not loaded, or loaded but not ready (see /health/ready).",
 }
 

@@ -6,6 +6,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Json, Tag, field_validator
 
+from service.bundle import LANDMARKS
+from service.detection import Face
+from service.framing import Align
 from service.imaging import ImageFormat
 from service.runtime import SamplingMode
 
@@ -56,7 +59,16 @@ class ImageOptions(Schema):
     )
 
 
-class EncodeParams(Schema):
+class FramingParams(Schema):
+    align: Align = Field(
+        Align.AUTO,
+        description="auto: find the face and align its landmarks to where the training crops have them (any photo: "
+        "a face anywhere, tilted, at any size); none: crop the bundle's box, for CelebA-style aligned crops.",
+    )
+    face: int = Field(0, ge=0, le=1000, description="align=auto: which face, 0 the largest (POST /detect lists them).")
+
+
+class EncodeParams(FramingParams):
     seed: Seed = None
 
 
@@ -78,7 +90,7 @@ class DecodeParams(ImageOptions):
     grid: bool = Field(False, description="Several latents: one grid image (true) or a JSON list of faces (false).")
 
 
-class EditParams(ImageOptions):
+class EditParams(ImageOptions, FramingParams):
     steps: int | None = Field(
         None,
         ge=3,
@@ -166,11 +178,37 @@ class Readiness(Schema):
     detail: str | None = Field(None, description="Why the service is not ready.", examples=["model not loaded yet"])
 
 
+class FaceInfo(Schema):
+    """One face found in a photo, in the photo's pixel coordinates (after its EXIF orientation)."""
+
+    box: list[float] = Field(description="[left, top, width, height].", examples=[[212.5, 96.0, 180.0, 224.0]])
+    landmarks: list[list[float]] = Field(
+        description=f"[x, y] of the {', '.join(LANDMARKS)} (left and right as the viewer sees them).",
+        examples=[[[271.4, 188.2], [338.9, 190.0], [305.1, 231.7], [276.0, 270.3], [331.8, 271.9]]],
+    )
+    score: float = Field(description="The detector's confidence, 0-1.", examples=[0.93])
+
+    @classmethod
+    def of(cls, face: Face) -> FaceInfo:
+        return cls(
+            box=[round(v, 2) for v in face.box],
+            landmarks=[[round(float(x), 2), round(float(y), 2)] for x, y in face.landmarks],
+            score=round(face.score, 4),
+        )
+
+
+class DetectResponse(Schema):
+    width: int = Field(description="Width of the photo, pixels (after its EXIF orientation).")
+    height: int
+    faces: list[FaceInfo] = Field(description="Every face found, largest first: `face=K` in /encode picks the K-th.")
+
+
 class EncodeResponse(Schema):
     z_mean: list[float]
     z_log_var: list[float]
     z: list[float] = Field(description="z_mean + exp(z_log_var / 2) * eps, one reparameterised sample.")
     seed: int = Field(description="Seed of eps; send it back to get the same z.")
+    face: FaceInfo | None = Field(description="The face that was encoded (align=auto); null with align=none.")
 
 
 class FacesResponse(Schema):
@@ -210,4 +248,5 @@ class Metadata(Schema):
         description="Execution providers each onnxruntime session actually uses.",
         examples=[{"encoder": ["CPUExecutionProvider"], "decoder": ["CPUExecutionProvider"]}],
     )
+    face_detection: bool = Field(description="Whether align=auto works: the face detector is installed here.")
     service_version: str

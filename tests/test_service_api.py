@@ -25,6 +25,9 @@ from tests.tiny_bundle import ATTRIBUTES, IMAGE_SIZE, Z_DIM
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 Z = [0.1 * i for i in range(Z_DIM)]
+#: The synthetic photos here have no face a detector would find: they test decoding and the crop path
+#: (align=none); detection and alignment have tests of their own (test_service_detection.py, test_service_faces.py).
+CROPPED = {"align": "none"}
 
 
 def messages(response: Any) -> str:
@@ -91,7 +94,7 @@ def test_metadata(client: TestClient, face_model: FaceModel) -> None:
     assert body["name"] == "tiny-test"
     assert body["default_sampling"] == face_model.bundle.latent_stats.default_mode
     assert (body["format_version"], body["image_size"], body["z_dim"], body["attribute_count"]) == (
-        2,
+        3,
         IMAGE_SIZE,
         Z_DIM,
         len(ATTRIBUTES),
@@ -214,10 +217,15 @@ def test_unsupported_accept_is_406(client: TestClient, path: str, accept: str) -
 
 
 def test_encode_only_produces_json(client: TestClient) -> None:
-    response = client.post("/encode", content=image_bytes(face_photo()), headers={"content-type": "image/png"})
+    response = client.post(
+        "/encode", params=CROPPED, content=image_bytes(face_photo()), headers={"content-type": "image/png"}
+    )
     assert response.status_code == 200
     refused = client.post(
-        "/encode", content=image_bytes(face_photo()), headers={"content-type": "image/png", "accept": "image/png"}
+        "/encode",
+        params=CROPPED,
+        content=image_bytes(face_photo()),
+        headers={"content-type": "image/png", "accept": "image/png"},
     )
     assert refused.status_code == 406
     assert "application/json" in messages(refused)
@@ -245,8 +253,8 @@ def test_sample_bad_parameters_are_422(client: TestClient, params: dict[str, Any
 
 def test_encode_raw_body_and_multipart_agree(client: TestClient, face_model: FaceModel) -> None:
     data = image_bytes(face_photo())
-    raw = client.post("/encode", params={"seed": 3}, content=data, headers={"content-type": "image/png"})
-    multipart = client.post("/encode", params={"seed": 3}, **upload(data))
+    raw = client.post("/encode", params={"seed": 3, **CROPPED}, content=data, headers={"content-type": "image/png"})
+    multipart = client.post("/encode", params={"seed": 3, **CROPPED}, **upload(data))
     assert raw.status_code == multipart.status_code == 200
     assert raw.json() == multipart.json()
     body = raw.json()
@@ -258,7 +266,7 @@ def test_encode_raw_body_and_multipart_agree(client: TestClient, face_model: Fac
 
 def test_encode_seed_makes_z_deterministic(client: TestClient) -> None:
     def z(seed: int) -> list[float]:
-        return client.post("/encode", params={"seed": seed}, **upload(image_bytes(face_photo()))).json()["z"]
+        return client.post("/encode", params={"seed": seed, **CROPPED}, **upload(image_bytes(face_photo()))).json()["z"]
 
     assert z(1) == z(1)
     assert z(1) != z(2)
@@ -268,7 +276,7 @@ def test_encode_applies_the_manifest_crop(client: TestClient) -> None:
     """The same face at two resolutions frames identically; shifting the face changes the code."""
 
     def z_mean(photo: Image.Image) -> np.ndarray:
-        return np.asarray(client.post("/encode", **upload(image_bytes(photo))).json()["z_mean"])
+        return np.asarray(client.post("/encode", params=CROPPED, **upload(image_bytes(photo))).json()["z_mean"])
 
     photo = face_photo(178, 218)
     half = photo.resize((89, 109), Image.Resampling.LANCZOS)
@@ -283,7 +291,7 @@ def test_encode_applies_the_manifest_crop(client: TestClient) -> None:
 )
 def test_encode_accepts_any_image_mode(client: TestClient, mode: str, image_format: str) -> None:
     photo = face_photo().convert("RGBA" if mode == "LA" else "RGB").convert(mode)
-    response = client.post("/encode", **upload(image_bytes(photo, image_format)))
+    response = client.post("/encode", params=CROPPED, **upload(image_bytes(photo, image_format)))
     assert response.status_code == 200, response.text
     assert len(response.json()["z_mean"]) == Z_DIM
 
@@ -295,7 +303,7 @@ def test_encode_respects_exif_orientation(client: TestClient) -> None:
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
 
     def z_mean(data: bytes) -> list[float]:
-        return client.post("/encode", **upload(data)).json()["z_mean"]
+        return client.post("/encode", params=CROPPED, **upload(data)).json()["z_mean"]
 
     assert z_mean(image_bytes(stored, "PNG", exif=exif)) == z_mean(image_bytes(upright))
     assert z_mean(image_bytes(stored)) != z_mean(image_bytes(upright))
@@ -313,9 +321,9 @@ def test_encode_respects_exif_orientation(client: TestClient) -> None:
 @pytest.mark.parametrize("as_multipart", [False, True], ids=["raw", "multipart"])
 def test_encode_corrupt_image_is_400(client: TestClient, data: bytes, expected: str, as_multipart: bool) -> None:
     if as_multipart:
-        response = client.post("/encode", **upload(data))
+        response = client.post("/encode", params=CROPPED, **upload(data))
     else:
-        response = client.post("/encode", content=data, headers={"content-type": "image/png"})
+        response = client.post("/encode", params=CROPPED, content=data, headers={"content-type": "image/png"})
     assert response.status_code == 400
     assert expected in messages(response)
 
@@ -323,20 +331,24 @@ def test_encode_corrupt_image_is_400(client: TestClient, data: bytes, expected: 
 @pytest.mark.parametrize("content_type", ["application/pdf", "text/plain", None])
 def test_encode_wrong_content_type_is_415(client: TestClient, content_type: str | None) -> None:
     headers = {"content-type": content_type} if content_type else {}
-    response = client.post("/encode", content=b"%PDF-1.4", headers=headers)
+    response = client.post("/encode", params=CROPPED, content=b"%PDF-1.4", headers=headers)
     assert response.status_code == 415
     assert f"unsupported Content-Type {content_type or '(none)'}" in messages(response)
 
 
 @pytest.mark.parametrize(("width", "height"), [(100_000, 100_000), (20_000, 10)], ids=["bomb", "absurd-side"])
 def test_encode_huge_dimensions_are_413(client: TestClient, width: int, height: int) -> None:
-    response = client.post("/encode", content=png_claiming_size(width, height), headers={"content-type": "image/png"})
+    response = client.post(
+        "/encode", params=CROPPED, content=png_claiming_size(width, height), headers={"content-type": "image/png"}
+    )
     assert response.status_code == 413
     assert messages(response).startswith("image too large to decode")
 
 
 def test_multipart_without_the_image_field_is_422(client: TestClient) -> None:
-    response = client.post("/encode", files={"photo": ("face.png", image_bytes(face_photo()), "image/png")})
+    response = client.post(
+        "/encode", params=CROPPED, files={"photo": ("face.png", image_bytes(face_photo()), "image/png")}
+    )
     assert response.status_code == 422
     assert "Field required" in messages(response)
 
@@ -368,10 +380,13 @@ def test_body_over_the_limit_is_413(client: TestClient, path: str, kwargs: dict[
 def test_chunked_body_under_the_limit_is_read_whole(client: TestClient) -> None:
     data = image_bytes(face_photo())
     streamed = client.post(
-        "/encode", params={"seed": 1}, content=iter([data[:100], data[100:]]), headers={"content-type": "image/png"}
+        "/encode",
+        params={"seed": 1, **CROPPED},
+        content=iter([data[:100], data[100:]]),
+        headers={"content-type": "image/png"},
     )
     assert streamed.status_code == 200
-    assert streamed.json() == client.post("/encode", params={"seed": 1}, **upload(data)).json()
+    assert streamed.json() == client.post("/encode", params={"seed": 1, **CROPPED}, **upload(data)).json()
 
 
 # ---- /decode ---------------------------------------------------------------------------------------------------
@@ -447,9 +462,9 @@ def test_edit_keep_leaves_the_kept_attribute_s_projection_alone(client: TestClie
 
 def test_edit_multipart_keep_matches_json(client: TestClient) -> None:
     data = image_bytes(face_photo())
-    z_mean = client.post("/encode", **upload(data)).json()["z_mean"]
+    z_mean = client.post("/encode", params=CROPPED, **upload(data)).json()["z_mean"]
     form = {"attributes": '{"Smiling": 2}', "keep": '["Male"]'}
-    from_photo = client.post("/edit", data=form, **upload(data))
+    from_photo = client.post("/edit", params=CROPPED, data=form, **upload(data))
     assert from_photo.status_code == 200
     body = {"z": z_mean, "attributes": {"Smiling": 2}, "keep": ["Male"]}
     assert from_photo.content == client.post("/edit", json=body).content
@@ -493,9 +508,9 @@ def test_edit_strip_has_the_unedited_face_in_the_middle(client: TestClient) -> N
 
 def test_edit_multipart_photo_edits_its_z_mean(client: TestClient) -> None:
     data = image_bytes(face_photo())
-    z_mean = client.post("/encode", **upload(data)).json()["z_mean"]
+    z_mean = client.post("/encode", params=CROPPED, **upload(data)).json()["z_mean"]
     attributes = {"Smiling": 1.5, "Male": -1}
-    from_photo = client.post("/edit", data={"attributes": json.dumps(attributes)}, **upload(data))
+    from_photo = client.post("/edit", params=CROPPED, data={"attributes": json.dumps(attributes)}, **upload(data))
     assert from_photo.status_code == 200
     assert from_photo.headers["content-type"] == "image/png"
     assert from_photo.content == client.post("/edit", json={"z": z_mean, "attributes": attributes}).content
@@ -531,7 +546,7 @@ def test_edit_bad_attributes_are_422(client: TestClient, attributes: dict[str, f
     ids=["broken-json", "nan", "unknown", "missing", "unknown-field", "keep-not-json", "keep-unknown"],
 )
 def test_edit_multipart_bad_attributes_are_422(client: TestClient, form: dict[str, str], expected: str) -> None:
-    response = client.post("/edit", data=form, **upload(image_bytes(face_photo())))
+    response = client.post("/edit", params=CROPPED, data=form, **upload(image_bytes(face_photo())))
     assert response.status_code == 422
     assert expected in messages(response)
 
@@ -553,7 +568,7 @@ def test_edit_wrong_latent_length_is_422(client: TestClient) -> None:
 
 
 def test_edit_corrupt_photo_is_400(client: TestClient) -> None:
-    response = client.post("/edit", data={"attributes": '{"Male": 1}'}, **upload(b"GIF89a broken"))
+    response = client.post("/edit", params=CROPPED, data={"attributes": '{"Male": 1}'}, **upload(b"GIF89a broken"))
     assert response.status_code == 400
     assert "corrupt" in messages(response) or "not a recognised image" in messages(response)
 

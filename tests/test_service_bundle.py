@@ -89,13 +89,43 @@ def test_attribute_without_a_positive_step_is_refused(tiny_bundle: Path, tmp_pat
         ModelBundle.load(bundle)
 
 
-def test_a_format_1_bundle_is_refused_with_the_version(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_an_older_format_is_refused_with_the_version(tiny_bundle: Path, tmp_path: Path) -> None:
     shutil.copytree(tiny_bundle, tmp_path / "bundle")
     manifest = json.loads((tmp_path / "bundle" / MANIFEST_FILE).read_text())
-    manifest["format_version"] = 1
+    manifest["format_version"] = 2
+    del manifest["preprocess"]["landmarks"]  # a format-2 manifest: refused for its version, not for the field
     write_json(tmp_path / "bundle" / MANIFEST_FILE, manifest)
-    with pytest.raises(BundleError, match="format_version 1 is not supported \\(expected 2\\)"):
+    with pytest.raises(BundleError, match="format_version 2 is not supported \\(expected 3\\)"):
         ModelBundle.load(tmp_path / "bundle")
+
+
+def test_a_bundle_without_a_landmark_template_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    def no_template(manifest: dict[str, Any]) -> None:
+        del manifest["preprocess"]["landmarks"]
+
+    bundle = _altered(tiny_bundle, tmp_path / "bundle", MANIFEST_FILE, no_template)
+    with pytest.raises(BundleError, match=r"preprocess\.landmarks .* is missing"):
+        ModelBundle.load(bundle)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda points: points[:4], "landmarks has 4 points, expected 5"),
+        (lambda points: [[x, y + 1.0] for x, y in points], "finite fractions in \\[0, 1\\]"),
+        (lambda points: [points[1], points[0], *points[2:]], "each left point must be left of its right point"),
+        (lambda points: [*points[:3], [points[3][0], 0.1], points[4]], "the eyes must be above the mouth"),
+    ],
+)
+def test_a_landmark_template_that_is_not_a_face_is_refused(
+    tiny_bundle: Path, tmp_path: Path, change: Any, message: str
+) -> None:
+    def alter(manifest: dict[str, Any]) -> None:
+        manifest["preprocess"]["landmarks"] = change(manifest["preprocess"]["landmarks"])
+
+    bundle = _altered(tiny_bundle, tmp_path / "bundle", MANIFEST_FILE, alter)
+    with pytest.raises(BundleError, match=message):
+        ModelBundle.load(bundle)
 
 
 def test_the_tiny_bundle_s_statistics_load_as_arrays(tiny_bundle: Path) -> None:

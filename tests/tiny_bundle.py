@@ -36,6 +36,8 @@ Z_DIM = 8
 OPSET = 17
 ATTRIBUTES = ("Smiling", "Male", "Eyeglasses")
 CROP = (0.1, 0.15, 0.9, 0.85)
+#: Eyes, nose and mouth corners where a CelebA crop has them, as fractions of the side.
+LANDMARKS = [[0.34, 0.38], [0.66, 0.38], [0.5, 0.55], [0.37, 0.74], [0.63, 0.74]]
 
 
 def _tensor(name: str, shape: list[int | str]) -> onnx.ValueInfoProto:
@@ -139,7 +141,7 @@ def build_tiny_bundle(path: Path) -> Path:
             "name": "tiny-test",
             "image_size": IMAGE_SIZE,
             "z_dim": Z_DIM,
-            "preprocess": {"crop": list(CROP), "size": IMAGE_SIZE, "resample": "lanczos"},
+            "preprocess": {"crop": list(CROP), "size": IMAGE_SIZE, "resample": "lanczos", "landmarks": LANDMARKS},
             "attributes": list(ATTRIBUTES),
             "training": {},
             "dataset": {},

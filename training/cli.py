@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import json
 import logging
 import os
 import types
@@ -79,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(card)
     card.add_argument("--bundle", type=Path, required=True, help="bundle folder written by train or export")
 
+    upgrade = commands.add_parser(
+        "upgrade", help="add the landmark template to a format-2 bundle (measured on the data) and make it format 3"
+    )
+    _add_data_flags(upgrade)
+    upgrade.add_argument("--bundle", type=Path, required=True, help="bundle folder to upgrade in place")
+
     check = commands.add_parser("check", help="verify a bundle with the service's loader and print its summary")
     check.add_argument("bundle", type=Path)
     return parser
@@ -115,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         bundle = ModelBundle.load(args.bundle)
         config = TrainConfig.from_manifest(bundle.manifest.training)
         write_card_figures(args.bundle, prepare_data(config, args.data, cache, args.skip_bad_images))
+        return 0
+    if args.command == "upgrade":
+        from service.bundle import MANIFEST_FILE
+        from training.template import upgrade
+
+        manifest = json.loads((args.bundle / MANIFEST_FILE).read_text(encoding="utf-8"))
+        config = TrainConfig.from_manifest(manifest["training"])
+        upgrade(args.bundle, prepare_data(config, args.data, cache, args.skip_bad_images))
         return 0
     if args.command == "export":
         config, vae = training.load_run(args.run_dir)

@@ -40,6 +40,7 @@ from service.bundle import (
     sha256_file,
     write_json,
 )
+from training import template
 from training.config import TrainConfig
 from training.latents import aggregate_posterior, attribute_vectors
 from training.model import VAE
@@ -189,6 +190,7 @@ def build_bundle(config: TrainConfig, vae: VAE, data: PreparedData, training_sum
         title=f"{config.name}: validation MSE {val_mse:.4f}, KL {val_kl:.1f} nats",
     )
 
+    landmarks = template.measure(data, preprocess_of(config))
     history = training_summary["history"]
     best = int(np.argmin(history["val_reconstruction_loss"])) if history.get("val_reconstruction_loss") else None
     manifest = {
@@ -196,7 +198,7 @@ def build_bundle(config: TrainConfig, vae: VAE, data: PreparedData, training_sum
         "name": config.name,
         "image_size": config.image_size,
         "z_dim": config.z_dim,
-        "preprocess": preprocess_of(config).model_dump(),
+        "preprocess": {**preprocess_of(config).model_dump(), "landmarks": landmarks},
         "attributes": [v.name for v in vectors],
         "attributes_left_out": left_out,
         "training": {

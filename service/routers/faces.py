@@ -1,4 +1,4 @@
-"""The face endpoints: encode a photo, decode latents, sample random faces, edit attributes.
+"""The face endpoints: find faces in a photo, encode one, decode latents, sample random faces, edit attributes.
 
 Path operations are plain `def`, so FastAPI runs them (and `session.run`) in its thread pool, off the event loop;
 only the async dependencies that read request bodies run on the loop.
@@ -13,19 +13,21 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from service.dependencies import MULTIPART, AcceptHeader, EditSource, ImageUpload, ReadyModel
+from service.dependencies import MULTIPART, AcceptHeader, EditSource, ImageUpload, ReadyFramer, ReadyModel
 from service.imaging import decode_upload
 from service.rendering import FACES_CONTENT, JSON, choose_media_type, error_responses, negotiate, render_faces
 from service.runtime import draw_seed
 from service.schemas import (
     DecodeParams,
     DecodeRequest,
+    DetectResponse,
     EditParams,
     EditRequest,
     EditUpload,
     EncodeParams,
     EncodeResponse,
     EncodeUpload,
+    FaceInfo,
     SampleParams,
 )
 
@@ -44,23 +46,46 @@ def _request_body(content: dict[str, type[BaseModel] | None]) -> dict[str, Any]:
 
 
 @router.post(
+    "/detect",
+    responses=error_responses(400, 413, 415, 501),
+    openapi_extra=_request_body({MULTIPART: EncodeUpload, "image/*": None}),
+)
+def detect(framer: ReadyFramer, data: ImageUpload, accept: AcceptHeader = None) -> DetectResponse:
+    """Every face in a photo, largest first, with its box, five landmarks and score (none found: an empty list)."""
+    negotiate(accept, [JSON])
+    photo = decode_upload(data)
+    faces = framer.detect(photo)
+    return DetectResponse(width=photo.width, height=photo.height, faces=[FaceInfo.of(face) for face in faces])
+
+
+@router.post(
     "/encode",
-    responses=error_responses(400, 413, 415),
+    responses=error_responses(400, 413, 415, 501),
     openapi_extra=_request_body({MULTIPART: EncodeUpload, "image/*": None}),
 )
 def encode(
-    model: ReadyModel, data: ImageUpload, params: Annotated[EncodeParams, Query()], accept: AcceptHeader = None
+    model: ReadyModel,
+    framer: ReadyFramer,
+    data: ImageUpload,
+    params: Annotated[EncodeParams, Query()],
+    accept: AcceptHeader = None,
 ) -> EncodeResponse:
     """A face photo to its posterior: z_mean, z_log_var and one sample z (deterministic with `seed`).
 
-    The photo is framed with the bundle's crop and resize, exactly as in training.
+    With align=auto (the default) the face is found and aligned like the training crops, and `face` says which
+    one was used; align=none crops the bundle's box, as training framed the CelebA crops.
     """
     negotiate(accept, [JSON])
-    encoding = model.encode_photos([decode_upload(data)])
+    framed = framer.frame(decode_upload(data), params.align, params.face)
+    encoding = model.encode_pixels(framed.pixels[np.newaxis])
     seed = draw_seed() if params.seed is None else params.seed
     z = encoding.sample(np.random.default_rng(seed))
     return EncodeResponse(
-        z_mean=encoding.z_mean[0].tolist(), z_log_var=encoding.z_log_var[0].tolist(), z=z[0].tolist(), seed=seed
+        z_mean=encoding.z_mean[0].tolist(),
+        z_log_var=encoding.z_log_var[0].tolist(),
+        z=z[0].tolist(),
+        seed=seed,
+        face=None if framed.face is None else FaceInfo.of(framed.face),
     )
 
 
@@ -86,20 +111,26 @@ def sample(model: ReadyModel, params: Annotated[SampleParams, Query()], accept: 
 @router.post(
     "/edit",
     response_class=Response,
-    responses={**FACES_CONTENT, **error_responses(400, 413, 415)},
+    responses={**FACES_CONTENT, **error_responses(400, 413, 415, 501)},
     openapi_extra=_request_body({JSON: EditRequest, MULTIPART: EditUpload}),
 )
 def edit(
-    model: ReadyModel, source: EditSource, params: Annotated[EditParams, Query()], accept: AcceptHeader = None
+    model: ReadyModel,
+    framer: ReadyFramer,
+    source: EditSource,
+    params: Annotated[EditParams, Query()],
+    accept: AcceptHeader = None,
 ) -> Response:
     """Move a face along attribute vectors: a photo (its z_mean is edited) or a latent, plus strengths.
 
     With `steps` the result is a strip from -strength to +strength with the unedited face in the middle.
     `keep` names attributes whose directions are projected out of the edit, so they stay as they are.
+    A photo is framed as /encode frames it (`align`, `face`); those two are ignored for a latent.
     """
     media_type = choose_media_type(accept, params.format, one_picture=True)
     if isinstance(source, EditUpload):
-        z = model.encode_photos([decode_upload(source.image)]).z_mean[0]
+        framed = framer.frame(decode_upload(source.image), params.align, params.face)
+        z = model.encode_pixels(framed.pixels[np.newaxis]).z_mean[0]
     else:
         z = model.latents([source.z])[0]
     edited = model.edit(z, source.attributes, params.steps, source.keep)

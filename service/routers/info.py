@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service import __version__
-from service.dependencies import LoadedModel
+from service.dependencies import LoadedModel, StateDep
 from service.rendering import error_responses
 from service.schemas import AttributeInfo, AttributeList, Metadata
 
@@ -13,8 +13,8 @@ router = APIRouter(tags=["model"], responses=error_responses(503))
 
 
 @router.get("/metadata")
-async def metadata(model: LoadedModel) -> Metadata:
-    """Bundle name and format, sizes, and the execution providers the sessions really use."""
+async def metadata(model: LoadedModel, state: StateDep) -> Metadata:
+    """Bundle name and format, sizes, the execution providers the sessions really use, and face detection."""
     return Metadata(
         name=model.bundle.name,
         format_version=model.bundle.manifest.format_version,
@@ -23,6 +23,7 @@ async def metadata(model: LoadedModel) -> Metadata:
         attribute_count=len(model.bundle.attributes),
         default_sampling=model.default_sampling,
         providers=model.providers,
+        face_detection=state.framer is not None and state.framer.available,
         service_version=__version__,
     )
 

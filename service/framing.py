@@ -1,0 +1,93 @@
+"""A photo to the model's input: find the face and align it like the training crops, or crop an aligned photo.
+
+`align=auto` (the API's default) detects the faces (`service.detection`), picks one (the largest unless the caller
+names another) and moves its landmarks onto the bundle's template (`service.alignment`); `align=none` crops the
+bundle's box (`service.preprocess.frame_face`), for callers that send CelebA-style aligned crops.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+from PIL import Image
+
+from service.alignment import Alignment, align
+from service.bundle import Preprocess
+from service.detection import DetectorUnavailable, Face, FaceDetector
+from service.preprocess import frame_face
+from service.runtime import InputError
+
+logger = logging.getLogger(__name__)
+
+
+class Align(StrEnum):
+    AUTO = "auto"
+    NONE = "none"
+
+
+@dataclass(frozen=True, eq=False)
+class Framed:
+    """The model input of one photo, and with `align=auto` the face it shows and the transform that framed it."""
+
+    pixels: np.ndarray  # uint8 [size, size, 3]
+    face: Face | None = None
+    alignment: Alignment | None = None
+
+
+class FaceFramer:
+    """Frames photos for one bundle. The detector is created on first use (or by `warm_up`), once, shared by
+    every request thread (`FaceDetector` serialises its calls)."""
+
+    def __init__(self, preprocess: Preprocess, detector: FaceDetector | None = None) -> None:
+        self.preprocess = preprocess
+        self._detector = detector
+        self._lock = threading.Lock()
+
+    @property
+    def detector(self) -> FaceDetector:
+        """The face detector; raises `DetectorUnavailable` where its package is not installed."""
+        with self._lock:
+            if self._detector is None:
+                self._detector = FaceDetector()
+            return self._detector
+
+    @property
+    def available(self) -> bool:
+        """Whether align=auto works here (the detector's package is installed)."""
+        try:
+            self.detector  # noqa: B018 - created on first use
+        except DetectorUnavailable:
+            return False
+        return True
+
+    def warm_up(self) -> None:
+        """Create the detector and run it once, so the first photo does not pay for it; log where there is none."""
+        try:
+            self.detector.detect(Image.new("RGB", (64, 64)))
+        except DetectorUnavailable as exc:
+            logger.warning("align=auto is unavailable: %s", exc)
+
+    def detect(self, photo: Image.Image) -> list[Face]:
+        """Every face in the photo, largest first."""
+        return self.detector.detect(photo)
+
+    def frame(self, photo: Image.Image, mode: Align = Align.AUTO, face: int = 0) -> Framed:
+        """The model input for `photo`; with `align=auto` from its `face`-th largest face (422 when there is none)."""
+        if mode is Align.NONE:
+            return Framed(frame_face(photo, self.preprocess))
+        faces = self.detect(photo)
+        if not faces:
+            raise InputError(
+                "image",
+                "no face found in the photo: send a photo with a face in it (or align=none for a CelebA-style crop)",
+            )
+        if face >= len(faces):
+            raise InputError("face", f"face={face}, but the photo has {len(faces)} (0 is the largest)")
+        chosen = faces[face]
+        assert self.preprocess.landmarks is not None  # the loader refuses bundles without a template
+        alignment = align(photo, chosen.landmarks, np.asarray(self.preprocess.landmarks), self.preprocess)
+        return Framed(alignment.pixels, chosen, alignment)

@@ -1,0 +1,160 @@
+"""Real photos over HTTP: /detect, and /encode and /edit with align=auto (find the face, align it like training).
+
+The photos are built at test time from the shared CelebA subset the way a phone holds them (tests/phone_photos.py);
+the tests skip when the subset or the detector's package is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.detection import DetectorUnavailable, FaceDetector
+from service.framing import FaceFramer
+from service.runtime import FaceModel
+from tests.images import face_photo, image_bytes
+from tests.phone_photos import IMAGE_DIR, PhonePhoto, face_files, no_face_photo, phone_photo, two_face_photo
+
+pytestmark = pytest.mark.skipif(not IMAGE_DIR.is_dir(), reason=f"the shared CelebA subset is not at {IMAGE_DIR}")
+
+JPEG = {"content-type": "image/jpeg"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _detector_installed() -> None:
+    try:
+        FaceDetector()
+    except DetectorUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def tilted() -> PhonePhoto:
+    """One face, enlarged and tilted somewhere in a 640x480 scene (seed 4 tilts it by more than 10 degrees)."""
+    photo = phone_photo(face_files(1, 40)[0], seed=4)
+    assert abs(photo.faces[0].tilt_degrees) > 10
+    return photo
+
+
+def test_detect_finds_the_placed_face_with_its_landmarks(client: TestClient, tilted: PhonePhoto) -> None:
+    response = client.post("/detect", content=tilted.jpeg, headers=JPEG)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["width"], body["height"]) == tilted.size
+    face = body["faces"][0]
+    left, top, width, height = face["box"]
+    placed = tilted.faces[0]
+    box_centre = placed.to_face(np.array([[left + width / 2, top + height / 2]]))[0]
+    assert 0 < box_centre[0] < placed.face_size[0] and 0 < box_centre[1] < placed.face_size[1]
+    assert len(face["landmarks"]) == 5 and 0.5 <= face["score"] <= 1.0
+    # The eyes are found where the face was placed: in the original face's coordinates, above the mouth.
+    left_eye, right_eye, _, mouth_left, mouth_right = tilted.faces[0].to_face(np.asarray(face["landmarks"]))
+    assert left_eye[0] < right_eye[0] and max(left_eye[1], right_eye[1]) < min(mouth_left[1], mouth_right[1])
+
+
+def test_detect_lists_two_faces_largest_first(client: TestClient) -> None:
+    photo = two_face_photo(tuple(face_files(2, 60)), seed=5)
+    faces = client.post("/detect", content=photo.jpeg, headers=JPEG).json()["faces"]
+    assert len(faces) >= 2
+    areas = [face["box"][2] * face["box"][3] for face in faces]
+    assert areas == sorted(areas, reverse=True)
+
+
+def test_a_photo_without_a_face_is_detected_empty_and_refused_by_encode_and_edit(client: TestClient) -> None:
+    photo = no_face_photo(seed=2)
+    assert client.post("/detect", content=photo.jpeg, headers=JPEG).json()["faces"] == []
+    for response in (
+        client.post("/encode", content=photo.jpeg, headers=JPEG),
+        client.post(
+            "/edit", files={"image": ("scene.jpg", photo.jpeg, "image/jpeg")}, data={"attributes": '{"Smiling": 2}'}
+        ),
+    ):
+        assert response.status_code == 422
+        assert "no face found in the photo" in response.json()["detail"][0]["msg"]
+
+
+def test_encode_aligns_the_face_and_says_which_one(
+    client: TestClient, face_model: FaceModel, tilted: PhonePhoto
+) -> None:
+    response = client.post("/encode", params={"seed": 1}, content=tilted.jpeg, headers=JPEG)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    detected = client.post("/detect", content=tilted.jpeg, headers=JPEG).json()["faces"][0]
+    assert body["face"] == detected
+    framer: FaceFramer = client.app.state.model_state.framer
+    framed = framer.frame(tilted.image(), face=0)
+    expected = face_model.encode_pixels(framed.pixels[np.newaxis]).z_mean[0]
+    np.testing.assert_allclose(body["z_mean"], expected, rtol=1e-5, atol=1e-6)
+    # align=none crops the box of an aligned crop instead: a different input, no face reported.
+    cropped = client.post("/encode", params={"seed": 1, "align": "none"}, content=tilted.jpeg, headers=JPEG).json()
+    assert cropped["face"] is None
+    assert not np.allclose(cropped["z_mean"], body["z_mean"])
+
+
+def test_face_picks_another_face_and_out_of_range_is_422(client: TestClient) -> None:
+    photo = two_face_photo(tuple(face_files(2, 60)), seed=5)
+    faces = client.post("/detect", content=photo.jpeg, headers=JPEG).json()["faces"]
+    second = client.post("/encode", params={"face": 1}, content=photo.jpeg, headers=JPEG).json()
+    assert second["face"] == faces[1]
+    response = client.post("/encode", params={"face": len(faces)}, content=photo.jpeg, headers=JPEG)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["face"]
+    assert f"the photo has {len(faces)}" in response.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize("params", [{"align": "sideways"}, {"face": -1}, {"face": "first"}])
+def test_bad_framing_parameters_are_422(client: TestClient, tilted: PhonePhoto, params: dict[str, object]) -> None:
+    response = client.post("/encode", params=params, content=tilted.jpeg, headers=JPEG)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][-1] in params
+
+
+def test_edit_of_a_tilted_photo_edits_the_aligned_face(
+    client: TestClient, face_model: FaceModel, tilted: PhonePhoto
+) -> None:
+    attributes = {"Smiling": 2}
+    response = client.post(
+        "/edit",
+        files={"image": ("photo.jpg", tilted.jpeg, "image/jpeg")},
+        data={"attributes": json.dumps(attributes)},
+        headers={"accept": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    z_mean = client.post("/encode", content=tilted.jpeg, headers=JPEG).json()["z_mean"]
+    from_latent = client.post(
+        "/edit", json={"z": z_mean, "attributes": attributes}, headers={"accept": "application/json"}
+    )
+    assert response.json()["images"] == from_latent.json()["images"]
+
+
+@pytest.fixture
+def without_detector(client: TestClient) -> Iterator[None]:
+    """The served framer swapped for one whose detector is missing, as on a server without yuface."""
+
+    class Missing:
+        def detect(self, image: object) -> list[object]:
+            raise DetectorUnavailable("face detection needs the yuface package (not installed)")
+
+    state = client.app.state.model_state
+    served = state.framer
+    state.framer = FaceFramer(served.preprocess, detector=Missing())  # type: ignore[arg-type]
+    yield
+    state.framer = served
+
+
+@pytest.mark.usefixtures("without_detector")
+def test_without_the_detector_align_auto_is_501_and_align_none_still_works(client: TestClient) -> None:
+    photo = image_bytes(face_photo())
+    response = client.post("/encode", content=photo, headers={"content-type": "image/png"})
+    assert response.status_code == 501
+    assert "align=none" in response.json()["detail"]
+    cropped = client.post("/encode", params={"align": "none"}, content=photo, headers={"content-type": "image/png"})
+    assert cropped.status_code == 200
+
+
+def test_metadata_says_face_detection_works(client: TestClient) -> None:
+    assert client.get("/metadata").json()["face_detection"] is True
