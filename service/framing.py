@@ -18,7 +18,7 @@ from PIL import Image
 from service.alignment import Alignment, align
 from service.bundle import Preprocess
 from service.detection import DetectorUnavailable, Face, FaceDetector
-from service.preprocess import frame_face
+from service.preprocess import crop_box, frame_face
 from service.runtime import InputError
 
 logger = logging.getLogger(__name__)
@@ -33,9 +33,13 @@ class Align(StrEnum):
 class Framed:
     """The model input of one photo, and with `align=auto` the face it shows and the transform that framed it."""
 
-    pixels: np.ndarray  # uint8 [size, size, 3]
+    alignment: Alignment  # its pixels are the model input; its matrix maps the photo onto them
     face: Face | None = None
-    alignment: Alignment | None = None
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """uint8 [size, size, 3]: the model input."""
+        return self.alignment.pixels
 
 
 class FaceFramer:
@@ -78,7 +82,10 @@ class FaceFramer:
     def frame(self, photo: Image.Image, mode: Align = Align.AUTO, face: int = 0) -> Framed:
         """The model input for `photo`; with `align=auto` from its `face`-th largest face (422 when there is none)."""
         if mode is Align.NONE:
-            return Framed(frame_face(photo, self.preprocess))
+            left, top, right, _ = crop_box(self.preprocess, photo.width, photo.height)
+            scale = self.preprocess.size / (right - left)
+            matrix = np.array([[scale, 0.0, -left * scale], [0.0, scale, -top * scale], [0.0, 0.0, 1.0]])
+            return Framed(Alignment(frame_face(photo, self.preprocess), matrix))
         faces = self.detect(photo)
         if not faces:
             raise InputError(
@@ -90,4 +97,4 @@ class FaceFramer:
         chosen = faces[face]
         assert self.preprocess.landmarks is not None  # the loader refuses bundles without a template
         alignment = align(photo, chosen.landmarks, np.asarray(self.preprocess.landmarks), self.preprocess)
-        return Framed(alignment.pixels, chosen, alignment)
+        return Framed(alignment, chosen)

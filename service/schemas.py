@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Json, Tag, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Json, Tag, field_validator, model_validator
 
 from service.bundle import LANDMARKS
+from service.compositing import Detail, Output
 from service.detection import Face
 from service.framing import Align
 from service.imaging import ImageFormat
@@ -103,6 +104,23 @@ class EditParams(ImageOptions, FramingParams):
         if steps is not None and steps % 2 == 0:
             raise ValueError(f"steps must be odd so the unedited face is in the middle, got {steps}")
         return steps
+
+    output: Output = Field(
+        Output.FACE,
+        description="A photo edit: face returns the edited face square (the model's size); photo returns the whole "
+        "photo at its own resolution with the edited face warped back into place (one photo: no steps).",
+    )
+    detail: Detail = Field(
+        Detail.KEEP,
+        description="A photo edit: keep adds only the edit's change, decode(z + delta) - decode(z), to the photo's "
+        "own face, so hair, skin and eyes stay the person's; model shows the model's own decoding of the face.",
+    )
+
+    @model_validator(mode="after")
+    def _one_photo(self) -> EditParams:
+        if self.output is Output.PHOTO and self.steps is not None:
+            raise ValueError("output=photo returns one photo; a strip (steps) needs output=face")
+        return self
 
 
 # ---- request bodies ---------------------------------------------------------------------------------------------

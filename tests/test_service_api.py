@@ -464,7 +464,7 @@ def test_edit_multipart_keep_matches_json(client: TestClient) -> None:
     data = image_bytes(face_photo())
     z_mean = client.post("/encode", params=CROPPED, **upload(data)).json()["z_mean"]
     form = {"attributes": '{"Smiling": 2}', "keep": '["Male"]'}
-    from_photo = client.post("/edit", params=CROPPED, data=form, **upload(data))
+    from_photo = client.post("/edit", params={**CROPPED, "detail": "model"}, data=form, **upload(data))
     assert from_photo.status_code == 200
     body = {"z": z_mean, "attributes": {"Smiling": 2}, "keep": ["Male"]}
     assert from_photo.content == client.post("/edit", json=body).content
@@ -510,7 +510,8 @@ def test_edit_multipart_photo_edits_its_z_mean(client: TestClient) -> None:
     data = image_bytes(face_photo())
     z_mean = client.post("/encode", params=CROPPED, **upload(data)).json()["z_mean"]
     attributes = {"Smiling": 1.5, "Male": -1}
-    from_photo = client.post("/edit", params=CROPPED, data={"attributes": json.dumps(attributes)}, **upload(data))
+    params = {**CROPPED, "detail": "model"}  # the model's own face: what an edit of the latent gives
+    from_photo = client.post("/edit", params=params, data={"attributes": json.dumps(attributes)}, **upload(data))
     assert from_photo.status_code == 200
     assert from_photo.headers["content-type"] == "image/png"
     assert from_photo.content == client.post("/edit", json={"z": z_mean, "attributes": attributes}).content

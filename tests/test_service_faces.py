@@ -6,12 +6,14 @@ the tests skip when the subset or the detector's package is missing.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from service.detection import DetectorUnavailable, FaceDetector
 from service.framing import FaceFramer
@@ -113,22 +115,73 @@ def test_bad_framing_parameters_are_422(client: TestClient, tilted: PhonePhoto, 
     assert response.json()["detail"][0]["loc"][-1] in params
 
 
-def test_edit_of_a_tilted_photo_edits_the_aligned_face(
-    client: TestClient, face_model: FaceModel, tilted: PhonePhoto
-) -> None:
-    attributes = {"Smiling": 2}
+def _edit(client: TestClient, photo: PhonePhoto, attributes: dict[str, float], **params: object) -> np.ndarray:
     response = client.post(
         "/edit",
-        files={"image": ("photo.jpg", tilted.jpeg, "image/jpeg")},
+        params=params,
+        files={"image": ("photo.jpg", photo.jpeg, "image/jpeg")},
         data={"attributes": json.dumps(attributes)},
-        headers={"accept": "application/json"},
     )
     assert response.status_code == 200, response.text
+    return np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+
+
+def test_edit_of_a_tilted_photo_edits_the_aligned_face(client: TestClient, tilted: PhonePhoto) -> None:
+    attributes = {"Smiling": 2}
     z_mean = client.post("/encode", content=tilted.jpeg, headers=JPEG).json()["z_mean"]
-    from_latent = client.post(
-        "/edit", json={"z": z_mean, "attributes": attributes}, headers={"accept": "application/json"}
+    from_latent = client.post("/edit", json={"z": z_mean, "attributes": attributes})
+    model_face = _edit(client, tilted, attributes, detail="model")
+    np.testing.assert_array_equal(model_face, np.asarray(Image.open(io.BytesIO(from_latent.content))))
+
+
+def test_detail_keep_is_the_photo_s_own_face_plus_the_model_s_change(
+    client: TestClient, face_model: FaceModel, tilted: PhonePhoto
+) -> None:
+    framer: FaceFramer = client.app.state.model_state.framer
+    own = framer.frame(tilted.image()).pixels.astype(np.int16)
+    unedited = _edit(client, tilted, {"Smiling": 0})  # detail=keep is the default
+    np.testing.assert_array_equal(unedited, own)
+    edited = _edit(client, tilted, {"Smiling": 3}).astype(np.int16)
+    model_face = _edit(client, tilted, {"Smiling": 3}, detail="model")
+    reconstruction = _edit(client, tilted, {"Smiling": 0}, detail="model").astype(np.int16)
+    change = model_face.astype(np.int16) - reconstruction
+    assert np.abs(change).max() > 20  # the edit changes the face ...
+    unclipped = (own + change >= 0) & (own + change <= 255)
+    # ... and exactly that change lands on the photo's own face (where it stays within 0-255).
+    np.testing.assert_array_equal(edited[unclipped], (own + change)[unclipped])
+    assert unclipped.mean() > 0.5
+
+
+def test_output_photo_keeps_the_photo_outside_the_face(client: TestClient, tilted: PhonePhoto) -> None:
+    original = np.asarray(tilted.image())
+    for detail in ("keep", "model"):
+        result = _edit(client, tilted, {"Smiling": 3}, output="photo", detail=detail)
+        assert result.shape == original.shape
+        changed = np.any(result != original, axis=2)
+        rows, columns = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+        # Everything changed lies inside the face found by /detect, enlarged by the crop's margin around it.
+        left, top, width, height = client.post("/detect", content=tilted.jpeg, headers=JPEG).json()["faces"][0]["box"]
+        margin = max(width, height)
+        assert rows.min() >= top - margin and rows.max() <= top + height + margin
+        assert columns.min() >= left - margin and columns.max() <= left + width + margin
+        assert changed.mean() < 0.5
+
+
+def test_output_photo_unedited_with_kept_detail_is_the_photo(client: TestClient, tilted: PhonePhoto) -> None:
+    original = np.asarray(tilted.image()).astype(np.float32)
+    result = _edit(client, tilted, {"Smiling": 0}, output="photo").astype(np.float32)
+    assert np.abs(result - original).mean() < 0.5  # resampled there and back inside the face, nothing else
+
+
+def test_output_photo_with_a_strip_is_422(client: TestClient, tilted: PhonePhoto) -> None:
+    response = client.post(
+        "/edit",
+        params={"output": "photo", "steps": 3},
+        files={"image": ("photo.jpg", tilted.jpeg, "image/jpeg")},
+        data={"attributes": '{"Smiling": 2}'},
     )
-    assert response.json()["images"] == from_latent.json()["images"]
+    assert response.status_code == 422
+    assert "output=photo returns one photo" in response.json()["detail"][0]["msg"]
 
 
 @pytest.fixture

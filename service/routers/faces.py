@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from service.compositing import compose
 from service.dependencies import MULTIPART, AcceptHeader, EditSource, ImageUpload, ReadyFramer, ReadyModel
 from service.imaging import decode_upload
 from service.rendering import FACES_CONTENT, JSON, choose_media_type, error_responses, negotiate, render_faces
@@ -125,14 +126,18 @@ def edit(
 
     With `steps` the result is a strip from -strength to +strength with the unedited face in the middle.
     `keep` names attributes whose directions are projected out of the edit, so they stay as they are.
-    A photo is framed as /encode frames it (`align`, `face`); those two are ignored for a latent.
+    A photo is framed as /encode frames it (`align`, `face`), and `detail` and `output` say whether the answer is
+    the model's face or the person's own (see the parameters); all four are ignored for a latent.
     """
     media_type = choose_media_type(accept, params.format, one_picture=True)
     if isinstance(source, EditUpload):
-        framed = framer.frame(decode_upload(source.image), params.align, params.face)
+        photo = decode_upload(source.image)
+        framed = framer.frame(photo, params.align, params.face)
         z = model.encode_pixels(framed.pixels[np.newaxis]).z_mean[0]
+        edited = model.edit(z, source.attributes, params.steps, source.keep)
+        before = model.decode(z[np.newaxis])[0]
+        faces = compose(photo, framed.alignment, before, model.decode(edited), params.output, params.detail)
     else:
-        z = model.latents([source.z])[0]
-    edited = model.edit(z, source.attributes, params.steps, source.keep)
-    faces = model.decode(edited)
+        edited = model.edit(model.latents([source.z])[0], source.attributes, params.steps, source.keep)
+        faces = model.decode(edited)
     return render_faces(media_type, faces, edited, seed=None, image_format=params.format, columns=len(faces))
