@@ -1,0 +1,215 @@
+"""Photo edits per output mode: edit success at +2, identity, and /edit latency, on phone-style photos.
+
+Each of `--photos` validation faces of the bundle's split (new to the VAE and to the judge) is placed in a 640x480
+scene the way a phone holds it (tests/phone_photos.py: enlarged 2-4x, tilted up to 20 degrees, JPEG), then framed
+with align=auto and edited as photo /edit does (`service.compositing.compose`) in each of the four modes
+(output=face|photo x detail=model|keep). The judge is training/classifier.py's blur-robust CNN at p >= 0.5:
+
+- edit success at +2: for each attribute, the share of the photos labelled without it whose edited output is
+  judged to have it;
+- identity: on the unedited output (strength 0), the share of the judge's 40 verdicts, and of its Male verdict,
+  that agree with its verdicts on the photo's own aligned face;
+- latency: milliseconds per photo /edit (decode, detect, align, encode, decode twice, compose, PNG) for a 640x480
+  photo and a 4000x3000 one, per mode, medians interleaved over `--repeats`.
+
+An output photo is judged by framing it again with the same alignment, so every mode is judged on the same square.
+
+    python -m bench.bench_photo_edits                  # 200 photos, models/celeba-64
+    python -m bench.bench_photo_edits --photos 40 --repeats 3   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+from PIL import Image
+
+from bench.common import DEFAULT_DATA, FIGURES_DIR, RESULTS_DIR, Table, fmt, machine, write_report
+from service.alignment import SUPERSAMPLE, warp
+from service.compositing import Detail, Output, compose
+from service.framing import Align, FaceFramer, Framed
+from service.imaging import ImageFormat, decode_upload, encode_image, make_grid
+from service.preprocess import RESAMPLE
+from service.runtime import FaceModel
+from service.settings import DEFAULT_MODEL
+from tests.phone_photos import enlarged, phone_photo
+from training.card import EDIT_ATTRIBUTES
+from training.classifier import AttributeClassifier, default_out
+from training.cli import DEFAULT_CACHE
+from training.config import TrainConfig
+from training.prepared import prepare_data
+
+MODES = [(output, detail) for output in Output for detail in Detail]
+STRENGTH = 2.0
+SHOWN = 4
+
+
+def label(mode: tuple[Output, Detail]) -> str:
+    return f"output={mode[0]}, detail={mode[1]}"
+
+
+def judged_square(result: np.ndarray, framed: Framed, output: Output, model: FaceModel) -> np.ndarray:
+    """The square the judge sees: the output face, or the output photo framed again with the same alignment."""
+    if output is Output.FACE:
+        return result
+    resample = RESAMPLE[model.bundle.preprocess.resample]
+    return warp(Image.fromarray(result), framed.alignment.matrix, model.image_size, SUPERSAMPLE, resample)
+
+
+def edit_once(model: FaceModel, framer: FaceFramer, jpeg: bytes, strengths: dict[str, float], mode: Any) -> bytes:
+    """What photo /edit does for one request, without HTTP: the bytes it would answer with."""
+    photo = decode_upload(jpeg)
+    framed = framer.frame(photo, Align.AUTO)
+    z = model.encode_pixels(framed.pixels[np.newaxis]).z_mean[0]
+    before = model.decode(z[np.newaxis])[0]
+    result = compose(photo, framed.alignment, before, model.decode(model.edit(z, strengths)), *mode)
+    return encode_image(result[0], ImageFormat.PNG)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    model = FaceModel.load(args.model, threads=0, max_batch=16, max_strength=5)
+    framer = FaceFramer(model.bundle.preprocess)
+    judge = AttributeClassifier.load(args.classifier or default_out(model.image_size))
+    config = TrainConfig.from_manifest(model.bundle.manifest.training)
+    data = prepare_data(config, args.data, DEFAULT_CACHE, skip_bad=False)
+    assert data.labels is not None
+    names = data.dataset.attribute_names
+    male = judge.column("Male")
+
+    agree = {mode: [] for mode in MODES}
+    male_agree = {mode: [] for mode in MODES}
+    success = {mode: {a: [] for a in args.attributes} for mode in MODES}
+    shown: list[list[np.ndarray]] = []
+    missed = 0
+    for count, index in enumerate(data.val[: args.photos]):
+        photo_bytes = phone_photo(data.dataset.image_dir / data.dataset.files[index], seed=count).jpeg
+        photo = decode_upload(photo_bytes)
+        faces = framer.detect(photo)
+        if not faces:
+            missed += 1
+            continue
+        framed = framer.frame(photo, Align.AUTO)
+        z = model.encode_pixels(framed.pixels[np.newaxis]).z_mean[0]
+        before = model.decode(z[np.newaxis])
+        real, _ = judge.predict(framed.pixels[np.newaxis])
+        lacking = [a for a in args.attributes if data.labels[index, names.index(a)] < 0]
+        edits = [("unedited", 0.0), *((a, STRENGTH) for a in lacking)]
+        decoded = model.decode(np.stack([z + model.attribute_offset({a: s}) if s else z for a, s in edits]))
+        row = [framed.pixels]
+        for mode in MODES:
+            outputs = compose(photo, framed.alignment, before[0], decoded, *mode)
+            squares = np.stack([judged_square(o, framed, mode[0], model) for o in outputs])
+            verdicts = judge.predict(squares)[0] >= 0.5
+            agree[mode].append(float(np.mean(verdicts[0] == (real[0] >= 0.5))))
+            male_agree[mode].append(float(verdicts[0, male] == (real[0, male] >= 0.5)))
+            for (name, _), verdict in zip(edits[1:], verdicts[1:], strict=True):
+                success[mode][name].append(float(verdict[judge.column(name)]))
+            if len(shown) < SHOWN and "Smiling" in lacking:
+                row += [squares[0], squares[1 + lacking.index("Smiling")]]
+        if len(row) > 1:
+            shown.append(row)
+        print(f"  {count + 1}/{args.photos} photos", end="\r", flush=True)
+
+    timing = latency(model, framer, data, args)
+    figure = strips(shown, args.figures)
+    return {
+        "machine": machine(),
+        "bundle": str(args.model),
+        "photos": args.photos,
+        "no_face_found": missed,
+        "modes": {
+            label(mode): {
+                "identity_all": float(np.mean(agree[mode])),
+                "identity_male": float(np.mean(male_agree[mode])),
+                "success": {a: (float(np.mean(v)) if v else None) for a, v in success[mode].items()},
+                "faces_per_attribute": {a: len(v) for a, v in success[mode].items()},
+            }
+            for mode in MODES
+        },
+        "latency_ms": timing,
+        "figure": str(figure),
+    }
+
+
+def latency(model: FaceModel, framer: FaceFramer, data: Any, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Median ms per photo /edit for a 640x480 and a 4000x3000 photo, modes interleaved round by round."""
+    small = phone_photo(data.dataset.image_dir / data.dataset.files[data.val[0]], seed=0)
+    photos = {"640x480": small.jpeg, "4000x3000": enlarged(small).jpeg}
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.repeats):
+        for size, jpeg in photos.items():
+            for mode in MODES:
+                started = time.perf_counter()
+                edit_once(model, framer, jpeg, {"Smiling": STRENGTH}, mode)
+                times.setdefault((size, label(mode)), []).append(1000 * (time.perf_counter() - started))
+    return {size: {label(mode): float(np.median(times[(size, label(mode))])) for mode in MODES} for size in photos}
+
+
+def strips(rows: Sequence[Sequence[np.ndarray]], figures: Path) -> Path:
+    """The photo's aligned face, then per mode the unedited and the Smiling +2 output, one row per photo."""
+    figures.mkdir(parents=True, exist_ok=True)
+    path = figures / "photo_edit_modes.png"
+    grid = make_grid(np.stack([face for row in rows for face in row]), columns=len(rows[0]))
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
+    return path
+
+
+def tables(report: dict[str, Any], attributes: Sequence[str]) -> list[Table]:
+    modes = report["modes"]
+    latency_ms = report["latency_ms"]
+    return [
+        Table(
+            f"Photo /edit per output mode ({report['photos']} phone-style validation photos, judge at p ≥ 0.5)",
+            ["mode", "identity: 40 verdicts kept", "Male kept", *(f"{a} +2" for a in attributes)],
+            [
+                [
+                    name,
+                    f"{100 * m['identity_all']:.1f} %",
+                    f"{100 * m['identity_male']:.0f} %",
+                    *(fmt(m["success"][a], 2) for a in attributes),
+                ]
+                for name, m in modes.items()
+            ],
+            "Identity: verdicts on the unedited output that agree with those on the photo's own aligned face. Success: "
+            "share of photos labelled without the attribute judged to have it after +2. An output photo is judged "
+            f"framed again with the same alignment. No face found: {report['no_face_found']}.",
+        ),
+        Table(
+            "Photo /edit latency, median ms (without HTTP)",
+            ["mode", *latency_ms],
+            [[label(mode), *(fmt(latency_ms[size][label(mode)], 0) for size in latency_ms)] for mode in MODES],
+        ),
+    ]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path(DEFAULT_MODEL), help="bundle (default: %(default)s)")
+    parser.add_argument("--classifier", type=Path, help="judge folder (default: runs/classifier-<image size>)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CelebA-layout folder (default: %(default)s)")
+    parser.add_argument("--photos", type=int, default=200, help="validation faces to photograph (default: 200)")
+    parser.add_argument("--attributes", nargs="+", default=list(EDIT_ATTRIBUTES))
+    parser.add_argument("--repeats", type=int, default=7, help="latency rounds (default: 7)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "photo_edits.json")
+    parser.add_argument("--figures", type=Path, default=FIGURES_DIR)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    report = measure(args)
+    modes = report["modes"]
+    best = max(modes, key=lambda m: modes[m]["identity_all"] + np.mean([v or 0 for v in modes[m]["success"].values()]))
+    write_report(args.out, report, tables(report, args.attributes), f"best identity + success: {best}")
+
+
+if __name__ == "__main__":
+    main()
