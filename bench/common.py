@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,8 +24,9 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
+from service.compositing import Detail, Output, compose
+from service.framing import FaceFramer, Framed
 from service.imaging import ImageFormat, decode_upload, encode_image, make_grid
-from service.preprocess import frame_face
 from service.runtime import Encoding, FaceModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -125,6 +126,10 @@ class EndpointWork:
     backend: Backend
     photos: Sequence[bytes]
     image_format: ImageFormat = ImageFormat.PNG
+    framer: FaceFramer = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "framer", FaceFramer(self.model.bundle.preprocess))
 
     def photo(self, i: int) -> bytes:
         return self.photos[i % len(self.photos)]
@@ -138,8 +143,11 @@ class EndpointWork:
         return encode_image(self.backend.decode(self.model.latents([z]))[0], self.image_format)
 
     def encode_z_mean(self, i: int) -> Encoding:
-        pixels = frame_face(decode_upload(self.photo(i)), self.model.bundle.preprocess)
-        return self.backend.encode_pixels(pixels[np.newaxis])
+        """/encode's framing (align=auto: detect and align) and encoding."""
+        return self._encode(self.framer.frame(decode_upload(self.photo(i))))
+
+    def _encode(self, framed: Framed) -> Encoding:
+        return self.backend.encode_pixels(framed.pixels[np.newaxis])
 
     def encode(self, i: int) -> np.ndarray:
         return self.encode_z_mean(i).sample(np.random.default_rng(i))
@@ -148,7 +156,14 @@ class EndpointWork:
         return self._edit(self.model.latents([z])[0], strengths, steps)
 
     def edit_photo(self, i: int, strengths: Mapping[str, float]) -> bytes:
-        return self._edit(self.encode_z_mean(i).z_mean[0], strengths, None)
+        """Photo /edit with its defaults: align=auto, output=face, detail=keep."""
+        photo = decode_upload(self.photo(i))
+        framed = self.framer.frame(photo)
+        z = self._encode(framed).z_mean[0]
+        before = self.backend.decode(z[np.newaxis])[0]
+        edited = self.backend.decode(self.model.edit(z, strengths))
+        faces = compose(photo, framed.alignment, before, edited, Output.FACE, Detail.KEEP)
+        return encode_image(faces[0], self.image_format)
 
     def _edit(self, z: np.ndarray, strengths: Mapping[str, float], steps: int | None) -> bytes:
         faces = self.backend.decode(self.model.edit(z, strengths, steps))
