@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.bundle import ATTRIBUTES_FILE, DECODER_FILE, ENCODER_FILE, BundleError, ModelBundle
+from service.bundle import ATTRIBUTES_FILE, DECODER_FILE, ENCODER_FILE, MANIFEST_FILE, BundleError, ModelBundle
 from training.cli import build_parser, main
 from training.config import TrainConfig
 from training.train import phases
@@ -93,6 +93,24 @@ def test_tampered_bundle_fails_the_sha256_check(trained: tuple[Path, Path], tmp_
         f.write(b" ")
     with pytest.raises(BundleError, match=f"{victim}: sha256 does not match"):
         ModelBundle.load(copy)
+
+
+def test_upgrade_measures_the_landmark_template_into_a_format_2_bundle(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    exported = ModelBundle.load(trained[1]).preprocess.landmarks
+    assert exported is not None
+    copy = shutil.copytree(trained[1], tmp_path / "old")
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest["format_version"] = 2
+    del manifest["preprocess"]["landmarks"]
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="format_version 2 is not supported"):
+        ModelBundle.load(copy)
+    assert main(["upgrade", "--bundle", str(copy), "--data", str(SUBSET), "--no-cache"]) == 0
+    np.testing.assert_allclose(ModelBundle.load(copy).preprocess.landmarks, exported, atol=1e-9)  # the same faces
+    with pytest.raises(ValueError, match="upgrade takes format 2"):
+        main(["upgrade", "--bundle", str(copy), "--data", str(SUBSET), "--no-cache"])
 
 
 def test_check_command_accepts_the_bundle(trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:

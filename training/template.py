@@ -28,16 +28,18 @@ def measure(data: PreparedData, preprocess: Preprocess, count: int = TEMPLATE_FA
     """Median landmarks of the largest face the detector finds in each of the first `count` training images."""
     detector = FaceDetector()
     found = []
-    for index in data.train[:count]:
+    chosen = data.train[:count]
+    for index in chosen:
         with Image.open(data.dataset.image_dir / data.dataset.files[index]) as image:
             rgb = image.convert("RGB")
         faces = detector.detect(rgb)
         if faces:
             found.append((rgb, faces[0]))
-    if len(found) < max(1, count // 2):
-        raise ValueError(f"the detector found a face in only {len(found)} of {count} training images")
+    if len(found) < max(1, len(chosen) // 2):
+        raise ValueError(f"the detector found a face in only {len(found)} of {len(chosen)} training images")
     template = measure_template(found, preprocess)
-    log.info("landmark template from %d of %d training faces: %s", len(found), count, np.round(template, 3).tolist())
+    rounded = np.round(template, 3).tolist()
+    log.info("landmark template from %d of %d training faces: %s", len(found), len(chosen), rounded)
     return template.tolist()
 
 
