@@ -23,6 +23,10 @@ from service.runtime import InputError
 
 logger = logging.getLogger(__name__)
 
+#: Photos that only need their face framed are decoded at least this large (`decode_upload`'s draft mode): a face
+#: a tenth of the photo wide still spans about 100 pixels, more than the 64 the model takes.
+FRAMING_SIDE = 960
+
 
 class Align(StrEnum):
     AUTO = "auto"

@@ -29,6 +29,8 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 #: Pillow opens 16-bit grayscale PNG and TIFF files in one of these modes.
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+#: Where `decode_upload` records the draft-mode scale in the image's info.
+_SCALE = "facevae_scale"
 #: What Pillow's decoders raise on bad data, besides its own two error types.
 _DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
 
@@ -55,8 +57,14 @@ class ImageFormat(StrEnum):
         return cls(media_type.removeprefix("image/"))
 
 
-def decode_upload(data: bytes) -> Image.Image:
-    """Decode an uploaded photo to an upright 8-bit RGB image, or raise `InvalidImage` / `ImageTooLarge`."""
+def decode_upload(data: bytes, max_side: int | None = None) -> Image.Image:
+    """Decode an uploaded photo to an upright 8-bit RGB image, or raise `InvalidImage` / `ImageTooLarge`.
+
+    With `max_side`, a JPEG is decoded by libjpeg at the smallest of its 1/2, 1/4 and 1/8 scales (Pillow's draft
+    mode) whose longest side is still `max_side` or more: a 12-megapixel photo decodes 5x faster at 1000x750, which
+    holds any face a 64x64 model can use. `photo_scale` of the result says how many photo pixels one of its pixels
+    spans (1.0 when decoded whole), so coordinates can be given in the photo's own pixels.
+    """
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
@@ -66,12 +74,24 @@ def decode_upload(data: bytes) -> Image.Image:
     except _DECODER_ERRORS as exc:
         raise InvalidImage(f"corrupt image header ({exc})") from exc
     _check_dimensions(image.width, image.height)
+    full_width = image.width
     try:
+        if max_side is not None and image.format == "JPEG" and max(image.size) > max_side:
+            ratio = max_side / max(image.size)
+            image.draft("RGB", (math.ceil(image.width * ratio), math.ceil(image.height * ratio)))
+        scale = full_width / image.width
         image.load()
         upright = ImageOps.exif_transpose(image)
     except _DECODER_ERRORS as exc:
         raise InvalidImage(f"corrupt or truncated image ({exc})") from exc
-    return to_rgb(upright)
+    rgb = to_rgb(upright)
+    rgb.info[_SCALE] = scale
+    return rgb
+
+
+def photo_scale(image: Image.Image) -> float:
+    """Photo pixels per pixel of an image from `decode_upload` (above 1 when it was decoded in draft mode)."""
+    return float(image.info.get(_SCALE, 1.0))
 
 
 def _check_dimensions(width: int, height: int) -> None:

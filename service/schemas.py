@@ -207,10 +207,11 @@ class FaceInfo(Schema):
     score: float = Field(description="The detector's confidence, 0-1.", examples=[0.93])
 
     @classmethod
-    def of(cls, face: Face) -> FaceInfo:
+    def of(cls, face: Face, scale: float = 1.0) -> FaceInfo:
+        """`face` as found in an image that `scale` times fewer pixels a side than the photo (draft decoding)."""
         return cls(
-            box=[round(v, 2) for v in face.box],
-            landmarks=[[round(float(x), 2), round(float(y), 2)] for x, y in face.landmarks],
+            box=[round(v * scale, 2) for v in face.box],
+            landmarks=[[round(float(x) * scale, 2), round(float(y) * scale, 2)] for x, y in face.landmarks],
             score=round(face.score, 4),
         )
 

@@ -19,7 +19,15 @@ from service.detection import DetectorUnavailable, FaceDetector
 from service.framing import FaceFramer
 from service.runtime import FaceModel
 from tests.images import face_photo, image_bytes
-from tests.phone_photos import IMAGE_DIR, PhonePhoto, face_files, no_face_photo, phone_photo, two_face_photo
+from tests.phone_photos import (
+    IMAGE_DIR,
+    PhonePhoto,
+    enlarged,
+    face_files,
+    no_face_photo,
+    phone_photo,
+    two_face_photo,
+)
 
 pytestmark = pytest.mark.skipif(not IMAGE_DIR.is_dir(), reason=f"the shared CelebA subset is not at {IMAGE_DIR}")
 
@@ -56,6 +64,18 @@ def test_detect_finds_the_placed_face_with_its_landmarks(client: TestClient, til
     # The eyes are found where the face was placed: in the original face's coordinates, above the mouth.
     left_eye, right_eye, _, mouth_left, mouth_right = tilted.faces[0].to_face(np.asarray(face["landmarks"]))
     assert left_eye[0] < right_eye[0] and max(left_eye[1], right_eye[1]) < min(mouth_left[1], mouth_right[1])
+
+
+def test_a_12_megapixel_photo_is_reported_in_its_own_pixels(client: TestClient, tilted: PhonePhoto) -> None:
+    """Decoded in draft mode at 1000x750 for detection, but boxes and landmarks come in the photo's 4000x3000."""
+    large = enlarged(tilted, quality=25)  # under the test server's 256 KiB body limit
+    small_face = client.post("/detect", content=tilted.jpeg, headers=JPEG).json()["faces"][0]
+    body = client.post("/detect", content=large.jpeg, headers=JPEG).json()
+    assert (body["width"], body["height"]) == (4000, 3000)
+    factor = 4000 / 640
+    np.testing.assert_allclose(np.asarray(body["faces"][0]["landmarks"]) / factor, small_face["landmarks"], atol=3.0)
+    encoded = client.post("/encode", content=large.jpeg, headers=JPEG).json()
+    assert encoded["face"] == body["faces"][0]
 
 
 def test_detect_lists_two_faces_largest_first(client: TestClient) -> None:

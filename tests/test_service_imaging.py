@@ -16,6 +16,7 @@ from service.imaging import (
     decode_upload,
     encode_image,
     make_grid,
+    photo_scale,
     to_rgb,
 )
 from tests.images import face_photo, image_bytes, png_claiming_size
@@ -117,3 +118,21 @@ def test_make_grid_places_each_image_in_reading_order() -> None:
 def test_make_grid_with_all_columns_is_a_strip() -> None:
     strip = make_grid(np.zeros((5, 3, 4, 3), dtype=np.uint8), columns=5)
     assert strip.shape == (3 + 2 * GRID_PADDING, 5 * (4 + GRID_PADDING) + GRID_PADDING, 3)
+
+
+@pytest.mark.parametrize(("size", "max_side", "decoded", "scale"), [((4000, 3000), 960, (1000, 750), 4.0),
+                                                                 ((4000, 3000), 2000, (2000, 1500), 2.0),
+                                                                 ((640, 480), 960, (640, 480), 1.0)])  # fmt: skip
+def test_large_jpegs_decode_in_draft_mode_with_their_scale(
+    size: tuple[int, int], max_side: int, decoded: tuple[int, int], scale: float
+) -> None:
+    data = image_bytes(face_photo(*size), "JPEG")
+    image = decode_upload(data, max_side)
+    assert (image.size, photo_scale(image)) == (decoded, scale)
+    whole = decode_upload(data)
+    assert (whole.size, photo_scale(whole)) == (size, 1.0)
+
+
+def test_draft_mode_leaves_other_formats_whole() -> None:
+    image = decode_upload(image_bytes(face_photo(1200, 900), "PNG"), 300)
+    assert (image.size, photo_scale(image)) == ((1200, 900), 1.0)

@@ -13,9 +13,10 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from service.compositing import compose
+from service.compositing import Output, compose
 from service.dependencies import MULTIPART, AcceptHeader, EditSource, ImageUpload, ReadyFramer, ReadyModel
-from service.imaging import decode_upload
+from service.framing import FRAMING_SIDE
+from service.imaging import decode_upload, photo_scale
 from service.rendering import FACES_CONTENT, JSON, choose_media_type, error_responses, negotiate, render_faces
 from service.runtime import draw_seed
 from service.schemas import (
@@ -54,9 +55,13 @@ def _request_body(content: dict[str, type[BaseModel] | None]) -> dict[str, Any]:
 def detect(framer: ReadyFramer, data: ImageUpload, accept: AcceptHeader = None) -> DetectResponse:
     """Every face in a photo, largest first, with its box, five landmarks and score (none found: an empty list)."""
     negotiate(accept, [JSON])
-    photo = decode_upload(data)
-    faces = framer.detect(photo)
-    return DetectResponse(width=photo.width, height=photo.height, faces=[FaceInfo.of(face) for face in faces])
+    photo = decode_upload(data, FRAMING_SIDE)
+    scale = photo_scale(photo)
+    return DetectResponse(
+        width=round(photo.width * scale),
+        height=round(photo.height * scale),
+        faces=[FaceInfo.of(face, scale) for face in framer.detect(photo)],
+    )
 
 
 @router.post(
@@ -77,7 +82,8 @@ def encode(
     one was used; align=none crops the bundle's box, as training framed the CelebA crops.
     """
     negotiate(accept, [JSON])
-    framed = framer.frame(decode_upload(data), params.align, params.face)
+    photo = decode_upload(data, FRAMING_SIDE)
+    framed = framer.frame(photo, params.align, params.face)
     encoding = model.encode_pixels(framed.pixels[np.newaxis])
     seed = draw_seed() if params.seed is None else params.seed
     z = encoding.sample(np.random.default_rng(seed))
@@ -86,7 +92,7 @@ def encode(
         z_log_var=encoding.z_log_var[0].tolist(),
         z=z[0].tolist(),
         seed=seed,
-        face=None if framed.face is None else FaceInfo.of(framed.face),
+        face=None if framed.face is None else FaceInfo.of(framed.face, photo_scale(photo)),
     )
 
 
@@ -131,7 +137,7 @@ def edit(
     """
     media_type = choose_media_type(accept, params.format, one_picture=True)
     if isinstance(source, EditUpload):
-        photo = decode_upload(source.image)
+        photo = decode_upload(source.image, None if params.output is Output.PHOTO else FRAMING_SIDE)
         framed = framer.frame(photo, params.align, params.face)
         z = model.encode_pixels(framed.pixels[np.newaxis]).z_mean[0]
         edited = model.edit(z, source.attributes, params.steps, source.keep)
