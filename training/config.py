@@ -35,10 +35,10 @@ class TrainConfig(BaseModel):
         0.02, ge=0, description="weight of the perceptual loss (a face network's features) against pixel MSE; 0: none"
     )
     semantic_weight: float = Field(
-        0.1, ge=0, description="weight of the face network's penultimate-feature distance against pixel MSE; 0: none"
+        0.0, ge=0, description="weight of the face network's penultimate-feature distance against pixel MSE; 0: none"
     )
     residual_blocks: int = Field(
-        2, ge=0, description="decoder residual blocks at the highest resolutions (1: 64x64 only, 2: 64 and 32)"
+        0, ge=0, description="decoder residual blocks at the highest resolutions (1: 64x64 only, 2: 64 and 32)"
     )
     perceptual_epochs: int = Field(6, gt=0, description="epochs to train the perceptual loss's face network")
     warmup_epochs: int = Field(4, ge=0, description="epochs of plain VAE training before the discriminator joins")

@@ -45,9 +45,10 @@ def build_decoder(image_size: int, z_dim: int, filters: tuple[int, ...], residua
     Convolving before upsampling costs a quarter of the other order (93 vs 31 img/s at 64x64 on
     2 CPU cores), which is what makes training on a CPU practical. Nearest upsampling keeps detail
     (bilinear blurred faces 4x more by a Laplacian measure); the narrow full-resolution block lets
-    the decoder smooth away the 2x2 checkerboard that nearest upsampling would otherwise print. Without
-    residual blocks every 64x64 pixel is two 3x3 convolutions away from a 32x32 map, too shallow to draw
-    eyelashes and hair strands; a residual block at 64 and one at 32 are what the patch discriminator needs.
+    the decoder smooth away the 2x2 checkerboard that nearest upsampling would otherwise print. Residual
+    blocks add depth at the highest resolutions, where every pixel is otherwise two 3x3 convolutions away from
+    a 32x32 map; measured (model card, ablations), they gave the discriminator room for texture, not detail,
+    so the default has none.
     """
     base = image_size // 2 ** len(filters)
     if base * 2 ** len(filters) != image_size:
@@ -126,8 +127,8 @@ class VAE(keras.Model):
       is minimised by the average of every face that could have encoded to z, which is a blur; features of eyes,
       mouths and hair edges are not.
     - semantic: the same relative distance in the face network's penultimate `features` (the 256 numbers its 40
-      attribute verdicts are read from). Blur hides a man's stubble and jaw line from pixels and edges alike; the
-      features that tell the network "male", "moustache" or "glasses" make the decoder keep what a viewer reads.
+      attribute verdicts are read from), off by default: it raised the judge's verdict agreement and edit success
+      but printed patches a viewer sees and cost a fifth more pixel error (model card, ablations).
     - adversarial (VAE-GAN, Larsen et al. 2016): after a warm-up the decoder also decodes a half batch of latents
       drawn from a Gaussian fitted to the batch's codes, so the discriminator teaches it to draw sharp faces where
       `/sample` draws, not only where photos encode. `lambda` balances the adversarial gradient against the
