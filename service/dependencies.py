@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 from service.framing import FaceFramer
 from service.rendering import JSON
 from service.runtime import FaceModel
-from service.schemas import EditRequest, EditUpload, EncodeUpload
+from service.schemas import DecodeRequest, EditRequest, EditUpload, EncodeUpload
 
 MULTIPART = "multipart/form-data"
 NOT_LOADED = "model not loaded yet"
@@ -65,6 +65,22 @@ AcceptHeader = Annotated[
 ]
 
 
+def no_query_parameters(request: Request) -> None:
+    """Endpoints without options refuse any, as the others refuse unknown ones: 422, one error per name."""
+    if request.query_params:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "extra_forbidden",
+                    "loc": ("query", name),
+                    "msg": "Extra inputs are not permitted",
+                    "input": value,
+                }
+                for name, value in request.query_params.multi_items()
+            ]
+        )
+
+
 def _content_type(request: Request) -> str:
     return request.headers.get("content-type", "").partition(";")[0].strip().lower()
 
@@ -113,5 +129,14 @@ async def edit_source(request: Request) -> EditRequest | EditUpload:
     raise _unsupported(content_type, f"{JSON} or {MULTIPART} with the fields 'image' and 'attributes'")
 
 
+async def decode_body(request: Request) -> DecodeRequest:
+    """The /decode body: JSON only, parsed and refused exactly as /edit's JSON body is (415, then 422)."""
+    content_type = _content_type(request)
+    if content_type != JSON:
+        raise _unsupported(content_type, JSON)
+    return _validate(DecodeRequest, await request.body())
+
+
 ImageUpload = Annotated[bytes, Depends(image_upload)]
+DecodeBody = Annotated[DecodeRequest, Depends(decode_body)]
 EditSource = Annotated[EditRequest | EditUpload, Depends(edit_source)]

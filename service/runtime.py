@@ -185,7 +185,11 @@ class FaceModel:
             if len(row) != self.z_dim:
                 where = "z" if len(rows) == 1 else f"z[{index}]"
                 raise InputError("z", f"{where} has {len(row)} values, expected {self.z_dim}")
-        return np.asarray(rows, dtype=np.float32).reshape(len(rows), self.z_dim)
+        with np.errstate(over="ignore"):  # reported below, as a 422 rather than a warning
+            latents = np.asarray(rows, dtype=np.float32).reshape(len(rows), self.z_dim)
+        if not np.all(np.isfinite(latents)):
+            raise InputError("z", f"z has values beyond float32's range (±{np.finfo(np.float32).max:.3g})")
+        return latents
 
     def encode_photos(self, photos: Sequence[Image.Image]) -> Encoding:
         """Frame each photo exactly as training did (the manifest's crop and resize), then encode."""

@@ -54,13 +54,23 @@ class Schema(BaseModel):
 # ---- query parameters -------------------------------------------------------------------------------------------
 
 
-class ImageOptions(Schema):
+class QueryParams(Schema):
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_surrounding_space(cls, value: object) -> object:
+        """Query values are text, and pydantic would strip white space from a number ('%0A5' as 5): refuse it."""
+        if isinstance(value, str) and value != value.strip():
+            raise ValueError(f"{value!r} has white space around it")
+        return value
+
+
+class ImageOptions(QueryParams):
     format: ImageFormat | None = Field(
         None, description="Image encoding; overrides the image type in Accept. Default: from Accept, else PNG."
     )
 
 
-class FramingParams(Schema):
+class FramingParams(QueryParams):
     align: Align = Field(
         Align.AUTO,
         description="auto: find the face and align its landmarks to where the training crops have them (any photo: "

@@ -590,3 +590,48 @@ def test_each_request_is_logged_with_status_and_duration(client: TestClient, cap
     lines = [record.getMessage() for record in caplog.records if record.name == "service.access"]
     assert lines[0].startswith("GET /health/live 200 ") and lines[0].endswith(" ms")
     assert lines[1].startswith("GET /sample 422 ")
+
+
+# ---- issue 10's wrong answers: each now a clear 4xx -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/decode", "/edit"])
+def test_latents_beyond_float32_are_422_not_500(client: TestClient, path: str) -> None:
+    body: dict[str, Any] = {"z": [1e39, *Z[1:]]}
+    if path == "/edit":
+        body["attributes"] = {"Smiling": 1}
+    response = client.post(path, json=body, headers={"accept": "application/json"})
+    assert response.status_code == 422
+    assert "beyond float32's range" in messages(response)
+
+
+@pytest.mark.parametrize("path", ["/decode", "/edit"])
+def test_latent_endpoints_answer_a_wrong_content_type_and_bad_json_alike(client: TestClient, path: str) -> None:
+    wrong_type = client.post(path, content=b'{"z": [0]}', headers={"content-type": "text/plain"})
+    assert wrong_type.status_code == 415
+    assert "unsupported Content-Type text/plain" in wrong_type.json()["detail"]
+    bad_json = client.post(path, content=b"{bad", headers={"content-type": "application/json"})
+    assert bad_json.status_code == 422
+    assert bad_json.json()["detail"][0]["type"] == "json_invalid"
+
+
+@pytest.mark.parametrize("query", ["temperature=%0A5", "n=%202", "seed=1%20"])
+def test_numbers_wrapped_in_white_space_are_422(client: TestClient, query: str) -> None:
+    response = client.get(f"/sample?{query}")
+    assert response.status_code == 422
+    assert "white space around it" in messages(response)
+
+
+@pytest.mark.parametrize("path", ["/metadata", "/attributes"])
+def test_endpoints_without_options_refuse_query_parameters(client: TestClient, path: str) -> None:
+    response = client.get(path, params={"verbose": "1"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "verbose"]
+
+
+def test_a_32_bit_integer_tiff_is_400_not_a_black_face(client: TestClient) -> None:
+    values = (np.arange(32 * 32, dtype=np.int32).reshape(32, 32) * 100_000).astype(np.int32)
+    data = image_bytes(Image.fromarray(values), "TIFF")
+    response = client.post("/encode", params=CROPPED, content=data, headers={"content-type": "image/tiff"})
+    assert response.status_code == 400
+    assert "32-bit integer pixels" in response.json()["detail"]

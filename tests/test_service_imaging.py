@@ -136,3 +136,12 @@ def test_large_jpegs_decode_in_draft_mode_with_their_scale(
 def test_draft_mode_leaves_other_formats_whole() -> None:
     image = decode_upload(image_bytes(face_photo(1200, 900), "PNG"), 300)
     assert (image.size, photo_scale(image)) == ((1200, 900), 1.0)
+
+
+def test_thirty_two_bit_integer_pixels_beyond_sixteen_bits_are_invalid() -> None:
+    values = (np.arange(32 * 32, dtype=np.int32).reshape(32, 32) * 100_000).astype(np.int32)
+    with pytest.raises(InvalidImage, match="32-bit integer pixels beyond 0-65535"):
+        decode_upload(image_bytes(Image.fromarray(values), "TIFF"))
+    # The same mode with 16-bit values is a 16-bit image, scaled like one.
+    small = decode_upload(image_bytes(Image.fromarray(np.full((4, 4), 65535, dtype=np.int32)), "TIFF"))
+    assert np.asarray(small).min() == 255

@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from service.compositing import Output, compose
-from service.dependencies import MULTIPART, AcceptHeader, EditSource, ImageUpload, ReadyFramer, ReadyModel
+from service.dependencies import MULTIPART, AcceptHeader, DecodeBody, EditSource, ImageUpload, ReadyFramer, ReadyModel
 from service.framing import FRAMING_SIDE
 from service.imaging import decode_upload, photo_scale
 from service.rendering import FACES_CONTENT, JSON, choose_media_type, error_responses, negotiate, render_faces
@@ -96,9 +96,14 @@ def encode(
     )
 
 
-@router.post("/decode", response_class=Response, responses={**FACES_CONTENT, **error_responses(413)})
+@router.post(
+    "/decode",
+    response_class=Response,
+    responses={**FACES_CONTENT, **error_responses(413, 415)},
+    openapi_extra=_request_body({JSON: DecodeRequest}),
+)
 def decode(
-    model: ReadyModel, body: DecodeRequest, params: Annotated[DecodeParams, Query()], accept: AcceptHeader = None
+    model: ReadyModel, body: DecodeBody, params: Annotated[DecodeParams, Query()], accept: AcceptHeader = None
 ) -> Response:
     """Latents to faces: one latent gives an image; several give a JSON list, or one grid image with grid=true."""
     media_type = choose_media_type(accept, params.format, one_picture=not body.several or params.grid)
