@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from service import __version__
+from service.apidocs import add_api_docs
 from service.dependencies import ModelState
 from service.errors import add_exception_handlers
 from service.framing import FaceFramer
@@ -47,10 +48,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Encode, decode, sample and edit faces with a variational autoencoder under onnxruntime.",
         version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # served from a package by add_api_docs instead of a CDN
+        redoc_url=None,  # ReDoc has no offline package; /docs is the interactive reference
     )
     app.state.settings = settings
     app.state.model_state = ModelState()
     add_exception_handlers(app)
+    add_api_docs(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestLogMiddleware)  # outermost, so it also logs the 413s
     for router in (health.router, info.router, faces.router):

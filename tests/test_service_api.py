@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -635,3 +636,14 @@ def test_a_32_bit_integer_tiff_is_400_not_a_black_face(client: TestClient) -> No
     response = client.post("/encode", params=CROPPED, content=data, headers={"content-type": "image/tiff"})
     assert response.status_code == 400
     assert "32-bit integer pixels" in response.json()["detail"]
+
+
+def test_docs_page_works_offline(client: TestClient) -> None:
+    """Every script, style sheet and icon /docs loads comes from this server, none from a CDN."""
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert assets and all(url.startswith("/docs-assets/") for url in assets), assets
+    for url in assets:
+        assert client.get(url).status_code == 200, url
+    assert "https://" not in page.text.replace(client.app.openapi_url or "", "")
