@@ -14,6 +14,7 @@ from service.apidocs import add_api_docs
 from service.dependencies import ModelState
 from service.errors import add_exception_handlers
 from service.framing import FaceFramer
+from service.metrics import add_metrics
 from service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
 from service.routers import faces, health, info
 from service.runtime import FaceModel
@@ -28,6 +29,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     state: ModelState = app.state.model_state
     state.model = await run_in_threadpool(FaceModel.from_settings, settings)
+    state.model.run_observer = app.state.metrics.observe_run
     state.framer = FaceFramer(state.model.bundle.preprocess)
     await run_in_threadpool(state.framer.warm_up)
     if settings.require_gpu and not state.model.uses_gpu:
@@ -56,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_exception_handlers(app)
     add_api_docs(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.state.metrics = add_metrics(app)  # around the body limit, so its 413s are counted too
     app.add_middleware(RequestLogMiddleware)  # outermost, so it also logs the 413s
     for router in (health.router, info.router, faces.router):
         app.include_router(router)

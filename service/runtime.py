@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +108,8 @@ class FaceModel:
         self.decoder = decoder
         self.max_batch = max_batch
         self.max_strength = max_strength
+        #: Called after every session.run with (network, batch size, seconds): the service's metrics.
+        self.run_observer: Callable[[str, int, float], None] | None = None
 
     @classmethod
     def load(
@@ -198,13 +201,25 @@ class FaceModel:
     def encode_pixels(self, pixels: np.ndarray) -> Encoding:
         """Encode uint8 [N, size, size, 3] faces that are already framed."""
         feed = {ENCODER_INPUT: pixels.astype(np.float32) / np.float32(255.0)}
-        z_mean, z_log_var = self.encoder.run(list(ENCODER_OUTPUTS), feed)
+        z_mean, z_log_var = self._run("encoder", self.encoder, list(ENCODER_OUTPUTS), feed)
         return Encoding(z_mean=z_mean, z_log_var=z_log_var)
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """Decode float32 [N, z_dim] latents to uint8 [N, size, size, 3] faces in one batch."""
-        (images,) = self.decoder.run([DECODER_OUTPUT], {DECODER_INPUT: z.astype(np.float32, copy=False)})
+        (images,) = self._run(
+            "decoder", self.decoder, [DECODER_OUTPUT], {DECODER_INPUT: z.astype(np.float32, copy=False)}
+        )
         return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+
+    def _run(
+        self, network: str, session: ort.InferenceSession, outputs: list[str], feed: dict[str, np.ndarray]
+    ) -> list[np.ndarray]:
+        """session.run, timed for `run_observer` (network, batch size, seconds) when one is set."""
+        started = time.perf_counter()
+        results = session.run(outputs, feed)
+        if self.run_observer is not None:
+            self.run_observer(network, len(next(iter(feed.values()))), time.perf_counter() - started)
+        return results
 
     @property
     def default_sampling(self) -> SamplingMode:

@@ -647,3 +647,35 @@ def test_docs_page_works_offline(client: TestClient) -> None:
     for url in assets:
         assert client.get(url).status_code == 200, url
     assert "https://" not in page.text.replace(client.app.openapi_url or "", "")
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus' text format (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
+            if all(found.get(key) == value for key, value in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_requests_by_route_and_status_and_time_the_model(client: TestClient) -> None:
+    before = client.get("/metrics")
+    assert before.status_code == 200
+    assert before.headers["content-type"].startswith("text/plain")
+    labels = {"method": "POST", "endpoint": "/decode", "status": "200"}
+    ok = _metric(before.text, "http_requests_total", **labels)
+    refused = _metric(before.text, "http_requests_total", method="POST", endpoint="/decode", status="422")
+    runs = _metric(before.text, "facevae_model_batch_size_count", network="decoder")
+    faces = _metric(before.text, "facevae_model_batch_size_sum", network="decoder")
+    assert client.post("/decode", json={"z": [Z, Z]}, headers={"accept": "application/json"}).status_code == 200
+    assert client.post("/decode", json={"z": [0.0]}).status_code == 422
+    client.get("/no/such/path")
+    after = client.get("/metrics").text
+    assert _metric(after, "http_requests_total", **labels) == ok + 1
+    assert _metric(after, "http_requests_total", method="POST", endpoint="/decode", status="422") == refused + 1
+    assert _metric(after, "http_requests_total", method="GET", endpoint="unmatched", status="404") >= 1
+    assert _metric(after, "facevae_model_batch_size_count", network="decoder") == runs + 1
+    assert _metric(after, "facevae_model_batch_size_sum", network="decoder") == faces + 2  # one run of two latents
+    assert _metric(after, "http_request_duration_seconds_count", method="POST", endpoint="/decode") >= 2
+    assert "http_requests_in_flight" in after

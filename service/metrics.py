@@ -1,0 +1,109 @@
+"""Prometheus metrics (`GET /metrics`, via prometheus-client): HTTP requests, latency, in-flight, model runs.
+
+Each app has its own registry, so tests and several apps in one process do not share counters. With several
+uvicorn workers each worker counts for itself and a scrape reaches one of them: scale with replicas (one worker
+each, as the compose `scale` profile does) when the numbers must add up.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+#: Request latency buckets, seconds: from a health check (1 ms) to a 12-megapixel photo edit (seconds).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Model-run buckets, seconds: one 64x64 face (about 1 ms) to a batch of 16 (tens of ms).
+RUN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+#: The endpoint label of requests no route matched (so unknown paths cannot grow the label set).
+UNMATCHED = "unmatched"
+
+
+@dataclass
+class Metrics:
+    """The service's metrics, in a registry of their own."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "http_requests_total", "HTTP requests answered", ["method", "endpoint", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Time from the request's arrival to the end of its response",
+            ["method", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge("http_requests_in_flight", "HTTP requests being served", registry=self.registry)
+        self.model_runs = Histogram(
+            "facevae_model_run_seconds",
+            "onnxruntime session.run time per call",
+            ["network"],
+            buckets=RUN_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_sizes = Histogram(
+            "facevae_model_batch_size",
+            "Faces or latents per session.run call",
+            ["network"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_run(self, network: str, batch: int, seconds: float) -> None:
+        """One encoder or decoder run (FaceModel's `run_observer`)."""
+        self.model_runs.labels(network).observe(seconds)
+        self.batch_sizes.labels(network).observe(batch)
+
+    def exposition(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by method, route template and status, and times it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_code = 500  # what the client gets if the app raises before responding
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            self.metrics.in_flight.dec()
+            route = scope.get("route")
+            endpoint = getattr(route, "path", UNMATCHED)
+            self.metrics.requests.labels(scope["method"], endpoint, str(status_code)).inc()
+            self.metrics.latency.labels(scope["method"], endpoint).observe(time.perf_counter() - started)
+
+
+def add_metrics(app: FastAPI) -> Metrics:
+    """`GET /metrics` and the middleware that feeds it; returns the metrics so the lifespan can attach the model."""
+    metrics = Metrics()
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def exposition() -> Response:
+        return metrics.exposition()
+
+    return metrics
