@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
 
+from service.bundle import BundleError, ModelBundle
 from service.settings import ENV_PREFIX, Settings
 
 
@@ -46,6 +48,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = Settings(**flags)
     except ValidationError as exc:
         parser.error(str(exc))
+    try:
+        ModelBundle.load(settings.model)  # here, before any worker: a broken bundle must stop the command
+    except BundleError as exc:
+        print(f"facevae-serve: cannot serve {settings.model}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     os.environ.update({_env_name(name): str(value) for name, value in flags.items()})
     uvicorn.run(
         "service.app:create_app",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -143,16 +145,31 @@ def test_serving_never_imports_tensorflow(tiny_bundle: Path, tmp_path: Path) -> 
     assert "no tensorflow" in result.stdout
 
 
-def test_a_missing_bundle_stops_startup_with_the_loaders_message(tmp_path: Path) -> None:
-    missing = tmp_path / "no-such-bundle"
+def _tampered(bundle: Path, into: Path) -> Path:
+    shutil.copytree(bundle, into)
+    with (into / "decoder.onnx").open("ab") as onnx_file:
+        onnx_file.write(b"tampered")
+    return into
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda bundle, tmp: tmp / "no-such-bundle", "bundle folder does not exist"),
+        (_tampered, "decoder.onnx: sha256 does not match the manifest (file changed or corrupt)"),
+    ],
+    ids=["missing", "tampered"],
+)
+def test_a_broken_bundle_stops_the_command_with_the_loader_s_message_last(
+    tiny_bundle: Path, tmp_path: Path, workers: int, make: Any, message: str
+) -> None:
+    """Checked before any worker starts, so `restart: on-failure` and CI see it with any number of workers."""
+    broken = make(tiny_bundle, tmp_path / "broken")
+    command = ["-m", "service", "--model", str(broken), "--workers", str(workers), "--port", str(_free_port())]
     result = subprocess.run(
-        [sys.executable, "-m", "service", "--model", str(missing), "--port", str(_free_port())],
-        cwd=REPO_ROOT,
-        env=_clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, *command], cwd=REPO_ROOT, env=_clean_env(), capture_output=True, text=True, timeout=60
     )
-    assert result.returncode != 0
-    assert f"{missing}: bundle folder does not exist" in result.stderr
-    assert "Application startup failed" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith(message)
+    assert f"cannot serve {broken}" in result.stderr
