@@ -10,11 +10,12 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from service import __version__
+from service.admission import AdmissionMiddleware
 from service.apidocs import add_api_docs
 from service.dependencies import ModelState
 from service.errors import add_exception_handlers
 from service.framing import FaceFramer
-from service.metrics import add_metrics
+from service.metrics import Metrics, add_metrics
 from service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
 from service.routers import faces, health, info
 from service.runtime import FaceModel
@@ -58,7 +59,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_exception_handlers(app)
     add_api_docs(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.state.metrics = add_metrics(app)  # around the body limit, so its 413s are counted too
+    app.state.metrics = Metrics()
+    app.add_middleware(
+        AdmissionMiddleware,
+        max_in_flight=settings.max_in_flight,
+        queue_timeout=settings.queue_timeout,
+        request_timeout=settings.request_timeout,
+        on_reject=app.state.metrics.reject,
+    )
+    add_metrics(app, app.state.metrics)  # around the admission limit and the body limit: their 503s and 413s count
     app.add_middleware(RequestLogMiddleware)  # outermost, so it also logs the 413s
     for router in (health.router, info.router, faces.router):
         app.include_router(router)

@@ -42,6 +42,12 @@ class Metrics:
             registry=self.registry,
         )
         self.in_flight = Gauge("http_requests_in_flight", "HTTP requests being served", registry=self.registry)
+        self.rejected = Counter(
+            "http_requests_rejected_total",
+            "Requests refused by the admission limit (busy: 503) or past their deadline (deadline: 504)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.model_runs = Histogram(
             "facevae_model_run_seconds",
             "onnxruntime session.run time per call",
@@ -56,6 +62,10 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+
+    def reject(self, reason: str) -> None:
+        """One request refused by `service.admission` (its `on_reject`)."""
+        self.rejected.labels(reason).inc()
 
     def observe_run(self, network: str, batch: int, seconds: float) -> None:
         """One encoder or decoder run (FaceModel's `run_observer`)."""
@@ -97,13 +107,10 @@ class MetricsMiddleware:
             self.metrics.latency.labels(scope["method"], endpoint).observe(time.perf_counter() - started)
 
 
-def add_metrics(app: FastAPI) -> Metrics:
-    """`GET /metrics` and the middleware that feeds it; returns the metrics so the lifespan can attach the model."""
-    metrics = Metrics()
+def add_metrics(app: FastAPI, metrics: Metrics) -> None:
+    """`GET /metrics` and the middleware that feeds it (around everything added before it)."""
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.get("/metrics", include_in_schema=False)
     async def exposition() -> Response:
         return metrics.exposition()
-
-    return metrics

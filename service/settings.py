@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     max_strength: float = Field(
         5.0, gt=0, description="Largest attribute strength (1 = the gap between faces with and without it)."
     )
+    max_in_flight: int = Field(
+        8, ge=1, description="Requests one worker runs at once; more wait up to queue_timeout, then get 503."
+    )
+    queue_timeout: float = Field(
+        0.5, gt=0, description="Seconds a request waits for a slot before 503 with Retry-After."
+    )
+    request_timeout: float = Field(30.0, gt=0, description="Seconds a request may take before 504.")
     graceful_timeout: float = Field(
         20.0, gt=0, description="Seconds to let in-flight requests finish after SIGTERM before closing them."
     )

@@ -71,17 +71,18 @@ def test_session_threads_share_the_cores_among_workers(
 
 
 def test_cli_flags_override_the_environment_and_reach_the_workers(
-    environ: dict[str, str], uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+    environ: dict[str, str], uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]], tiny_bundle: Path
 ) -> None:
     environ["FACEVAE_PORT"] = "9000"
-    cli.main(["--model", "/srv/bundle", "--port", "8123", "--workers", "2", "--require-gpu", "--log-level", "debug"])
+    flags = ["--port", "8123", "--workers", "2", "--require-gpu", "--log-level", "debug"]
+    cli.main(["--model", str(tiny_bundle), *flags])
     (args, kwargs) = uvicorn_calls[0]
     assert args == ("service.app:create_app",)
     assert kwargs["factory"] is True
     assert (kwargs["host"], kwargs["port"], kwargs["workers"], kwargs["log_level"]) == ("127.0.0.1", 8123, 2, "debug")
     assert kwargs["log_config"]["loggers"]["service"]["level"] == "DEBUG"
     workers_see = Settings()  # what create_app() builds in each worker process
-    assert (workers_see.model, workers_see.port, workers_see.require_gpu) == (Path("/srv/bundle"), 8123, True)
+    assert (workers_see.model, workers_see.port, workers_see.require_gpu) == (tiny_bundle, 8123, True)
 
 
 @pytest.mark.parametrize("argv", [["--port", "0"], ["--log-level", "chatty"], ["--workers", "many"]])
