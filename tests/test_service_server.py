@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,3 +175,15 @@ def test_a_broken_bundle_stops_the_command_with_the_loader_s_message_last(
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].endswith(message)
     assert f"cannot serve {broken}" in result.stderr
+
+
+def test_a_client_that_sends_the_whole_body_first_reads_the_413(server: RunningServer) -> None:
+    """urllib writes all 11 MB before reading: the server drains the body (bounded) before answering, as nginx's
+    lingering close does, so the client sees the 413 instead of a connection reset."""
+    request = urllib.request.Request(
+        f"{server.base_url}/encode", data=b"\0" * (11 * 1024 * 1024), headers={"Content-Type": "image/png"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 413
+    assert "larger than the limit" in json.loads(refused.value.read())["detail"]
