@@ -15,6 +15,7 @@ from service.apidocs import add_api_docs
 from service.dependencies import ModelState
 from service.errors import add_exception_handlers
 from service.framing import FaceFramer
+from service.imaging import PhotoDecoder
 from service.metrics import Metrics, add_metrics
 from service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
 from service.routers import faces, health, info
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.model_state = ModelState()
+    app.state.photo_decoder = PhotoDecoder(settings.max_pixels, settings.max_decodes)
     add_exception_handlers(app)
     add_api_docs(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)

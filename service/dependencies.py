@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from service.framing import FaceFramer
+from service.imaging import PhotoDecoder
 from service.rendering import JSON
 from service.runtime import FaceModel
 from service.schemas import DecodeRequest, EditRequest, EditUpload, EncodeUpload
@@ -137,6 +138,12 @@ async def decode_body(request: Request) -> DecodeRequest:
     return _validate(DecodeRequest, await request.body())
 
 
+def photo_decoder(request: Request) -> PhotoDecoder:
+    """The app's decoder of uploads, with the memory budget of its settings."""
+    return request.app.state.photo_decoder
+
+
 ImageUpload = Annotated[bytes, Depends(image_upload)]
+Decoder = Annotated[PhotoDecoder, Depends(photo_decoder)]
 DecodeBody = Annotated[DecodeRequest, Depends(decode_body)]
 EditSource = Annotated[EditRequest | EditUpload, Depends(edit_source)]

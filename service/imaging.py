@@ -8,13 +8,17 @@ from __future__ import annotations
 import base64
 import io
 import math
+import threading
 from enum import StrEnum
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-#: Larger images are refused before decoding (a 10 MB PNG can inflate to gigabytes).
-MAX_PIXELS = 40_000_000
+#: Larger images are refused before decoding (a 75 KB PNG can inflate to gigabytes): the default budget, which
+#: the service sets with FACEVAE_MAX_PIXELS. 25 megapixels holds any phone photo.
+MAX_PIXELS = 25_000_000
+#: No setting goes beyond this; Pillow itself refuses twice it (its decompression-bomb guard).
+PIXEL_CEILING = 40_000_000
 MAX_SIDE = 16_384
 #: Only these decoders run on uploads; Pillow's others (EPS via Ghostscript, ...) are not exposed.
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
@@ -23,12 +27,13 @@ GRID_BACKGROUND = 255
 
 # Set explicitly rather than trusting defaults: Pillow refuses (not just warns about) images twice this size,
 # and a truncated file is an error, not a half-grey face.
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+Image.MAX_IMAGE_PIXELS = PIXEL_CEILING
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 #: Pillow opens 16-bit grayscale PNG and TIFF files in one of these modes.
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_ROWS_PER_CHUNK = 256
 #: Where `decode_upload` records the draft-mode scale in the image's info.
 _SCALE = "facevae_scale"
 #: What Pillow's decoders raise on bad data, besides its own two error types.
@@ -57,7 +62,7 @@ class ImageFormat(StrEnum):
         return cls(media_type.removeprefix("image/"))
 
 
-def decode_upload(data: bytes, max_side: int | None = None) -> Image.Image:
+def decode_upload(data: bytes, max_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode an uploaded photo to an upright 8-bit RGB image, or raise `InvalidImage` / `ImageTooLarge`.
 
     With `max_side`, a JPEG is decoded by libjpeg at the smallest of its 1/2, 1/4 and 1/8 scales (Pillow's draft
@@ -73,7 +78,7 @@ def decode_upload(data: bytes, max_side: int | None = None) -> Image.Image:
         raise InvalidImage(f"not a recognised image (accepted formats: {', '.join(ACCEPTED_FORMATS)})") from exc
     except _DECODER_ERRORS as exc:
         raise InvalidImage(f"corrupt image header ({exc})") from exc
-    _check_dimensions(image.width, image.height)
+    _check_dimensions(image.width, image.height, max_pixels)
     full_width = image.width
     try:
         if max_side is not None and image.format == "JPEG" and max(image.size) > max_side:
@@ -85,8 +90,29 @@ def decode_upload(data: bytes, max_side: int | None = None) -> Image.Image:
     except _DECODER_ERRORS as exc:
         raise InvalidImage(f"corrupt or truncated image ({exc})") from exc
     rgb = to_rgb(upright)
+    if max_side is not None and max(rgb.size) >= 2 * max_side:  # a large PNG, TIFF, ...: no draft mode there
+        factor = max(rgb.size) // max_side
+        width = rgb.width
+        rgb = rgb.reduce(factor)  # a box filter: fast, and the full-size copy is freed at once
+        scale *= width / rgb.width
     rgb.info[_SCALE] = scale
     return rgb
+
+
+class PhotoDecoder:
+    """`decode_upload` within a memory budget: at most `max_pixels` per image and `concurrent` decodes at once.
+
+    A decode of a 25-megapixel 16-bit PNG peaks at a few hundred megabytes; eight at once would need gigabytes, so
+    requests beyond `concurrent` wait (in their worker thread) for a decode to finish.
+    """
+
+    def __init__(self, max_pixels: int = MAX_PIXELS, concurrent: int = 2) -> None:
+        self.max_pixels = max_pixels
+        self._slots = threading.BoundedSemaphore(concurrent)
+
+    def decode(self, data: bytes, max_side: int | None = None) -> Image.Image:
+        with self._slots:
+            return decode_upload(data, max_side, self.max_pixels)
 
 
 def photo_scale(image: Image.Image) -> float:
@@ -94,10 +120,10 @@ def photo_scale(image: Image.Image) -> float:
     return float(image.info.get(_SCALE, 1.0))
 
 
-def _check_dimensions(width: int, height: int) -> None:
-    if width * height > MAX_PIXELS or max(width, height) > MAX_SIDE:
+def _check_dimensions(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels or max(width, height) > MAX_SIDE:
         raise ImageTooLarge(
-            f"image too large to decode: {width}x{height} pixels, the limits are {MAX_PIXELS} pixels "
+            f"image too large to decode: {width}x{height} pixels, the limits are {max_pixels} pixels "
             f"and {MAX_SIDE} per side"
         )
 
@@ -109,8 +135,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         values = np.asarray(image)
         if values.min() < 0 or values.max() > 65535:  # mode "I" is 32-bit: a 16-bit file's values, or anything
             raise InvalidImage("32-bit integer pixels beyond 0-65535 have no white level; send an 8- or 16-bit image")
-        # Integer rounding of v * 255 / 65535, in 32 bits rather than float64: a quarter of the memory.
-        image = Image.fromarray(((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8))
+        image = Image.fromarray(_to_eight_bits(values))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in _ALPHA_MODES:
@@ -118,6 +143,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _to_eight_bits(values: np.ndarray) -> np.ndarray:
+    """v * 255 / 65535 rounded, in integers and a few hundred rows at a time: the temporaries of a 25-megapixel
+    image stay at megabytes (float64 over the whole image needed 200 MB per copy)."""
+    result = np.empty(values.shape, dtype=np.uint8)
+    for start in range(0, len(values), _ROWS_PER_CHUNK):
+        chunk = values[start : start + _ROWS_PER_CHUNK].astype(np.uint32)
+        result[start : start + _ROWS_PER_CHUNK] = (chunk * 255 + 32767) // 65535
+    return result
 
 
 def encode_image(pixels: np.ndarray, image_format: ImageFormat) -> bytes:

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
         0, ge=0, description="onnxruntime threads per session and worker; 0 means half the usable cores / workers."
     )
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest request body accepted, in bytes.")
+    max_pixels: int = Field(
+        25_000_000,
+        ge=1,
+        le=40_000_000,
+        description="Largest image accepted, in pixels (413 beyond), checked before decoding.",
+    )
+    max_decodes: int = Field(2, ge=1, description="Photos one worker decodes at once; more wait, bounding memory.")
     max_batch: int = Field(16, ge=1, description="Most latents, samples (n) or strip steps in one request.")
     max_strength: float = Field(
         5.0, gt=0, description="Largest attribute strength (1 = the gap between faces with and without it)."

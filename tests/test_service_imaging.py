@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from service import imaging
 from service.imaging import (
     GRID_PADDING,
     ImageFormat,
@@ -133,9 +136,12 @@ def test_large_jpegs_decode_in_draft_mode_with_their_scale(
     assert (whole.size, photo_scale(whole)) == (size, 1.0)
 
 
-def test_draft_mode_leaves_other_formats_whole() -> None:
+def test_other_large_formats_are_reduced_by_a_whole_factor_with_their_scale() -> None:
     image = decode_upload(image_bytes(face_photo(1200, 900), "PNG"), 300)
-    assert (image.size, photo_scale(image)) == ((1200, 900), 1.0)
+    assert (image.size, photo_scale(image)) == ((300, 225), 4.0)
+    # Under twice max_side nothing is gained: the image stays whole.
+    image = decode_upload(image_bytes(face_photo(500, 400), "PNG"), 300)
+    assert (image.size, photo_scale(image)) == ((500, 400), 1.0)
 
 
 def test_thirty_two_bit_integer_pixels_beyond_sixteen_bits_are_invalid() -> None:
@@ -145,3 +151,35 @@ def test_thirty_two_bit_integer_pixels_beyond_sixteen_bits_are_invalid() -> None
     # The same mode with 16-bit values is a 16-bit image, scaled like one.
     small = decode_upload(image_bytes(Image.fromarray(np.full((4, 4), 65535, dtype=np.int32)), "TIFF"))
     assert np.asarray(small).min() == 255
+
+
+def test_the_pixel_budget_is_a_setting_with_a_25_megapixel_default() -> None:
+    claimed = png_claiming_size(6000, 5000)  # 30 megapixels: a header only, refused before any decoding
+    with pytest.raises(ImageTooLarge, match="6000x5000 pixels, the limits are 25000000 pixels"):
+        decode_upload(claimed)
+    with pytest.raises(InvalidImage):  # within a 40-megapixel budget it is decoded, and found to be no image
+        decode_upload(claimed, max_pixels=40_000_000)
+
+
+def test_the_photo_decoder_bounds_concurrent_decodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    def slow_decode(data: bytes, max_side: int | None, max_pixels: int) -> Image.Image:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return face_photo()
+
+    monkeypatch.setattr(imaging, "decode_upload", slow_decode)
+    decoder = imaging.PhotoDecoder(concurrent=2)
+    threads = [threading.Thread(target=decoder.decode, args=(b"",)) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most == 2

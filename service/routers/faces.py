@@ -14,9 +14,18 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from service.compositing import Output, compose
-from service.dependencies import MULTIPART, AcceptHeader, DecodeBody, EditSource, ImageUpload, ReadyFramer, ReadyModel
+from service.dependencies import (
+    MULTIPART,
+    AcceptHeader,
+    DecodeBody,
+    Decoder,
+    EditSource,
+    ImageUpload,
+    ReadyFramer,
+    ReadyModel,
+)
 from service.framing import FRAMING_SIDE
-from service.imaging import decode_upload, photo_scale
+from service.imaging import photo_scale
 from service.rendering import FACES_CONTENT, JSON, choose_media_type, error_responses, negotiate, render_faces
 from service.runtime import draw_seed
 from service.schemas import (
@@ -52,10 +61,10 @@ def _request_body(content: dict[str, type[BaseModel] | None]) -> dict[str, Any]:
     responses=error_responses(400, 413, 415, 501),
     openapi_extra=_request_body({MULTIPART: EncodeUpload, "image/*": None}),
 )
-def detect(framer: ReadyFramer, data: ImageUpload, accept: AcceptHeader = None) -> DetectResponse:
+def detect(framer: ReadyFramer, decoder: Decoder, data: ImageUpload, accept: AcceptHeader = None) -> DetectResponse:
     """Every face in a photo, largest first, with its box, five landmarks and score (none found: an empty list)."""
     negotiate(accept, [JSON])
-    photo = decode_upload(data, FRAMING_SIDE)
+    photo = decoder.decode(data, FRAMING_SIDE)
     scale = photo_scale(photo)
     return DetectResponse(
         width=round(photo.width * scale),
@@ -72,6 +81,7 @@ def detect(framer: ReadyFramer, data: ImageUpload, accept: AcceptHeader = None) 
 def encode(
     model: ReadyModel,
     framer: ReadyFramer,
+    decoder: Decoder,
     data: ImageUpload,
     params: Annotated[EncodeParams, Query()],
     accept: AcceptHeader = None,
@@ -82,7 +92,7 @@ def encode(
     one was used; align=none crops the bundle's box, as training framed the CelebA crops.
     """
     negotiate(accept, [JSON])
-    photo = decode_upload(data, FRAMING_SIDE)
+    photo = decoder.decode(data, FRAMING_SIDE)
     framed = framer.frame(photo, params.align, params.face)
     encoding = model.encode_pixels(framed.pixels[np.newaxis])
     seed = draw_seed() if params.seed is None else params.seed
@@ -129,6 +139,7 @@ def sample(model: ReadyModel, params: Annotated[SampleParams, Query()], accept: 
 def edit(
     model: ReadyModel,
     framer: ReadyFramer,
+    decoder: Decoder,
     source: EditSource,
     params: Annotated[EditParams, Query()],
     accept: AcceptHeader = None,
@@ -142,7 +153,7 @@ def edit(
     """
     media_type = choose_media_type(accept, params.format, one_picture=True)
     if isinstance(source, EditUpload):
-        photo = decode_upload(source.image, None if params.output is Output.PHOTO else FRAMING_SIDE)
+        photo = decoder.decode(source.image, None if params.output is Output.PHOTO else FRAMING_SIDE)
         framed = framer.frame(photo, params.align, params.face)
         z = model.encode_pixels(framed.pixels[np.newaxis]).z_mean[0]
         edited = model.edit(z, source.attributes, params.steps, source.keep)
