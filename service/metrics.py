@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.middleware import StatusRecorder
 
 #: Request latency buckets, seconds: from a health check (1 ms) to a 12-megapixel photo edit (seconds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -88,22 +90,14 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status_code = 500  # what the client gets if the app raises before responding
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status_code
-            if message["type"] == "http.response.start":
-                status_code = message["status"]
-            await send(message)
-
+        recorder = StatusRecorder(send)
         self.metrics.in_flight.inc()
         try:
-            await self.app(scope, receive, send_and_record)
+            await self.app(scope, receive, recorder)
         finally:
             self.metrics.in_flight.dec()
-            route = scope.get("route")
-            endpoint = getattr(route, "path", UNMATCHED)
-            self.metrics.requests.labels(scope["method"], endpoint, str(status_code)).inc()
+            endpoint = getattr(scope.get("route"), "path", UNMATCHED)
+            self.metrics.requests.labels(scope["method"], endpoint, str(recorder.status)).inc()
             self.metrics.latency.labels(scope["method"], endpoint).observe(time.perf_counter() - started)
 
 

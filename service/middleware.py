@@ -52,6 +52,20 @@ class BodySizeLimitMiddleware:
         await self.app(scope, receive_within_limit, send)
 
 
+class StatusRecorder:
+    """A `send` that remembers the response's status: 500 until the app answers, which is what the client gets
+    if the app raises first."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 500
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+
 class RequestLogMiddleware:
     """Log method, path, status and duration of every request."""
 
@@ -63,16 +77,9 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status_code = 500  # what the client gets if the app raises before responding
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status_code
-            if message["type"] == "http.response.start":
-                status_code = message["status"]
-            await send(message)
-
+        recorder = StatusRecorder(send)
         try:
-            await self.app(scope, receive, send_and_record)
+            await self.app(scope, receive, recorder)
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
-            logger.info("%s %s %d %.1f ms", scope["method"], scope["path"], status_code, elapsed_ms)
+            logger.info("%s %s %d %.1f ms", scope["method"], scope["path"], recorder.status, elapsed_ms)
