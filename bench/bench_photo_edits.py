@@ -35,7 +35,7 @@ from PIL import Image
 from bench.common import DEFAULT_DATA, FIGURES_DIR, RESULTS_DIR, Table, fmt, machine, write_report
 from service.alignment import SUPERSAMPLE, warp
 from service.compositing import Detail, Output, compose
-from service.framing import Align, FaceFramer, Framed
+from service.framing import FRAMING_SIDE, Align, FaceFramer, Framed
 from service.imaging import ImageFormat, decode_upload, encode_image, make_grid
 from service.preprocess import RESAMPLE
 from service.runtime import FaceModel
@@ -66,7 +66,7 @@ def judged_square(result: np.ndarray, framed: Framed, output: Output, model: Fac
 
 def edit_once(model: FaceModel, framer: FaceFramer, jpeg: bytes, strengths: dict[str, float], mode: Any) -> bytes:
     """What photo /edit does for one request, without HTTP: the bytes it would answer with."""
-    photo = decode_upload(jpeg)
+    photo = decode_upload(jpeg, None if mode[0] is Output.PHOTO else FRAMING_SIDE)  # as the router decodes
     framed = framer.frame(photo, Align.AUTO)
     z = model.encode_pixels(framed.pixels[np.newaxis]).z_mean[0]
     before = model.decode(z[np.newaxis])[0]
