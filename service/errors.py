@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -9,10 +10,15 @@ from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from service.detection import DetectorUnavailable
 from service.imaging import ImageTooLarge, InvalidImage
 from service.runtime import InputError
+
+logger = logging.getLogger(__name__)
+#: nginx's status for a request whose client went away before it was answered.
+CLIENT_CLOSED_REQUEST = 499
 
 
 async def _invalid_image(request: Request, exc: InvalidImage) -> Response:
@@ -27,6 +33,13 @@ async def _detector_unavailable(request: Request, exc: DetectorUnavailable) -> R
     """A deployment without the detector (see service/detection.py) cannot honour align=auto: say so, and how."""
     detail = f"align=auto is not available on this server ({exc}); send an aligned crop with align=none"
     return JSONResponse({"detail": detail}, status_code=status.HTTP_501_NOT_IMPLEMENTED)
+
+
+async def _client_disconnect(request: Request, exc: ClientDisconnect) -> Response:
+    """The client left mid-upload: nobody reads an answer, so no traceback and no 500; logged and counted as
+    nginx's 499 (client closed request)."""
+    logger.info("%s %s: client disconnected before its request was read", request.method, request.url.path)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 def _json_safe(value: Any) -> Any:
@@ -63,3 +76,4 @@ def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(DetectorUnavailable, _detector_unavailable)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)

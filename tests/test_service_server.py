@@ -180,3 +180,28 @@ def test_a_broken_bundle_stops_the_command_with_the_loader_s_message_last(
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].endswith(message)
     assert f"cannot serve {broken}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "first_bytes"),
+    [
+        ("/encode", "image/png", b"\0" * 1000),
+        ("/edit", "multipart/form-data; boundary=xx", b'--xx\r\nContent-Disposition: form-data; name="image"\r\n\r\n'),
+    ],
+)
+def test_a_client_that_leaves_mid_upload_is_logged_as_499_without_a_traceback(
+    tiny_bundle: Path, tmp_path: Path, path: str, content_type: str, first_bytes: bytes
+) -> None:
+    with _serving(tiny_bundle, tmp_path / "server.log") as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as client:
+            head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: 100000\r\n\r\n"
+            client.sendall(head.encode() + first_bytes)
+            time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while f"POST {path} 499" not in server.log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log = server.log_path.read_text()
+    assert f"POST {path} 499" in log
+    assert "client disconnected before its request was read" in log
+    assert "Traceback" not in log and " 500 " not in log
