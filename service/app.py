@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from service import __version__
 from service.admission import AdmissionMiddleware
 from service.apidocs import add_api_docs
+from service.contract import with_model_limits
 from service.dependencies import ModelState
 from service.errors import add_exception_handlers
 from service.framing import FaceFramer
@@ -32,6 +33,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ModelState = app.state.model_state
     state.model = await run_in_threadpool(FaceModel.from_settings, settings)
     state.model.run_observer = app.state.metrics.observe_run
+    app.openapi_schema = None
+    app.openapi_schema = with_model_limits(app.openapi(), state.model)
     state.framer = FaceFramer(state.model.bundle.preprocess)
     await run_in_threadpool(state.framer.warm_up)
     if settings.require_gpu and not state.model.uses_gpu:

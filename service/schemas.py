@@ -15,7 +15,12 @@ from service.runtime import SamplingMode
 
 #: NaN and Infinity parse from JSON (`NaN` is accepted by Python's parser), so finiteness is checked here.
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Latent = Annotated[list[FiniteFloat], Field(min_length=1, description="One latent vector of z_dim numbers.")]
+#: The OpenAPI markers `service.contract` replaces with the loaded model's real limits.
+LATENT_MARK, LATENTS_MARK, STRENGTH_MARK, BATCH_MARK = "x-latent", "x-latents", "x-strength", "x-batch"
+Latent = Annotated[
+    list[FiniteFloat],
+    Field(min_length=1, description="One latent vector of z_dim numbers.", json_schema_extra={LATENT_MARK: True}),
+]
 Strengths = Annotated[
     dict[str, FiniteFloat],
     Field(
@@ -23,6 +28,7 @@ Strengths = Annotated[
         description="Attribute name (any case) to strength. Strength 1 moves a face by the average difference "
         "between training faces with and without the attribute, so +2 is a clear edit; several attributes add up.",
         examples=[{"Smiling": 1.5, "Eyeglasses": -1}],
+        json_schema_extra={STRENGTH_MARK: True},
     ),
 ]
 Keep = Annotated[
@@ -44,7 +50,8 @@ Seed = Annotated[
     ),
 ]
 
-_EXAMPLE_Z = [0.1, -0.5, 1.2, 0.0, -0.8, 0.3, 0.9, -1.1]
+#: A placeholder latent: `service.contract` puts the loaded model's mean latent (an average face) in its place.
+EXAMPLE_LATENT = [0.1, -0.5, 1.2, 0.0, -0.8, 0.3, 0.9, -1.1]
 
 
 class Schema(BaseModel):
@@ -84,7 +91,9 @@ class EncodeParams(FramingParams):
 
 
 class SampleParams(ImageOptions):
-    n: int = Field(1, ge=1, description="Number of faces (at most the configured max_batch).")
+    n: int = Field(
+        1, ge=1, description="Number of faces (at most the configured max_batch).", json_schema_extra={BATCH_MARK: True}
+    )
     seed: Seed = None
     mode: SamplingMode | None = Field(
         None,
@@ -105,6 +114,7 @@ class EditParams(ImageOptions, FramingParams):
     steps: int | None = Field(
         None,
         ge=3,
+        json_schema_extra={BATCH_MARK: True},
         description="Odd number of faces in a strip from -strength to +strength, the unedited face in the middle.",
     )
 
@@ -143,11 +153,12 @@ def _latent_layout(value: Any) -> str:
 
 class DecodeRequest(Schema):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"z": _EXAMPLE_Z}, {"z": [_EXAMPLE_Z, [0.0] * len(_EXAMPLE_Z)]}]}
+        json_schema_extra={"examples": [{"z": EXAMPLE_LATENT}, {"z": [EXAMPLE_LATENT, EXAMPLE_LATENT]}]}
     )
 
     z: Annotated[
-        Annotated[Latent, Tag("one")] | Annotated[list[Latent], Tag("several"), Field(min_length=1)],
+        Annotated[Latent, Tag("one")]
+        | Annotated[list[Latent], Tag("several"), Field(min_length=1, json_schema_extra={LATENTS_MARK: True})],
         Discriminator(_latent_layout),
     ] = Field(description="One latent, or a list of latents.")
 
@@ -166,8 +177,8 @@ class EditRequest(Schema):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"z": _EXAMPLE_Z, "attributes": {"Smiling": 1.5}},
-                {"z": _EXAMPLE_Z, "attributes": {"Mustache": 2}, "keep": ["Male"]},
+                {"z": EXAMPLE_LATENT, "attributes": {"Smiling": 1.5}},
+                {"z": EXAMPLE_LATENT, "attributes": {"Mustache": 2}, "keep": ["Male"]},
             ]
         }
     )

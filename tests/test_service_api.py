@@ -679,3 +679,40 @@ def test_metrics_count_requests_by_route_and_status_and_time_the_model(client: T
     assert _metric(after, "facevae_model_batch_size_sum", network="decoder") == faces + 2  # one run of two latents
     assert _metric(after, "http_request_duration_seconds_count", method="POST", endpoint="/decode") >= 2
     assert "http_requests_in_flight" in after
+
+
+def test_openapi_states_the_loaded_model_s_limits(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    text = json.dumps(spec)
+    assert "x-latent" not in text and "x-batch" not in text and "x-strength" not in text
+    decode = spec["paths"]["/decode"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    one, several = (
+        decode["properties"]["z"]["anyOf"]
+        if "anyOf" in decode["properties"]["z"]
+        else decode["properties"]["z"]["oneOf"]
+    )
+    assert (one["minItems"], one["maxItems"]) == (Z_DIM, Z_DIM)
+    assert several["maxItems"] == TEST_MAX_BATCH
+    sample = {p["name"]: p["schema"] for p in spec["paths"]["/sample"]["get"]["parameters"]}
+    assert sample["n"]["maximum"] == TEST_MAX_BATCH
+    edit = spec["paths"]["/edit"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    strengths = edit["properties"]["attributes"]["additionalProperties"]
+    assert (strengths["minimum"], strengths["maximum"]) == (-5.0, 5.0)
+
+
+@pytest.fixture(scope="module")
+def bundled_client() -> Iterator[TestClient]:
+    """The app serving the committed default bundle, whose attributes the examples name."""
+    with TestClient(create_app(Settings(intra_op_threads=1))) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize("path", ["/decode", "/edit"])
+def test_every_openapi_example_succeeds_as_given(bundled_client: TestClient, path: str) -> None:
+    spec = bundled_client.get("/openapi.json").json()
+    examples = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["examples"]
+    assert examples
+    for example in examples:
+        assert len(np.ravel(example["z"])) % 128 == 0  # the bundle's latent length, not the placeholder's
+        response = bundled_client.post(path, json=example, headers={"accept": "application/json"})
+        assert response.status_code == 200, (example, response.text)
