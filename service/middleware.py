@@ -52,34 +52,41 @@ class BodySizeLimitMiddleware:
         await self.app(scope, receive_within_limit, send)
 
 
-class StatusRecorder:
-    """A `send` that remembers the response's status: 500 until the app answers, which is what the client gets
-    if the app raises first."""
-
-    def __init__(self, send: Send) -> None:
-        self.send = send
-        self.status = 500
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-        await self.send(message)
-
-
-class RequestLogMiddleware:
-    """Log method, path, status and duration of every request."""
+class RequestObserver:
+    """Base of the middleware that watch every HTTP request: `begin(scope)` when it arrives, `end(scope, status,
+    seconds)` once it is answered (status 500 if the app raised before answering, which is what the client gets)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+
+    def begin(self, scope: Scope) -> None:
+        """Called as a request arrives (nothing by default)."""
+
+    def end(self, scope: Scope, status: int, seconds: float) -> None:
+        raise NotImplementedError
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        recorder = StatusRecorder(send)
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.begin(scope)
         try:
-            await self.app(scope, receive, recorder)
+            await self.app(scope, receive, recording_send)
         finally:
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            logger.info("%s %s %d %.1f ms", scope["method"], scope["path"], recorder.status, elapsed_ms)
+            self.end(scope, status, time.perf_counter() - started)
+
+
+class RequestLogMiddleware(RequestObserver):
+    """Log method, path, status and duration of every request."""
+
+    def end(self, scope: Scope, status: int, seconds: float) -> None:
+        logger.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, seconds * 1000)
