@@ -66,7 +66,7 @@ class Settings(BaseSettings):
         8, ge=1, description="Requests one worker runs at once; more wait up to queue_timeout, then get 503."
     )
     queue_timeout: float = Field(
-        0.5, gt=0, description="Seconds a request waits for a slot before 503 with Retry-After."
+        2.0, gt=0, description="Seconds a request waits for a slot before 503 with Retry-After."
     )
     request_timeout: float = Field(30.0, gt=0, description="Seconds a request may take before 504.")
     graceful_timeout: float = Field(
