@@ -14,7 +14,14 @@ from service.framing import FaceFramer
 from service.imaging import PhotoDecoder
 from service.rendering import JSON
 from service.runtime import FaceModel
-from service.schemas import DecodeRequest, EditRequest, EditUpload, EncodeUpload
+from service.schemas import (
+    DecodeRequest,
+    EditRequest,
+    EditUpload,
+    EncodeUpload,
+    InterpolateRequest,
+    InterpolateUpload,
+)
 
 MULTIPART = "multipart/form-data"
 NOT_LOADED = "model not loaded yet"
@@ -103,7 +110,8 @@ def _validate(model: type[M], data: object) -> M:
 
 async def _read_form(request: Request, model: type[M]) -> M:
     """Validate a multipart form with files read into bytes; unknown fields are rejected by the model."""
-    async with request.form(max_files=1, max_fields=len(model.model_fields)) as form:
+    files = sum(field.annotation is bytes for field in model.model_fields.values())
+    async with request.form(max_files=files, max_fields=len(model.model_fields)) as form:
         fields = {
             key: await value.read() if isinstance(value, UploadFile) else value for key, value in form.multi_items()
         }
@@ -143,7 +151,18 @@ def photo_decoder(request: Request) -> PhotoDecoder:
     return request.app.state.photo_decoder
 
 
+async def interpolate_source(request: Request) -> InterpolateRequest | InterpolateUpload:
+    """The /interpolate body: JSON with two latents, or multipart with two photos."""
+    content_type = _content_type(request)
+    if content_type == JSON:
+        return _validate(InterpolateRequest, await request.body())
+    if content_type == MULTIPART:
+        return await _read_form(request, InterpolateUpload)
+    raise _unsupported(content_type, f"{JSON} or {MULTIPART} with the files 'start' and 'end'")
+
+
 ImageUpload = Annotated[bytes, Depends(image_upload)]
+InterpolateSource = Annotated[InterpolateRequest | InterpolateUpload, Depends(interpolate_source)]
 Decoder = Annotated[PhotoDecoder, Depends(photo_decoder)]
 DecodeBody = Annotated[DecodeRequest, Depends(decode_body)]
 EditSource = Annotated[EditRequest | EditUpload, Depends(edit_source)]

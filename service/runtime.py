@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,11 @@ logger = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+
+
+class Interpolation(StrEnum):
+    SLERP = "slerp"
+    LERP = "lerp"
 
 
 class InputError(ValueError):
@@ -181,17 +187,18 @@ class FaceModel:
         if count > self.max_batch:
             raise InputError(field, f"{field}: {count} images requested, the maximum per request is {self.max_batch}")
 
-    def latents(self, rows: Sequence[Sequence[float]]) -> np.ndarray:
-        """Validate client latents (count and length) and stack them as float32 [N, z_dim]."""
-        self.check_batch("z", len(rows))
+    def latents(self, rows: Sequence[Sequence[float]], field: str = "z") -> np.ndarray:
+        """Validate client latents (count and length) and stack them as float32 [N, z_dim]; `field` names them in
+        errors as the request does."""
+        self.check_batch(field, len(rows))
         for index, row in enumerate(rows):
             if len(row) != self.z_dim:
-                where = "z" if len(rows) == 1 else f"z[{index}]"
-                raise InputError("z", f"{where} has {len(row)} values, expected {self.z_dim}")
+                where = field if len(rows) == 1 else f"{field}[{index}]"
+                raise InputError(field, f"{where} has {len(row)} values, expected {self.z_dim}")
         with np.errstate(over="ignore"):  # reported below, as a 422 rather than a warning
             latents = np.asarray(rows, dtype=np.float32).reshape(len(rows), self.z_dim)
         if not np.all(np.isfinite(latents)):
-            raise InputError("z", f"z has values beyond float32's range (±{np.finfo(np.float32).max:.3g})")
+            raise InputError(field, f"{field} has values beyond float32's range (±{np.finfo(np.float32).max:.3g})")
         return latents
 
     def encode_photos(self, photos: Sequence[Image.Image]) -> Encoding:
@@ -286,3 +293,22 @@ class FaceModel:
         self.check_batch("steps", steps)
         scales = np.linspace(-1.0, 1.0, steps, dtype=np.float32)[:, np.newaxis]
         return z + scales * offset
+
+    def interpolate(self, start: np.ndarray, end: np.ndarray, steps: int, method: Interpolation) -> np.ndarray:
+        """`steps` latents [steps, z_dim] from `start` to `end`, both included.
+
+        slerp (Tom White, "Sampling Generative Networks") walks the great circle between the two codes' offsets
+        from the codes' mean, so every step is as far from the mean as its ends and none is the washed-out average
+        face a straight line's midpoint gives; lerp is that straight line. Nearly parallel offsets fall back to it.
+        """
+        self.check_batch("steps", steps)
+        mean = self.bundle.latent_stats.mean_array
+        a, b = (start - mean).astype(np.float64), (end - mean).astype(np.float64)
+        t = np.linspace(0.0, 1.0, steps)[:, np.newaxis]
+        norms = np.linalg.norm(a) * np.linalg.norm(b)
+        omega = np.arccos(np.clip(a @ b / norms, -1.0, 1.0)) if norms > 0 else 0.0
+        if method is Interpolation.LERP or np.sin(omega) < 1e-6:
+            path = (1 - t) * a + t * b
+        else:
+            path = (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
+        return (mean + path).astype(np.float32)

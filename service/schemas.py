@@ -11,7 +11,7 @@ from service.compositing import Detail, Output
 from service.detection import Face
 from service.framing import Align
 from service.imaging import ImageFormat
-from service.runtime import SamplingMode
+from service.runtime import Interpolation, SamplingMode
 
 #: NaN and Infinity parse from JSON (`NaN` is accepted by Python's parser), so finiteness is checked here.
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -143,6 +143,20 @@ class EditParams(ImageOptions, FramingParams):
         return self
 
 
+class InterpolateParams(ImageOptions, FramingParams):
+    steps: int = Field(
+        7,
+        ge=2,
+        description="Faces in the strip, both ends included (at most max_batch).",
+        json_schema_extra={BATCH_MARK: True},
+    )
+    method: Interpolation = Field(
+        Interpolation.SLERP,
+        description="slerp: along the great circle around the codes' mean, so midpoints keep the ends' distance "
+        "from it (no washed-out average face); lerp: the straight line.",
+    )
+
+
 # ---- request bodies ---------------------------------------------------------------------------------------------
 
 
@@ -188,10 +202,26 @@ class EditRequest(Schema):
     keep: Keep = []
 
 
+class InterpolateRequest(Schema):
+    """Two latents the client already has (from /encode, /sample or an earlier response)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"start": EXAMPLE_LATENT, "end": EXAMPLE_LATENT}]})
+
+    start: Latent
+    end: Latent
+
+
 class EncodeUpload(Schema):
     """multipart/form-data body of /encode."""
 
     image: bytes = Field(description="The face photo (PNG, JPEG, WebP, GIF, BMP or TIFF).")
+
+
+class InterpolateUpload(Schema):
+    """multipart/form-data body of /interpolate: two photos, each framed as /encode frames it."""
+
+    start: bytes = Field(description="The first face photo.")
+    end: bytes = Field(description="The second face photo.")
 
 
 class EditUpload(EncodeUpload):

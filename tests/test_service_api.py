@@ -707,12 +707,84 @@ def bundled_client() -> Iterator[TestClient]:
         yield test_client
 
 
-@pytest.mark.parametrize("path", ["/decode", "/edit"])
+@pytest.mark.parametrize("path", ["/decode", "/edit", "/interpolate"])
 def test_every_openapi_example_succeeds_as_given(bundled_client: TestClient, path: str) -> None:
     spec = bundled_client.get("/openapi.json").json()
     examples = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["examples"]
     assert examples
     for example in examples:
-        assert len(np.ravel(example["z"])) % 128 == 0  # the bundle's latent length, not the placeholder's
+        latents = [example[key] for key in ("z", "start", "end") if key in example]
+        assert len(np.ravel(latents)) % 128 == 0  # the bundle's latent length, not the placeholder's
         response = bundled_client.post(path, json=example, headers={"accept": "application/json"})
         assert response.status_code == 200, (example, response.text)
+
+
+# ---- /interpolate --------------------------------------------------------------------------------------------------
+
+
+def _interpolate(client: TestClient, start: list[float], end: list[float], **params: object) -> Any:
+    response = client.post(
+        "/interpolate", params=params, json={"start": start, "end": end}, headers={"accept": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_interpolate_walks_from_one_face_to_the_other(client: TestClient, face_model: FaceModel) -> None:
+    start, end = Z, [-v for v in Z]
+    body = _interpolate(client, start, end, steps=5)
+    path = np.asarray(body["z"])
+    assert path.shape == (5, Z_DIM)
+    np.testing.assert_allclose(path[0], start, atol=1e-5)
+    np.testing.assert_allclose(path[-1], end, atol=1e-5)
+    first = base64.b64decode(body["images"][0])
+    assert first == client.post("/decode", json={"z": start}).content  # the strip's ends are the faces themselves
+
+
+def test_slerp_keeps_the_distance_from_the_mean_and_lerp_does_not(client: TestClient, face_model: FaceModel) -> None:
+    mean = face_model.bundle.latent_stats.mean_array
+    rng = np.random.default_rng(3)
+    start, end = (mean + rng.standard_normal(Z_DIM).astype(np.float32) for _ in range(2))
+    distances = {}
+    for method in ("slerp", "lerp"):
+        path = np.asarray(_interpolate(client, start.tolist(), end.tolist(), steps=9, method=method)["z"])
+        distances[method] = np.linalg.norm(path - mean, axis=1)
+    ends = np.linalg.norm(start - mean), np.linalg.norm(end - mean)
+    assert distances["slerp"][4] == pytest.approx(np.mean(ends), rel=0.15)  # no shrinking midpoint ...
+    assert distances["lerp"][4] < 0.85 * min(ends)  # ... which the straight line has
+
+
+def test_interpolate_strip_is_one_picture_of_steps_faces(client: TestClient) -> None:
+    response = client.post("/interpolate", params={"steps": 4}, json={"start": Z, "end": Z})
+    assert response.status_code == 200
+    assert png_size(response.content) == (4 * IMAGE_SIZE + 5 * GRID_PADDING, IMAGE_SIZE + 2 * GRID_PADDING)
+
+
+@pytest.mark.parametrize(
+    ("params", "body", "message"),
+    [
+        ({}, {"start": Z, "end": Z[:-1]}, f"end has {Z_DIM - 1} values, expected {Z_DIM}"),
+        ({"steps": 1}, {"start": Z, "end": Z}, "greater than or equal to 2"),
+        ({"steps": TEST_MAX_BATCH + 1}, {"start": Z, "end": Z}, f"the maximum per request is {TEST_MAX_BATCH}"),
+        ({"method": "cubic"}, {"start": Z, "end": Z}, "'slerp' or 'lerp'"),
+        ({}, {"start": Z}, "Field required"),
+    ],
+)
+def test_interpolate_bad_input_is_422(
+    client: TestClient, params: dict[str, object], body: dict[str, object], message: str
+) -> None:
+    response = client.post("/interpolate", params=params, json=body)
+    assert response.status_code == 422
+    assert message in messages(response)
+
+
+def test_interpolate_between_two_photos_and_a_wrong_content_type(client: TestClient) -> None:
+    files = {
+        "start": ("a.png", image_bytes(face_photo()), "image/png"),
+        "end": ("b.png", image_bytes(face_photo().transpose(Image.Transpose.FLIP_LEFT_RIGHT)), "image/png"),
+    }
+    response = client.post("/interpolate", params={**CROPPED, "steps": 3}, files=files)
+    assert response.status_code == 200, response.text
+    assert response.content.startswith(PNG_MAGIC)
+    refused = client.post("/interpolate", content=b"{}", headers={"content-type": "text/plain"})
+    assert refused.status_code == 415

@@ -21,6 +21,7 @@ from service.dependencies import (
     Decoder,
     EditSource,
     ImageUpload,
+    InterpolateSource,
     ReadyFramer,
     ReadyModel,
 )
@@ -39,6 +40,9 @@ from service.schemas import (
     EncodeResponse,
     EncodeUpload,
     FaceInfo,
+    InterpolateParams,
+    InterpolateRequest,
+    InterpolateUpload,
     SampleParams,
 )
 
@@ -128,6 +132,34 @@ def sample(model: ReadyModel, params: Annotated[SampleParams, Query()], accept: 
     seed = draw_seed() if params.seed is None else params.seed
     z = model.sample_latents(params.n, np.random.default_rng(seed), params.mode, params.temperature)
     return render_faces(media_type, model.decode(z), z, seed=seed, image_format=params.format)
+
+
+@router.post(
+    "/interpolate",
+    response_class=Response,
+    responses={**FACES_CONTENT, **error_responses(400, 413, 415, 501)},
+    openapi_extra=_request_body({JSON: InterpolateRequest, MULTIPART: InterpolateUpload}),
+)
+def interpolate(
+    model: ReadyModel,
+    framer: ReadyFramer,
+    decoder: Decoder,
+    source: InterpolateSource,
+    params: Annotated[InterpolateParams, Query()],
+    accept: AcceptHeader = None,
+) -> Response:
+    """A walk between two faces (latents, or photos framed as /encode frames them): a strip, or JSON with every
+    latent. `method=slerp` (default) keeps every step as far from the codes' mean as its ends."""
+    media_type = choose_media_type(accept, params.format, one_picture=True)
+    if isinstance(source, InterpolateUpload):
+        photos = (decoder.decode(data, FRAMING_SIDE) for data in (source.start, source.end))
+        pixels = np.stack([framer.frame(photo, params.align, params.face).pixels for photo in photos])
+        start, end = model.encode_pixels(pixels).z_mean
+    else:
+        start, end = (model.latents([z], name)[0] for name, z in (("start", source.start), ("end", source.end)))
+    path = model.interpolate(start, end, params.steps, params.method)
+    faces = model.decode(path)
+    return render_faces(media_type, faces, path, seed=None, image_format=params.format, columns=len(faces))
 
 
 @router.post(
