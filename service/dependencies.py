@@ -27,6 +27,7 @@ MULTIPART = "multipart/form-data"
 NOT_LOADED = "model not loaded yet"
 
 M = TypeVar("M", bound=BaseModel)
+N = TypeVar("N", bound=BaseModel)
 
 
 @dataclass
@@ -128,14 +129,19 @@ async def image_upload(request: Request) -> bytes:
     raise _unsupported(content_type, "an image/* body or multipart/form-data with the field 'image'")
 
 
-async def edit_source(request: Request) -> EditRequest | EditUpload:
-    """The /edit body: JSON with a latent, or multipart with a photo and the attributes as a JSON field."""
+async def _latents_or_photos(request: Request, latents: type[M], photos: type[N], photo_fields: str) -> M | N:
+    """A body that is JSON (`latents`) or multipart with photos (`photos`); anything else is a 415."""
     content_type = _content_type(request)
     if content_type == JSON:
-        return _validate(EditRequest, await request.body())
+        return _validate(latents, await request.body())
     if content_type == MULTIPART:
-        return await _read_form(request, EditUpload)
-    raise _unsupported(content_type, f"{JSON} or {MULTIPART} with the fields 'image' and 'attributes'")
+        return await _read_form(request, photos)
+    raise _unsupported(content_type, f"{JSON} or {MULTIPART} with {photo_fields}")
+
+
+async def edit_source(request: Request) -> EditRequest | EditUpload:
+    """The /edit body: JSON with a latent, or multipart with a photo and the attributes as a JSON field."""
+    return await _latents_or_photos(request, EditRequest, EditUpload, "the fields 'image' and 'attributes'")
 
 
 async def decode_body(request: Request) -> DecodeRequest:
@@ -153,12 +159,7 @@ def photo_decoder(request: Request) -> PhotoDecoder:
 
 async def interpolate_source(request: Request) -> InterpolateRequest | InterpolateUpload:
     """The /interpolate body: JSON with two latents, or multipart with two photos."""
-    content_type = _content_type(request)
-    if content_type == JSON:
-        return _validate(InterpolateRequest, await request.body())
-    if content_type == MULTIPART:
-        return await _read_form(request, InterpolateUpload)
-    raise _unsupported(content_type, f"{JSON} or {MULTIPART} with the files 'start' and 'end'")
+    return await _latents_or_photos(request, InterpolateRequest, InterpolateUpload, "the files 'start' and 'end'")
 
 
 ImageUpload = Annotated[bytes, Depends(image_upload)]
