@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
 from service.bundle import (
     DECODER_INPUT,
@@ -26,7 +25,6 @@ from service.bundle import (
     ModelBundle,
     SamplingMode,
 )
-from service.preprocess import frame_face
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -200,10 +198,6 @@ class FaceModel:
         if not np.all(np.isfinite(latents)):
             raise InputError(field, f"{field} has values beyond float32's range (±{np.finfo(np.float32).max:.3g})")
         return latents
-
-    def encode_photos(self, photos: Sequence[Image.Image]) -> Encoding:
-        """Frame each photo exactly as training did (the manifest's crop and resize), then encode."""
-        return self.encode_pixels(np.stack([frame_face(photo, self.bundle.preprocess) for photo in photos]))
 
     def encode_pixels(self, pixels: np.ndarray) -> Encoding:
         """Encode uint8 [N, size, size, 3] faces that are already framed."""

@@ -259,7 +259,7 @@ class FaceInfo(Schema):
 
     @classmethod
     def of(cls, face: Face, scale: float = 1.0) -> FaceInfo:
-        """`face` as found in an image that `scale` times fewer pixels a side than the photo (draft decoding)."""
+        """`face` as found in a copy of the photo with `scale` times fewer pixels a side (draft decoding)."""
         return cls(
             box=[round(v * scale, 2) for v in face.box],
             landmarks=[[round(float(x) * scale, 2), round(float(y) * scale, 2)] for x, y in face.landmarks],

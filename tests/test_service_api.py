@@ -18,6 +18,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.imaging import GRID_PADDING
+from service.preprocess import frame_face
 from service.runtime import CUDA, FaceModel
 from service.settings import Settings
 from tests.conftest import TEST_MAX_BATCH, TEST_MAX_BODY_BYTES
@@ -259,7 +260,7 @@ def test_encode_raw_body_and_multipart_agree(client: TestClient, face_model: Fac
     assert raw.status_code == multipart.status_code == 200
     assert raw.json() == multipart.json()
     body = raw.json()
-    expected = face_model.encode_photos([face_photo()])
+    expected = face_model.encode_pixels(frame_face(face_photo(), face_model.bundle.preprocess)[np.newaxis])
     np.testing.assert_allclose(body["z_mean"], expected.z_mean[0], rtol=1e-6)
     np.testing.assert_allclose(body["z_log_var"], expected.z_log_var[0], rtol=1e-6)
     assert body["seed"] == 3

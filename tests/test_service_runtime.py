@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from service.framing import Align, FaceFramer
 from service.preprocess import frame_face
 from service.runtime import CPU, CUDA, FaceModel, InputError, SamplingMode, select_providers
 from tests.images import face_photo
@@ -50,14 +51,15 @@ def test_decode_gives_uint8_faces(model: FaceModel) -> None:
     assert faces.dtype == np.uint8
 
 
-def test_encode_photos_frames_with_the_manifest_crop(model: FaceModel) -> None:
+def test_align_none_frames_with_the_manifest_crop(model: FaceModel) -> None:
     photo = face_photo()
-    framed = frame_face(photo, model.bundle.preprocess)[np.newaxis]
-    np.testing.assert_array_equal(model.encode_photos([photo]).z_mean, model.encode_pixels(framed).z_mean)
+    framed = FaceFramer(model.bundle.preprocess).frame(photo, Align.NONE)
+    np.testing.assert_array_equal(framed.pixels, frame_face(photo, model.bundle.preprocess))
+    assert framed.face is None
 
 
 def test_encoding_sample_is_the_reparameterisation(model: FaceModel) -> None:
-    encoding = model.encode_photos([face_photo()])
+    encoding = model.encode_pixels(frame_face(face_photo(), model.bundle.preprocess)[np.newaxis])
     eps = np.random.default_rng(7).standard_normal(encoding.z_mean.shape, dtype=np.float32)
     expected = encoding.z_mean + np.exp(0.5 * encoding.z_log_var) * eps
     np.testing.assert_allclose(encoding.sample(np.random.default_rng(7)), expected, rtol=1e-6)

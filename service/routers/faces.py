@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
+from PIL import Image
 from pydantic import BaseModel
 
 from service.compositing import Output, compose
@@ -25,8 +26,8 @@ from service.dependencies import (
     ReadyFramer,
     ReadyModel,
 )
-from service.framing import FRAMING_SIDE
-from service.imaging import photo_scale
+from service.framing import FRAMING_SIDE, FaceFramer, Framed
+from service.imaging import PhotoDecoder, photo_scale
 from service.rendering import FACES_CONTENT, JSON, choose_media_type, error_responses, negotiate, render_faces
 from service.runtime import draw_seed
 from service.schemas import (
@@ -40,6 +41,7 @@ from service.schemas import (
     EncodeResponse,
     EncodeUpload,
     FaceInfo,
+    FramingParams,
     InterpolateParams,
     InterpolateRequest,
     InterpolateUpload,
@@ -58,6 +60,14 @@ def _request_body(content: dict[str, type[BaseModel] | None]) -> dict[str, Any]:
         for media_type, model in content.items()
     }
     return {"requestBody": {"required": True, "content": schemas}}
+
+
+def _framed(
+    decoder: PhotoDecoder, framer: FaceFramer, data: bytes, params: FramingParams, whole: bool = False
+) -> tuple[Image.Image, Framed]:
+    """An uploaded photo (decoded whole, or only as large as framing needs) and its face framed as `params` say."""
+    photo = decoder.decode(data, None if whole else FRAMING_SIDE)
+    return photo, framer.frame(photo, params.align, params.face)
 
 
 @router.post(
@@ -96,8 +106,7 @@ def encode(
     one was used; align=none crops the bundle's box, as training framed the CelebA crops.
     """
     negotiate(accept, [JSON])
-    photo = decoder.decode(data, FRAMING_SIDE)
-    framed = framer.frame(photo, params.align, params.face)
+    photo, framed = _framed(decoder, framer, data, params)
     encoding = model.encode_pixels(framed.pixels[np.newaxis])
     seed = draw_seed() if params.seed is None else params.seed
     z = encoding.sample(np.random.default_rng(seed))
@@ -152,8 +161,7 @@ def interpolate(
     latent. `method=slerp` (default) keeps every step as far from the codes' mean as its ends."""
     media_type = choose_media_type(accept, params.format, one_picture=True)
     if isinstance(source, InterpolateUpload):
-        photos = (decoder.decode(data, FRAMING_SIDE) for data in (source.start, source.end))
-        pixels = np.stack([framer.frame(photo, params.align, params.face).pixels for photo in photos])
+        pixels = np.stack([_framed(decoder, framer, data, params)[1].pixels for data in (source.start, source.end)])
         start, end = model.encode_pixels(pixels).z_mean
     else:
         start, end = (model.latents([z], name)[0] for name, z in (("start", source.start), ("end", source.end)))
@@ -185,8 +193,7 @@ def edit(
     """
     media_type = choose_media_type(accept, params.format, one_picture=True)
     if isinstance(source, EditUpload):
-        photo = decoder.decode(source.image, None if params.output is Output.PHOTO else FRAMING_SIDE)
-        framed = framer.frame(photo, params.align, params.face)
+        photo, framed = _framed(decoder, framer, source.image, params, whole=params.output is Output.PHOTO)
         z = model.encode_pixels(framed.pixels[np.newaxis]).z_mean[0]
         edited = model.edit(z, source.attributes, params.steps, source.keep)
         before = model.decode(z[np.newaxis])[0]
