@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.compositing import Detail, Output, compose
-from service.framing import FaceFramer, Framed
+from service.framing import FRAMING_SIDE, FaceFramer, Framed
 from service.imaging import ImageFormat, decode_upload, encode_image, make_grid
 from service.runtime import Encoding, FaceModel
 
@@ -144,7 +144,7 @@ class EndpointWork:
 
     def encode_z_mean(self, i: int) -> Encoding:
         """/encode's framing (align=auto: detect and align) and encoding."""
-        return self._encode(self.framer.frame(decode_upload(self.photo(i))))
+        return self._encode(self.framer.frame(decode_upload(self.photo(i), FRAMING_SIDE)))
 
     def _encode(self, framed: Framed) -> Encoding:
         return self.backend.encode_pixels(framed.pixels[np.newaxis])
@@ -157,7 +157,7 @@ class EndpointWork:
 
     def edit_photo(self, i: int, strengths: Mapping[str, float]) -> bytes:
         """Photo /edit with its defaults: align=auto, output=face, detail=keep."""
-        photo = decode_upload(self.photo(i))
+        photo = decode_upload(self.photo(i), FRAMING_SIDE)
         framed = self.framer.frame(photo)
         z = self._encode(framed).z_mean[0]
         before = self.backend.decode(z[np.newaxis])[0]
