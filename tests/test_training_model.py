@@ -21,7 +21,7 @@ def _network() -> keras.Model:
     return keras.Model(pixels, layers.Dense(2)(features))
 
 
-def _vae(features: keras.Model | None) -> VAE:
+def _vae(features: keras.Model | None, semantic_weight: float = 0.25) -> VAE:
     keras.utils.set_random_seed(0)
     return VAE(
         build_encoder(SIZE, Z, (4, 8)),
@@ -29,13 +29,13 @@ def _vae(features: keras.Model | None) -> VAE:
         kl_weight=1e-3,
         feature_network=features,
         perceptual_weight=0.5,
-        semantic_weight=0.25,
+        semantic_weight=semantic_weight,
     )
 
 
 @pytest.mark.parametrize("loss", ["perceptual", "semantic"])
 def test_feature_losses_are_zero_for_the_photo_itself_and_grow_with_blur(loss: str) -> None:
-    vae = _vae(feature_extractor(_network()))
+    vae = _vae(feature_extractor(_network(), semantic=True))
     images = np.random.default_rng(0).random((4, SIZE, SIZE, 3)).astype(np.float32)
     blurred = (images + np.roll(images, 1, axis=1) + np.roll(images, 1, axis=2)) / 3
     assert float(vae.feature_losses(images, images)[loss]) == pytest.approx(0.0, abs=1e-6)
@@ -44,7 +44,7 @@ def test_feature_losses_are_zero_for_the_photo_itself_and_grow_with_blur(loss: s
 
 
 def test_named_losses_add_up_to_the_total() -> None:
-    vae = _vae(feature_extractor(_network()))
+    vae = _vae(feature_extractor(_network(), semantic=True))
     images = np.random.default_rng(1).random((4, SIZE, SIZE, 3)).astype(np.float32)
     losses = {name: float(value) for name, value in vae.vae_losses(images, training=False).items()}
     expected_fit = losses["reconstruction"] + 0.5 * losses["perceptual"] + 0.25 * losses["semantic"]
@@ -65,7 +65,9 @@ def test_without_a_feature_network_there_is_no_perceptual_loss() -> None:
 def test_feature_extractor_needs_enough_layers_and_is_frozen() -> None:
     extractor = feature_extractor(_network())
     assert not extractor.trainable
-    assert [tuple(o.shape[1:]) for o in extractor.outputs] == [(8, 8, 4), (4, 4, 8), (2, 2, 8), (6,)]
+    assert [tuple(o.shape[1:]) for o in extractor.outputs] == [(8, 8, 4), (4, 4, 8), (2, 2, 8)]
+    with_semantic = feature_extractor(_network(), semantic=True)
+    assert [tuple(o.shape[1:]) for o in with_semantic.outputs][-1] == (6,)
     with pytest.raises(ValueError, match="has 3 ReLU layers, the perceptual loss needs 4"):
         feature_extractor(_network(), count=4)
 
@@ -89,3 +91,12 @@ def test_residual_blocks_sit_at_the_highest_resolutions(blocks: int, adds: int) 
 def test_more_residual_blocks_than_resolutions_is_refused() -> None:
     with pytest.raises(ValueError, match="residual_blocks must be 0-3"):
         build_decoder(SIZE, Z, (4, 8), residual_blocks=4)
+
+
+def test_without_a_semantic_weight_the_network_stops_at_the_perceptual_layers() -> None:
+    vae = _vae(feature_extractor(_network()), semantic_weight=0.0)
+    images = np.random.default_rng(4).random((2, SIZE, SIZE, 3)).astype(np.float32)
+    losses = vae.vae_losses(images * 0.5, training=False)
+    assert float(losses["perceptual"]) > 0
+    assert float(losses["semantic"]) == 0.0
+    assert "semantic_loss" not in {metric.name for metric in vae.metrics}

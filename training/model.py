@@ -104,13 +104,16 @@ def _l2(tensor: tf.Tensor) -> tf.Tensor:
     return ops.sqrt(ops.sum(ops.square(tensor)))
 
 
-def feature_extractor(network: keras.Model, count: int = 3, semantic_layer: str = FEATURES_LAYER) -> keras.Model:
-    """A trained face network's first `count` ReLU activations (the perceptual loss's feature space) and its
-    `semantic_layer` (the semantic loss's), frozen."""
+def feature_extractor(network: keras.Model, count: int = 3, semantic: bool = False) -> keras.Model:
+    """A trained face network's first `count` ReLU activations (the perceptual loss's feature space), and with
+    `semantic` its `features` layer last (the semantic loss's; left out otherwise, so the default does not pay for
+    the network's deeper layers), frozen."""
     outputs = [layer.output for layer in network.layers if isinstance(layer, layers.ReLU)][:count]
     if len(outputs) < count:
         raise ValueError(f"{network.name} has {len(outputs)} ReLU layers, the perceptual loss needs {count}")
-    extractor = keras.Model(network.input, [*outputs, network.get_layer(semantic_layer).output], name="face_features")
+    if semantic:
+        outputs.append(network.get_layer(FEATURES_LAYER).output)
+    extractor = keras.Model(network.input, outputs, name="face_features")
     extractor.trainable = False
     return extractor
 
@@ -175,7 +178,9 @@ class VAE(keras.Model):
     def metrics(self) -> list[keras.metrics.Metric]:
         tracked = [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker]
         if self.feature_network is not None:
-            tracked += [self.perceptual_tracker, self.semantic_tracker]
+            tracked.append(self.perceptual_tracker)
+            if self.semantic_weight > 0:
+                tracked.append(self.semantic_tracker)
         if self.discriminator is not None:
             tracked += [self.generator_tracker, self.discriminator_tracker, self.balance_tracker]
         return tracked
@@ -212,7 +217,8 @@ class VAE(keras.Model):
 
     def feature_losses(self, images: tf.Tensor, reconstruction: tf.Tensor) -> dict[str, tf.Tensor]:
         """perceptual: sum over the ReLU layers of |F(x) - F(x_hat)|^2 / |F(x)|^2 (batch means); semantic: the same
-        for the `features` layer. Both 0 without a network."""
+        for the `features` layer (0 unless semantic_weight > 0, when the network's last output is that layer). Both
+        0 without a network."""
         if self.feature_network is None:
             return {"perceptual": ops.zeros(()), "semantic": ops.zeros(())}
         real = self.feature_network(images * 255.0, training=False)
@@ -221,7 +227,9 @@ class VAE(keras.Model):
             ops.mean(ops.square(r - f)) / (ops.stop_gradient(ops.mean(ops.square(r))) + 1e-6)
             for r, f in zip(real, fake, strict=True)
         ]
-        return {"perceptual": sum(distances[:-1]), "semantic": distances[-1]}
+        if self.semantic_weight > 0:
+            return {"perceptual": sum(distances[:-1]), "semantic": distances[-1]}
+        return {"perceptual": sum(distances), "semantic": ops.zeros(())}
 
     def _named_losses(
         self, images: tf.Tensor, reconstruction: tf.Tensor, z_mean: tf.Tensor, z_log_var: tf.Tensor

@@ -53,7 +53,9 @@ def build_vae(config: TrainConfig, steps_per_epoch: int | None = None, network: 
         seed=config.seed,
         discriminator=discriminator,
         adversarial_weight=config.adversarial_weight,
-        feature_network=feature_extractor(network) if config.uses_face_network else None,
+        feature_network=feature_extractor(network, semantic=config.semantic_weight > 0)
+        if config.uses_face_network
+        else None,
         perceptual_weight=config.perceptual_weight,
         semantic_weight=config.semantic_weight,
     )
