@@ -3,8 +3,8 @@
 Without a bound an overloaded server queues without end (p99 of seconds at a few hundred connections) and even
 its health checks wait behind the model, so an orchestrator restarts a replica for being busy. Requests beyond the
 limit wait up to `queue_timeout` for a slot, then get 503 with Retry-After, which a client or load balancer can act
-on; health, metrics, metadata and the docs bypass the limit. A request still running after `request_timeout` gets
-504 (the thread already computing finishes its call; nothing new starts for that request).
+on; health, metrics, metadata, the docs and the page's files bypass the limit. A request still running after
+`request_timeout` gets 504 (the thread already computing finishes its call; nothing new starts for that request).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: Paths that never wait: an orchestrator's probes and a scraper must get through a busy server.
-BYPASS_PREFIXES = ("/health/", "/v2/health/", "/metrics", "/metadata", "/attributes", "/docs", "/openapi.json")
+BYPASS_PREFIXES = ("/health/", "/v2/health/", "/metrics", "/metadata", "/attributes", "/docs", "/openapi.json", "/web/")
 
 
 async def _send_json(send: Send, status: int, detail: str, headers: dict[str, str]) -> None:

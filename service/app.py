@@ -22,6 +22,7 @@ from service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
 from service.routers import faces, health, info
 from service.runtime import FaceModel
 from service.settings import Settings
+from service.web import add_web_page
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.photo_decoder = PhotoDecoder(settings.max_pixels, settings.max_decodes)
     add_exception_handlers(app)
     add_api_docs(app)
+    add_web_page(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.state.metrics = Metrics()
     app.add_middleware(

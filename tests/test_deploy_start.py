@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,9 +33,9 @@ from tests.deploy_files import (
     parse_healthcheck,
     read_dockerfile,
 )
+from tests.servers import STARTUP_TIMEOUT_S, clean_env, free_port
 
 TARGET = "cpu"
-STARTUP_TIMEOUT_S = 60  # about 5 s when idle; the CPUs may be shared with training jobs
 STOP_TIMEOUT_S = 10  # Docker's default grace period before SIGKILL
 REPLACED = (f"{ENV_PREFIX}MODEL", f"{ENV_PREFIX}PORT", f"{ENV_PREFIX}HOST")
 
@@ -72,15 +71,9 @@ def _local(argv: list[str]) -> list[str]:
     pytest.fail(f"don't know how to run {program!r} outside the image")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _container_env(image: Image, bundle: Path, port: int, **extra: str) -> dict[str, str]:
     """This process's environment without FACEVAE_*, plus the image's ENV with the stand-ins."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
+    env = clean_env()
     env.update({key: value for key, value in image.env.items() if key != "PATH"})  # PATH: the venv is sys.executable
     assert set(REPLACED) <= set(image.env), "the image should set what the test replaces"
     env.update(
@@ -150,7 +143,7 @@ def _assert_graceful_log(log: str) -> None:
 def test_start_command_serves_passes_its_probes_and_stops_on_sigterm(
     image: Image, tiny_bundle: Path, tmp_path: Path
 ) -> None:
-    env = _container_env(image, tiny_bundle, _free_port())
+    env = _container_env(image, tiny_bundle, free_port())
     with _serve(_local(image.start), env, tmp_path) as server:
         server.wait_for("/health/ready", 200)
         with httpx.Client(base_url=server.base_url, timeout=30) as http:
@@ -166,7 +159,7 @@ def test_start_command_serves_passes_its_probes_and_stops_on_sigterm(
             result = _probe(probe, env, image.healthcheck_timeout_s)
             assert result.returncode == 0, result.stderr
         # ...and they do fail when nothing answers on the configured port.
-        closed = {**env, f"{ENV_PREFIX}PORT": str(_free_port())}
+        closed = {**env, f"{ENV_PREFIX}PORT": str(free_port())}
         assert _probe(image.healthcheck, closed, image.healthcheck_timeout_s).returncode != 0
 
         server.process.send_signal(signal.SIGTERM)
@@ -184,7 +177,7 @@ def test_healthcheck_fails_while_the_service_is_alive_but_not_ready(
     image: Image, tiny_bundle: Path, tmp_path: Path
 ) -> None:
     """Readiness, not liveness: FACEVAE_REQUIRE_GPU=true on a CPU-only machine keeps /health/ready at 503."""
-    env = _container_env(image, tiny_bundle, _free_port(), **{f"{ENV_PREFIX}REQUIRE_GPU": "true"})
+    env = _container_env(image, tiny_bundle, free_port(), **{f"{ENV_PREFIX}REQUIRE_GPU": "true"})
     with _serve(_local(image.start), env, tmp_path) as server:
         server.wait_for("/health/live", 200)
         assert httpx.get(server.base_url + "/health/ready", timeout=5).status_code == 503
@@ -223,7 +216,7 @@ def test_start_command_as_pid_1_exits_zero_on_sigterm(image: Image, tiny_bundle:
     prefix = _pid_namespace_prefix()
     if prefix is None:
         pytest.skip("cannot create a PID namespace here (unshare missing or not permitted)")
-    env = _container_env(image, tiny_bundle, _free_port())
+    env = _container_env(image, tiny_bundle, free_port())
     with _serve([*prefix, *_local(image.start)], env, tmp_path) as server:
         server.wait_for("/health/ready", 200)
         assert "Started server process [1]" in server.log()

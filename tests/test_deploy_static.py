@@ -7,7 +7,11 @@ is: its settings and their defaults, its routes, its extras in pyproject.toml an
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +312,35 @@ def test_default_bundle_is_in_the_build_context(ignore_patterns: list[tuple[bool
         relative = (DEFAULT_MODEL / name).relative_to(REPO_ROOT).as_posix()
         assert (DEFAULT_MODEL / name).is_file(), relative
         assert not is_ignored(relative, ignore_patterns), relative
+
+
+def test_wheel_the_images_install_holds_every_module_and_the_page(tmp_path: Path) -> None:
+    """The images `pip install .` from what the Dockerfile copies (a wheel, not the checkout), so every package and
+    the page's files must be in that wheel. Built from a copy, as in the image: no stale build/ folder helps."""
+    source = tmp_path / "src"
+    source.mkdir()
+    shutil.copy(REPO_ROOT / "pyproject.toml", source)
+    for package in ("service", "training"):
+        shutil.copytree(REPO_ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    copied = [
+        path.relative_to(source).as_posix()
+        for package in ("service", "training")
+        for path in (source / package).rglob("*")
+        if path.is_file()
+    ]
+    assert "service/web/static/index.html" in copied and "service/routers/faces.py" in copied
+    missing = sorted(set(copied) - names)
+    assert not missing, f"missing from the wheel: {missing}"
 
 
 # ---- docker-compose.yml -------------------------------------------------------------------------------------------

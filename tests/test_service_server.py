@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -11,8 +10,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,68 +17,14 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.settings import ENV_PREFIX
 from tests.images import face_photo, image_bytes
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-STARTUP_TIMEOUT_S = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _clean_env() -> dict[str, str]:
-    return {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
-
-
-@dataclass(frozen=True)
-class RunningServer:
-    base_url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-
-@contextmanager
-def _serving(bundle: Path, log_path: Path) -> Iterator[RunningServer]:
-    """`python -m service` on a free loopback port, once /health/ready answers 200; killed afterwards."""
-    port = _free_port()
-    command = [sys.executable, "-m", "service", "--model", str(bundle), "--host", "127.0.0.1"]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [*command, "--port", str(port), "--intra-op-threads", "1"],
-            cwd=REPO_ROOT,
-            env=_clean_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()}")
-            try:
-                if httpx.get(f"{base_url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        yield RunningServer(base_url, process, log_path)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+from tests.servers import REPO_ROOT, RunningServer, clean_env, free_port, serving
 
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """One server for the module's tests (one of them stops it)."""
-    with _serving(tiny_bundle, tmp_path_factory.mktemp("server") / "server.log") as running:
+    with serving(tiny_bundle, tmp_path_factory.mktemp("server") / "server.log") as running:
         yield running
 
 
@@ -143,7 +86,7 @@ def test_serving_never_imports_tensorflow(tiny_bundle: Path, tmp_path: Path) -> 
     result = subprocess.run(
         [sys.executable, "-c", _NO_TENSORFLOW_SCRIPT, str(tiny_bundle), str(photo)],
         cwd=REPO_ROOT,
-        env=_clean_env(),
+        env=clean_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -173,9 +116,9 @@ def test_a_broken_bundle_stops_the_command_with_the_loader_s_message_last(
 ) -> None:
     """Checked before any worker starts, so `restart: on-failure` and CI see it with any number of workers."""
     broken = make(tiny_bundle, tmp_path / "broken")
-    command = ["-m", "service", "--model", str(broken), "--workers", str(workers), "--port", str(_free_port())]
+    command = ["-m", "service", "--model", str(broken), "--workers", str(workers), "--port", str(free_port())]
     result = subprocess.run(
-        [sys.executable, *command], cwd=REPO_ROOT, env=_clean_env(), capture_output=True, text=True, timeout=60
+        [sys.executable, *command], cwd=REPO_ROOT, env=clean_env(), capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].endswith(message)
@@ -192,7 +135,7 @@ def test_a_broken_bundle_stops_the_command_with_the_loader_s_message_last(
 def test_a_client_that_leaves_mid_upload_is_logged_as_499_without_a_traceback(
     tiny_bundle: Path, tmp_path: Path, path: str, content_type: str, first_bytes: bytes
 ) -> None:
-    with _serving(tiny_bundle, tmp_path / "server.log") as server:
+    with serving(tiny_bundle, tmp_path / "server.log") as server:
         host, port = server.base_url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as client:
             head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: 100000\r\n\r\n"
