@@ -11,22 +11,16 @@ import onnxruntime as ort
 import pytest
 
 from service.bundle import ATTRIBUTES_FILE, DECODER_FILE, ENCODER_FILE, MANIFEST_FILE, BundleError, ModelBundle
+from tests.phone_photos import SUBSET
+from tests.tiny_training import TINY
 from training.cli import build_parser, main
 from training.config import TrainConfig
 from training.train import phases
-
-SUBSET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "celeba_subset"
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not SUBSET.is_dir(), reason=f"the shared CelebA subset is not at {SUBSET}"),
 ]
-
-TINY = [
-    "--max-images", "64", "--epochs", "1", "--batch-size", "16", "--image-size", "32", "--z-dim", "16",
-    "--filters", "8", "16", "--min-positives", "3", "--val-fraction", "0.25", "--name", "tiny",
-    "--warmup-epochs", "1", "--discriminator-filters", "8", "16", "--perceptual-epochs", "1",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from training.config import TrainConfig
+from training.config import STRATEGIES, TrainConfig
 
 DEFAULT_CACHE = Path(os.environ.get("FACEVAE_CACHE_DIR", Path.home() / ".cache" / "facevae"))
 
@@ -53,6 +53,25 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", type=Path, help="checkpoints and history (default: runs/<name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="default",
+        help="tf.distribute strategy: one device, this machine's GPUs (mirrored), or the TF_CONFIG cluster "
+        "(multi-worker); --batch-size stays the global batch (see training/distribute.py)",
+    )
+    parser.add_argument(
+        "--logical-cpus",
+        type=int,
+        default=0,
+        metavar="N",
+        help="split the CPU into N logical devices (to try --strategy mirrored without GPUs)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -61,14 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="the whole job: fit, then export a verified bundle")
     _add_data_flags(train)
     train.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    train.add_argument("--run-dir", type=Path, help="checkpoints and history (default: runs/<name>)")
-    train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    _add_run_flags(train)
     _add_config_flags(train)
 
     fit = commands.add_parser("fit", help="training only: checkpoints in a run folder")
     _add_data_flags(fit)
-    fit.add_argument("--run-dir", type=Path, help="checkpoints and history (default: runs/<name>)")
-    fit.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    _add_run_flags(fit)
     _add_config_flags(fit)
 
     export = commands.add_parser("export", help="bundle a run's best checkpoint (statistics need the data)")
@@ -138,11 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         exporting.build_bundle(config, vae, data, summary, args.out)
         return 0
 
+    from training.distribute import make_placement
+
+    placement = make_placement(args.strategy, args.logical_cpus)  # before any other TensorFlow work
     config = _config_from(args)
     run_dir = args.run_dir or Path("runs") / config.name
     data = prepare_data(config, args.data, cache, args.skip_bad_images)
-    summary = training.fit(config, data, run_dir, args.resume)
-    if args.command == "train":
+    summary = training.fit(config, data, run_dir, args.resume, placement)
+    if args.command == "train" and placement.is_chief:  # the other workers' part ends with the training
         _, vae = training.load_run(run_dir)
         exporting.build_bundle(config, vae, data, summary, args.out)
     return 0

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.bundle import DirectionMethod, SamplingMode
 from training.data import CELEBA_CROP
+
+#: tf.distribute strategies a run can train under (training/distribute.py); not part of the recipe, so not recorded.
+StrategyName = Literal["default", "mirrored", "multi-worker"]
+STRATEGIES: tuple[StrategyName, ...] = get_args(StrategyName)
 
 
 class TrainConfig(BaseModel):

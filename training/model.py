@@ -11,33 +11,40 @@ from service.bundle import DECODER_INPUT, DECODER_OUTPUT, ENCODER_INPUT, ENCODER
 from training.classifier import FEATURES_LAYER
 
 
-def conv_block(x: keras.KerasTensor, width: int, kernel: int, strides: int = 1) -> keras.KerasTensor:
-    """Conv2D (no bias: BatchNorm has one) + BatchNorm + LeakyReLU, the unit both halves are built of."""
+def conv_block(
+    x: keras.KerasTensor, width: int, kernel: int, strides: int = 1, synchronized: bool = False
+) -> keras.KerasTensor:
+    """Conv2D (no bias: BatchNorm has one) + BatchNorm + LeakyReLU, the unit both halves are built of.
+
+    `synchronized` BatchNorm takes its batch statistics over the global batch when training on several replicas
+    (tf.distribute), so a step on two devices normalises as the same step on one does."""
     x = layers.Conv2D(width, kernel, strides=strides, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
+    x = layers.BatchNormalization(synchronized=synchronized)(x)
     return layers.LeakyReLU(0.2)(x)
 
 
-def residual_block(x: keras.KerasTensor, width: int) -> keras.KerasTensor:
+def residual_block(x: keras.KerasTensor, width: int, synchronized: bool = False) -> keras.KerasTensor:
     """x + (conv block, Conv2D + BatchNorm), then LeakyReLU: more depth at one resolution at no cost in width."""
-    y = conv_block(x, width, kernel=3)
-    y = layers.BatchNormalization()(layers.Conv2D(width, 3, padding="same", use_bias=False)(y))
+    y = conv_block(x, width, kernel=3, synchronized=synchronized)
+    y = layers.BatchNormalization(synchronized=synchronized)(layers.Conv2D(width, 3, padding="same", use_bias=False)(y))
     return layers.LeakyReLU(0.2)(layers.Add()([x, y]))
 
 
-def build_encoder(image_size: int, z_dim: int, filters: tuple[int, ...]) -> keras.Model:
+def build_encoder(image_size: int, z_dim: int, filters: tuple[int, ...], synchronized: bool = False) -> keras.Model:
     """Stride-2 Conv2D + BatchNorm + LeakyReLU blocks, Flatten, two Dense heads."""
     image = keras.Input(shape=(image_size, image_size, 3), name=ENCODER_INPUT)
     x = image
     for width in filters:
-        x = conv_block(x, width, kernel=4, strides=2)
+        x = conv_block(x, width, kernel=4, strides=2, synchronized=synchronized)
     x = layers.Flatten()(x)
     z_mean = layers.Dense(z_dim, name=ENCODER_OUTPUTS[0])(x)
     z_log_var = layers.Dense(z_dim, name=ENCODER_OUTPUTS[1])(x)
     return keras.Model(image, [z_mean, z_log_var], name="encoder")
 
 
-def build_decoder(image_size: int, z_dim: int, filters: tuple[int, ...], residual_blocks: int = 0) -> keras.Model:
+def build_decoder(
+    image_size: int, z_dim: int, filters: tuple[int, ...], residual_blocks: int = 0, synchronized: bool = False
+) -> keras.Model:
     """Dense, Reshape, (Conv2D + BatchNorm + LeakyReLU + UpSampling2D) blocks, a full-resolution Conv2D
     block, then Conv2D(3, sigmoid); `residual_blocks` residual blocks at the highest resolutions (full first).
 
@@ -59,14 +66,14 @@ def build_decoder(image_size: int, z_dim: int, filters: tuple[int, ...], residua
     x = layers.Dense(base * base * filters[-1])(z)
     x = layers.Reshape((base, base, filters[-1]))(x)
     for below_full, width in zip(range(len(filters), 0, -1), reversed(filters), strict=True):
-        x = conv_block(x, width, kernel=3)
+        x = conv_block(x, width, kernel=3, synchronized=synchronized)
         if below_full < residual_blocks:
-            x = residual_block(x, width)
+            x = residual_block(x, width, synchronized)
         x = layers.UpSampling2D(2)(x)
     full_width = max(filters[0] // 2, 8)
-    x = conv_block(x, full_width, kernel=3)
+    x = conv_block(x, full_width, kernel=3, synchronized=synchronized)
     if residual_blocks > 0:
-        x = residual_block(x, full_width)
+        x = residual_block(x, full_width, synchronized)
     image = layers.Conv2D(3, 3, padding="same", activation="sigmoid", name=DECODER_OUTPUT)(x)
     return keras.Model(z, image, name="decoder")
 
@@ -104,6 +111,28 @@ def _l2(tensor: tf.Tensor) -> tf.Tensor:
     return ops.sqrt(ops.sum(ops.square(tensor)))
 
 
+def _replicas() -> tuple[int, int]:
+    """(replicas in sync, this replica's index) inside a train step; (1, 0) without tf.distribute."""
+    context = tf.distribute.get_replica_context()
+    if context is None:  # cross-replica context: not inside a step
+        return 1, 0
+    return context.num_replicas_in_sync, context.replica_id_in_sync_group
+
+
+def _sum_over_replicas(tensor: tf.Tensor) -> tf.Tensor:
+    """The sum of `tensor` over every replica of the step (itself on one device)."""
+    if _replicas()[0] == 1:
+        return tensor
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tensor)
+
+
+def _global_energy(activations: tf.Tensor) -> tf.Tensor:
+    """Mean square of a layer's activations over the global batch (the perceptual loss's normaliser), no gradient."""
+    energy = _sum_over_replicas(ops.sum(ops.square(activations)))
+    count = _sum_over_replicas(ops.cast(ops.size(activations), activations.dtype))
+    return ops.stop_gradient(energy / count)
+
+
 def feature_extractor(network: keras.Model, count: int = 3, semantic: bool = False) -> keras.Model:
     """A trained face network's first `count` ReLU activations (the perceptual loss's feature space), and with
     `semantic` its `features` layer last (the semantic loss's; left out otherwise, so the default does not pay for
@@ -137,6 +166,13 @@ class VAE(keras.Model):
       `/sample` draws, not only where photos encode. `lambda` balances the adversarial gradient against the
       reconstruction gradient at the decoder's last layer (Esser et al. 2021, VQGAN), so one setting holds while
       both losses drift.
+
+    Under tf.distribute (training/distribute.py) each replica gets its share of the global batch and Keras sums
+    the replicas' gradients, so every loss a gradient is taken of is divided by the number of replicas (the
+    per-replica mean over the global batch). Everything else a step computes over "the batch" is computed over
+    the global batch too: the reparameterisation noise (each replica takes its slice of the global draw), the
+    fitted Gaussian's moments, lambda's two gradients and, with `synchronized` BatchNorm, the batch statistics. So
+    a step on two devices is the same step as on one, which tests/test_training_distributed.py checks.
     """
 
     def __init__(
@@ -185,10 +221,17 @@ class VAE(keras.Model):
             tracked += [self.generator_tracker, self.discriminator_tracker, self.balance_tracker]
         return tracked
 
+    def normal(self, like: tf.Tensor) -> tf.Tensor:
+        """N(0, I) noise shaped like this replica's `like` [batch, dims]: its slice of one draw for the global batch,
+        so a replica's examples get the noise they would get on one device (replicas hold contiguous slices)."""
+        replicas, index = _replicas()
+        batch = ops.shape(like)[0]
+        noise = keras.random.normal((replicas * batch, ops.shape(like)[1]), seed=self.noise)
+        return noise[index * batch : (index + 1) * batch]
+
     def reparameterize(self, z_mean: tf.Tensor, z_log_var: tf.Tensor) -> tf.Tensor:
         """z = z_mean + exp(0.5 * z_log_var) * eps, eps ~ N(0, I): keeps sampling differentiable."""
-        eps = keras.random.normal(ops.shape(z_mean), seed=self.noise)
-        return z_mean + ops.exp(0.5 * z_log_var) * eps
+        return z_mean + ops.exp(0.5 * z_log_var) * self.normal(z_mean)
 
     def call(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
         z_mean, z_log_var = self.encoder(images, training=training)
@@ -223,10 +266,7 @@ class VAE(keras.Model):
             return {"perceptual": ops.zeros(()), "semantic": ops.zeros(())}
         real = self.feature_network(images * 255.0, training=False)
         fake = self.feature_network(reconstruction * 255.0, training=False)
-        distances = [
-            ops.mean(ops.square(r - f)) / (ops.stop_gradient(ops.mean(ops.square(r))) + 1e-6)
-            for r, f in zip(real, fake, strict=True)
-        ]
+        distances = [ops.mean(ops.square(r - f)) / (_global_energy(r) + 1e-6) for r, f in zip(real, fake, strict=True)]
         if self.semantic_weight > 0:
             return {"perceptual": sum(distances[:-1]), "semantic": distances[-1]}
         return {"perceptual": sum(distances), "semantic": ops.zeros(())}
@@ -266,37 +306,42 @@ class VAE(keras.Model):
         if self.discriminator is None or not self.adversarial:
             with tf.GradientTape() as tape:
                 losses = self.vae_losses(images, training=True)
-            grads = tape.gradient(losses["total"], self.vae_variables)
+                replica_share = losses["total"] / _replicas()[0]
+            grads = tape.gradient(replica_share, self.vae_variables)
             self.optimizer.apply_gradients(zip(grads, self.vae_variables, strict=True))
             return self._track(losses)
         return self._adversarial_step(images)
 
     def _adversarial_step(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         batch = ops.shape(images)[0]
+        replicas = _replicas()[0]
         last_kernel = self.decoder.get_layer(DECODER_OUTPUT).kernel
         with tf.GradientTape(persistent=True) as tape:
             z_mean, z_log_var = self.encoder(images, training=True)
             z = self.reparameterize(z_mean, z_log_var)
-            # Latents like /sample's: a Gaussian fitted to this batch's codes (no gradient into the encoder).
+            # Latents like /sample's: a Gaussian fitted to the (global) batch's codes (no gradient into the encoder).
             codes = ops.stop_gradient(z)
-            spread = ops.sqrt(ops.var(codes, axis=0) + 1e-6)
-            drawn = ops.mean(codes, axis=0) + spread * keras.random.normal(ops.shape(codes), seed=self.noise)
-            decoded = self.decoder(ops.concatenate([z, drawn[: batch // 2]], axis=0), training=True)
+            count = _sum_over_replicas(ops.cast(batch, codes.dtype))
+            mean = _sum_over_replicas(ops.sum(codes, axis=0)) / count
+            variance = ops.relu(_sum_over_replicas(ops.sum(ops.square(codes), axis=0)) / count - ops.square(mean))
+            drawn = mean + ops.sqrt(variance + 1e-6) * self.normal(codes[: batch // 2])
+            decoded = self.decoder(ops.concatenate([z, drawn], axis=0), training=True)
             losses = self._named_losses(images, decoded[:batch], z_mean, z_log_var)
             losses["generator"] = -ops.mean(self.discriminator(decoded, training=True))
             with tape.stop_recording():
-                fit_grad = tape.gradient(losses["fit"], last_kernel)
-                adv_grad = tape.gradient(losses["generator"], last_kernel)
+                fit_grad = _sum_over_replicas(tape.gradient(losses["fit"], last_kernel) / replicas)
+                adv_grad = _sum_over_replicas(tape.gradient(losses["generator"], last_kernel) / replicas)
             losses["balance"] = ops.stop_gradient(ops.clip(_l2(fit_grad) / (_l2(adv_grad) + 1e-4), 0.0, 1e4))
             losses["total"] += self.adversarial_weight * losses["balance"] * losses["generator"]
             fake = ops.stop_gradient(decoded)
             losses["discriminator"] = ops.mean(ops.relu(1.0 - self.discriminator(images, training=True))) + ops.mean(
                 ops.relu(1.0 + self.discriminator(fake, training=True))
             )
-        grads = tape.gradient(losses["total"], self.vae_variables)
+            vae_share, d_share = losses["total"] / replicas, losses["discriminator"] / replicas
+        grads = tape.gradient(vae_share, self.vae_variables)
         self.optimizer.apply_gradients(zip(grads, self.vae_variables, strict=True))
         d_vars = self.discriminator.trainable_variables
-        self.d_optimizer.apply_gradients(zip(tape.gradient(losses["discriminator"], d_vars), d_vars, strict=True))
+        self.d_optimizer.apply_gradients(zip(tape.gradient(d_share, d_vars), d_vars, strict=True))
         del tape
         return self._track(losses)
 

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from training.classifier import AttributeClassifier, perceptual_network
 from training.config import TrainConfig
 from training.data import as_tf_dataset
+from training.distribute import Placement
 from training.model import VAE, build_decoder, build_discriminator, build_encoder, feature_extractor
 from training.prepared import PreparedData
 
@@ -36,19 +38,25 @@ FEATURES_DIR = "features"
 RESUMABLE_CHANGES = {"name", "epochs", "patience", "direction_method", "default_sampling"}
 
 
-def build_vae(config: TrainConfig, steps_per_epoch: int | None = None, network: keras.Model | None = None) -> VAE:
+def build_vae(
+    config: TrainConfig,
+    steps_per_epoch: int | None = None,
+    network: keras.Model | None = None,
+    synchronized: bool = False,
+) -> VAE:
     """A compiled VAE (with its discriminator when adversarial_weight > 0) whose every variable exists.
 
     `network` is the feature losses' face network, needed when `config.uses_face_network`.
     With `steps_per_epoch` the learning rate follows a cosine from learning_rate to final_learning_rate over
-    the run; without it (loading a checkpoint to export it) it is constant.
+    the run; without it (loading a checkpoint to export it) it is constant. `synchronized` BatchNorm is for
+    training on several replicas (the weights are the same either way). Call it inside the strategy's scope.
     """
     discriminator = None
     if config.adversarial_weight > 0:
         discriminator = build_discriminator(config.image_size, config.discriminator_filters)
     vae = VAE(
-        build_encoder(config.image_size, config.z_dim, config.filters),
-        build_decoder(config.image_size, config.z_dim, config.filters, config.residual_blocks),
+        build_encoder(config.image_size, config.z_dim, config.filters, synchronized),
+        build_decoder(config.image_size, config.z_dim, config.filters, config.residual_blocks, synchronized),
         kl_weight=config.kl_weight,
         seed=config.seed,
         discriminator=discriminator,
@@ -132,31 +140,43 @@ def phases(config: TrainConfig) -> list[tuple[int, int, bool]]:
     return [(0, config.warmup_epochs, False), (config.warmup_epochs, config.epochs, True)]
 
 
-def fit(config: TrainConfig, data: PreparedData, run_dir: Path, resume: bool) -> dict:
+def fit(
+    config: TrainConfig, data: PreparedData, run_dir: Path, resume: bool, placement: Placement | None = None
+) -> dict:
     """Train phase by phase; return the run's summary.
 
     The best checkpoint is the lowest validation reconstruction loss within the last phase: the warm-up's
     blurrier faces fit pixels a little better and must not win. Early stopping also watches the last phase only.
+    Under a `placement` with several replicas (training/distribute.py) every worker runs this; only the chief
+    writes into `run_dir`, and --resume reads the chief's checkpoint there (a folder every worker can read).
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
+    placement = placement or Placement(tf.distribute.get_strategy(), True, "chief")
+    out_dir = placement.writes_to(run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     steps_per_epoch = -(-len(data.train) // config.batch_size)
-    network = perceptual_network(config, data, run_dir / FEATURES_DIR) if config.uses_face_network else None
-    vae = build_vae(config, steps_per_epoch, network)
-    state: dict = {"epochs_done": 0, "best": float("inf"), "history": {}}
-    if resume and (run_dir / STATE_FILE).is_file():
-        saved = TrainConfig.model_validate_json((run_dir / CONFIG_FILE).read_text())
-        if saved.model_dump(exclude=RESUMABLE_CHANGES) != config.model_dump(exclude=RESUMABLE_CHANGES):
-            raise ValueError(f"{run_dir / CONFIG_FILE}: --resume needs the same settings as the run being resumed")
-        state = _restore_last(vae, run_dir)
-        log.info("resuming after epoch %d (best %s %.5f)", state["epochs_done"], MONITOR, state["best"])
-    (run_dir / CONFIG_FILE).write_text(config.model_dump_json(indent=1))
+    # Every worker trains the face network in step with the others; a resumed run loads the chief's.
+    features = (run_dir if resume else out_dir) / FEATURES_DIR
+    with placement.strategy.scope():
+        network = perceptual_network(config, data, features) if config.uses_face_network else None
+        vae = build_vae(config, steps_per_epoch, network, synchronized=placement.replicas > 1)
+        state: dict = {"epochs_done": 0, "best": float("inf"), "history": {}}
+        if resume and (run_dir / STATE_FILE).is_file():
+            saved = TrainConfig.model_validate_json((run_dir / CONFIG_FILE).read_text())
+            if saved.model_dump(exclude=RESUMABLE_CHANGES) != config.model_dump(exclude=RESUMABLE_CHANGES):
+                raise ValueError(f"{run_dir / CONFIG_FILE}: --resume needs the same settings as the run being resumed")
+            state = _restore_last(vae, run_dir)
+            log.info("resuming after epoch %d (best %s %.5f)", state["epochs_done"], MONITOR, state["best"])
+    (out_dir / CONFIG_FILE).write_text(config.model_dump_json(indent=1))
     if state["epochs_done"] >= config.epochs:
         log.info("already trained %d epochs", state["epochs_done"])
         return run_summary(run_dir)
+    if placement.replicas > 1:
+        log.info("%s on %d replicas (%s), global batch %d", placement.task, placement.replicas,
+                 type(placement.strategy).__name__, config.batch_size)  # fmt: skip
 
-    train_ds = as_tf_dataset(data.images[data.train], config.batch_size, shuffle_seed=config.seed)
-    val_ds = as_tf_dataset(data.images[data.val], config.batch_size)
+    train_ds = placement.dataset(as_tf_dataset(data.images[data.train], config.batch_size, shuffle_seed=config.seed))
+    val_ds = placement.dataset(as_tf_dataset(data.images[data.val], config.batch_size))
     all_phases = phases(config)
     for first, end, adversarial in all_phases:
         if state["epochs_done"] >= end:
@@ -167,12 +187,12 @@ def fit(config: TrainConfig, data: PreparedData, run_dir: Path, resume: bool) ->
         log.info("epochs %d-%d: %s", first + 1, end, "VAE + discriminator" if adversarial else "VAE only")
         vae.adversarial = adversarial
         vae.make_train_function(force=True)
-        last = LastCheckpoint(run_dir, state)
+        last = LastCheckpoint(out_dir, state)
         callbacks: list[keras.callbacks.Callback] = [last]
         if final:
             callbacks = [
                 keras.callbacks.ModelCheckpoint(
-                    run_dir / BEST_WEIGHTS,
+                    out_dir / BEST_WEIGHTS,
                     monitor=MONITOR,
                     mode="min",
                     save_best_only=True,
@@ -191,9 +211,9 @@ def fit(config: TrainConfig, data: PreparedData, run_dir: Path, resume: bool) ->
             shuffle=False,  # the tf.data pipeline shuffles, seeded
             verbose=1 if sys.stderr.isatty() else 2,
         )
-        state = json.loads((run_dir / STATE_FILE).read_text())
+        state = json.loads((out_dir / STATE_FILE).read_text())
         if vae.stop_training:
             break
-    summary = run_summary(run_dir)
+    summary = run_summary(out_dir)
     log.info("trained %d epochs in %.0f s; best %s %.5f", summary["epochs"], summary["seconds"], MONITOR, state["best"])
     return summary
