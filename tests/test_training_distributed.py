@@ -77,7 +77,7 @@ def test_mirrored_run_resumes_and_writes_a_bundle(tmp_path: Path) -> None:
     common = ["--data", str(SUBSET), "--run-dir", str(run), "--no-cache", *TINY]
     mirrored = ["--strategy", "mirrored", "--logical-cpus", "2"]
     output = _finish(_train("fit", *common, *mirrored))
-    assert "on 2 replicas (MirroredStrategy), global batch 16" in output
+    assert "chief on 2 replicas (mirrored), global batch 16" in output
     _finish(_train("train", *common, *mirrored, "--resume", "--epochs", "2", "--out", str(out)))
     state = json.loads((run / "state.json").read_text())
     assert state["epochs_done"] == 2 and state["history"]["discriminator_loss"][1] > 0
@@ -96,7 +96,8 @@ def test_two_worker_cluster_trains_and_only_the_chief_writes(tmp_path: Path) -> 
         for index, task in enumerate({"type": "worker", "index": i} for i in range(2))
     ]
     outputs = [_finish(worker) for worker in workers]
-    assert all("on 2 replicas (MultiWorkerMirroredStrategy), global batch 16" in output for output in outputs)
+    for task, output in zip(("chief", "worker-1"), outputs, strict=True):
+        assert f"{task} on 2 replicas (multi-worker), global batch 16" in output
     bundle = ModelBundle.load(outs[0])  # worker 0 is the chief: it exports
     assert bundle.manifest.training["epochs_trained"] == 1
     assert not outs[1].exists()  # the other worker trained but wrote no bundle ...

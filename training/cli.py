@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # TensorFlow is imported only for the commands that need it, and told to keep its C++ logs down.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
+    for noisy in ("tf2onnx", "tensorflow"):  # tf.distribute logs every all-reduce at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from training import export as exporting
     from training import train as training
     from training.prepared import prepare_data

@@ -178,10 +178,17 @@ def load_images(
     return images, kept
 
 
-def as_tf_dataset(images: np.ndarray, batch_size: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """uint8 faces in memory -> shuffled (when seeded) float32 batches in [0, 1], prefetched."""
+def as_tf_dataset(
+    images: np.ndarray, batch_size: int, shuffle_seed: int | None = None, drop_remainder: bool = False
+) -> tf.data.Dataset:
+    """uint8 faces in memory -> shuffled (when seeded) float32 batches in [0, 1], prefetched.
+
+    `drop_remainder` leaves out the last partial batch, which training on several replicas needs: split among
+    them it can leave a replica with no faces at all, which BatchNorm cannot take."""
     ds = tf.data.Dataset.from_tensor_slices(images)
     if shuffle_seed is not None:
         ds = ds.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda x: tf.cast(x, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(
+        lambda x: tf.cast(x, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE
+    )
     return ds.prefetch(tf.data.AUTOTUNE)

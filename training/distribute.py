@@ -33,6 +33,7 @@ class Placement:
     strategy: tf.distribute.Strategy
     is_chief: bool
     task: str  # "chief", "worker-1", ... ("chief" outside a cluster)
+    name: StrategyName = "default"
 
     @property
     def replicas(self) -> int:
@@ -80,8 +81,8 @@ def make_placement(name: StrategyName = "default", logical_cpus: int = 0) -> Pla
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [device.name for device in gpus or tf.config.list_logical_devices("CPU")]
-        return Placement(tf.distribute.MirroredStrategy(devices), True, "chief")
+        return Placement(tf.distribute.MirroredStrategy(devices), True, "chief", name)
     if "TF_CONFIG" not in os.environ:
         raise ValueError("--strategy multi-worker needs TF_CONFIG (the cluster and this worker's task)")
     is_chief, task = _chief_of(json.loads(os.environ["TF_CONFIG"]))
-    return Placement(tf.distribute.MultiWorkerMirroredStrategy(), is_chief, task)
+    return Placement(tf.distribute.MultiWorkerMirroredStrategy(), is_chief, task, name)

@@ -300,7 +300,12 @@ class VAE(keras.Model):
             key = METRIC_LOSSES[metric.name]
             if key in losses:
                 metric.update_state(losses[key])
-        return {m.name: m.result() for m in self.metrics}
+        results = {m.name: m.result() for m in self.metrics}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3 reduces a step's results across workers with strategy.reduce(MEAN, axis=0), which fails on
+            # scalars; a length-1 axis reduces to the same scalar.
+            results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
+        return results
 
     def train_step(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         if self.discriminator is None or not self.adversarial:

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from training.classifier import CONFIG_FILE as CLASSIFIER_CONFIG_FILE
 from training.classifier import AttributeClassifier, perceptual_network
 from training.config import TrainConfig
 from training.data import as_tf_dataset
@@ -33,6 +34,8 @@ LAST_OPTIMIZER = "last.optimizer.npz"
 STATE_FILE = "state.json"
 MONITOR = "val_reconstruction_loss"
 FEATURES_DIR = "features"
+#: How long a worker waits for the chief to train the face network (about a minute on 2 CPU cores).
+FACE_NETWORK_WAIT_S = 3600
 #: Settings a resumed run may change; anything else would silently mix two different experiments.
 #: (More epochs stretch the cosine learning-rate schedule from where the run is; the last two only shape the export.)
 RESUMABLE_CHANGES = {"name", "epochs", "patience", "direction_method", "default_sampling"}
@@ -131,6 +134,29 @@ def run_summary(run_dir: Path) -> dict:
     return {"epochs": state["epochs_done"], "seconds": state.get("seconds", 0.0), "history": state["history"]}
 
 
+def _face_network(config: TrainConfig, data: PreparedData, folder: Path, placement: Placement) -> keras.Model | None:
+    """The feature losses' frozen face network (None when no feature loss is on).
+
+    The chief trains it first, on one device, into the run folder; under a strategy with several replicas every
+    worker then loads that file inside the strategy's scope, so all replicas judge with the same weights. The
+    other workers wait for the file, so the run folder must be one they can all read (as --resume needs too).
+    """
+    if not config.uses_face_network:
+        return None
+    if placement.is_chief:
+        network = perceptual_network(config, data, folder)
+        if placement.replicas == 1:
+            return network
+    marker = folder / CLASSIFIER_CONFIG_FILE
+    deadline = time.monotonic() + FACE_NETWORK_WAIT_S
+    while not marker.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{placement.task}: the chief wrote no face network to {folder} in time")
+        time.sleep(2)
+    with placement.strategy.scope():
+        return AttributeClassifier.load(folder).model
+
+
 def phases(config: TrainConfig) -> list[tuple[int, int, bool]]:
     """(first epoch, end epoch, adversarial) for each phase: a plain-VAE warm-up, then the discriminator joins."""
     if config.adversarial_weight == 0 or config.warmup_epochs >= config.epochs:
@@ -155,10 +181,8 @@ def fit(
     out_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     steps_per_epoch = -(-len(data.train) // config.batch_size)
-    # Every worker trains the face network in step with the others; a resumed run loads the chief's.
-    features = (run_dir if resume else out_dir) / FEATURES_DIR
+    network = _face_network(config, data, run_dir / FEATURES_DIR, placement)
     with placement.strategy.scope():
-        network = perceptual_network(config, data, features) if config.uses_face_network else None
         vae = build_vae(config, steps_per_epoch, network, synchronized=placement.replicas > 1)
         state: dict = {"epochs_done": 0, "best": float("inf"), "history": {}}
         if resume and (run_dir / STATE_FILE).is_file():
@@ -172,11 +196,13 @@ def fit(
         log.info("already trained %d epochs", state["epochs_done"])
         return run_summary(run_dir)
     if placement.replicas > 1:
-        log.info("%s on %d replicas (%s), global batch %d", placement.task, placement.replicas,
-                 type(placement.strategy).__name__, config.batch_size)  # fmt: skip
+        log.info("%s on %d replicas (%s), global batch %d", placement.task, placement.replicas, placement.name,
+                 config.batch_size)  # fmt: skip
 
-    train_ds = placement.dataset(as_tf_dataset(data.images[data.train], config.batch_size, shuffle_seed=config.seed))
-    val_ds = placement.dataset(as_tf_dataset(data.images[data.val], config.batch_size))
+    whole = placement.replicas > 1  # whole batches only: an epoch's last partial one is left out
+    train_ds = as_tf_dataset(data.images[data.train], config.batch_size, config.seed, drop_remainder=whole)
+    val_ds = as_tf_dataset(data.images[data.val], config.batch_size, drop_remainder=whole)
+    train_ds, val_ds = placement.dataset(train_ds), placement.dataset(val_ds)
     all_phases = phases(config)
     for first, end, adversarial in all_phases:
         if state["epochs_done"] >= end:
