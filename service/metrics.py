@@ -45,7 +45,8 @@ class Metrics:
         self.in_flight = Gauge("http_requests_in_flight", "HTTP requests being served", registry=self.registry)
         self.rejected = Counter(
             "http_requests_rejected_total",
-            "Requests refused by the admission limit (busy: 503) or past their deadline (deadline: 504)",
+            "Requests refused by the admission limit (busy: 503), past their deadline (deadline: 504) or left by their "
+            "client while waiting for a slot (gone: 499)",
             ["reason"],
             registry=self.registry,
         )

@@ -22,6 +22,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("filterwarnings", "ignore:Using `httpx` with `starlette.testclient`:UserWarning")
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio, the loop uvicorn serves on (trio, installed with selenium, is not used)."""
+    return "asyncio"
+
+
 # ---- service: a tiny ONNX bundle and an app serving it (no TensorFlow needed) ----------------------------------
 
 #: Small enough that oversized-body tests stay cheap; the 10 MiB default is checked in test_service_settings.py.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -11,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.admission import AdmissionMiddleware
+from service.admission import LISTEN_BYTES, AdmissionMiddleware
 
 
 async def _slow(request: Request) -> JSONResponse:
@@ -69,3 +70,60 @@ async def test_past_the_deadline_a_request_gets_504_and_frees_its_slot() -> None
     assert "longer than 0.1 s" in late.json()["detail"]
     assert quick.status_code == 200
     assert rejected == ["deadline"]
+
+
+async def _echo(request: Request) -> JSONResponse:
+    body = await request.body()
+    return JSONResponse({"length": len(body), "head": body[:8].decode(), "tail": body[-8:].decode()})
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("size", [10, 3 * LISTEN_BYTES])  # within what a waiting request reads, and beyond it
+async def test_a_queued_requests_body_reaches_the_app_whole(size: int) -> None:
+    inner = Starlette(routes=[Route("/work", _slow), Route("/echo", _echo, methods=["POST"])])
+    app = AdmissionMiddleware(inner, max_in_flight=1, queue_timeout=5.0, request_timeout=5.0)
+    body = (b"0123456789" * (size // 10 + 1))[:size]
+
+    async def chunks() -> AsyncIterator[bytes]:  # several http.request messages
+        for start in range(0, size, 65536):
+            yield body[start : start + 65536]
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        busy = client.get("/work", params={"seconds": "0.2"})  # holds the only slot, so the upload waits
+        _, echoed = await asyncio.gather(busy, client.post("/echo", content=chunks()))
+    assert echoed.status_code == 200
+    assert echoed.json() == {"length": size, "head": body[:8].decode(), "tail": body[-8:].decode()}
+
+
+@pytest.mark.anyio
+async def test_a_request_whose_client_leaves_while_queued_never_runs() -> None:
+    calls: list[str] = []
+
+    async def counted(request: Request) -> JSONResponse:
+        calls.append(request.url.path)
+        return await _slow(request)
+
+    rejected: list[str] = []
+    inner = Starlette(routes=[Route("/work", counted)])
+    app = AdmissionMiddleware(inner, max_in_flight=1, queue_timeout=5.0, request_timeout=5.0, on_reject=rejected.append)
+    scope = {"type": "http", "method": "GET", "path": "/work", "query_string": b"seconds=0.5", "headers": []}
+    messages = [{"type": "http.request", "body": b"", "more_body": False}]
+    sent: list[dict] = []
+
+    async def leaving_receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(0.1)  # then the client closes the connection
+        return {"type": "http.disconnect"}
+
+    async def record(message: dict) -> None:
+        sent.append(message)
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        busy = client.get("/work", params={"seconds": "0.5"})  # holds the only slot for 0.5 s
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(busy, app(scope, leaving_receive, record))
+    assert calls == ["/work"]  # only the request that held the slot ran
+    assert rejected == ["gone"]
+    assert sent[0]["status"] == 499
+    assert asyncio.get_running_loop().time() - started < 1.0
