@@ -16,6 +16,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 logger = logging.getLogger("service.access")
 
 
+#: Bodies declared up to this many times the limit are read and thrown away before the 413 is sent (nginx's
+#: lingering close): a client that writes its whole body before reading, like Python's urllib, would otherwise see a
+#: connection reset instead of the answer. Larger ones are answered at once, so nobody can make the server read more.
+LINGER_FACTOR = 4
+
+
+async def _discard_body(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
 class BodySizeLimitMiddleware:
     """Refuse bodies over `max_bytes` with 413: at once when Content-Length says so, and otherwise while the body
     is read (chunked uploads have no Content-Length, and a client may lie in it)."""
@@ -35,6 +48,8 @@ class BodySizeLimitMiddleware:
             return
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
+            if int(declared) <= LINGER_FACTOR * self.max_bytes:
+                await _discard_body(receive)
             error = self._too_large()
             await JSONResponse({"detail": error.detail}, status_code=error.status_code)(scope, receive, send)
             return

@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -148,3 +150,18 @@ def test_a_client_that_leaves_mid_upload_is_logged_as_499_without_a_traceback(
     assert f"POST {path} 499" in log
     assert "client disconnected before its request was read" in log
     assert "Traceback" not in log and " 500 " not in log
+
+
+def test_a_client_that_sends_the_whole_body_first_reads_the_413(tiny_bundle: Path, tmp_path: Path) -> None:
+    """urllib writes all 11 MB before reading: the server drains the body (bounded) before answering, as nginx's
+    lingering close does, so the client reads the 413 instead of a connection reset. Several times over, on a
+    server of its own, since a reset would only show now and then."""
+    with serving(tiny_bundle, tmp_path / "server.log") as server:
+        for _ in range(5):
+            request = urllib.request.Request(
+                f"{server.base_url}/encode", data=b"\0" * (11 * 1024 * 1024), headers={"Content-Type": "image/png"}
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)
+            assert refused.value.code == 413
+            assert "larger than the limit" in json.loads(refused.value.read())["detail"]
