@@ -18,7 +18,7 @@ from service.errors import add_exception_handlers
 from service.framing import FaceFramer
 from service.imaging import PhotoDecoder
 from service.metrics import Metrics, add_metrics
-from service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
+from service.middleware import BodySizeLimitMiddleware, BodyTimeoutMiddleware, RequestLogMiddleware
 from service.routers import faces, health, info
 from service.runtime import FaceModel
 from service.settings import Settings
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_api_docs(app)
     add_web_page(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyTimeoutMiddleware, seconds=settings.body_timeout)
     app.state.metrics = Metrics()
     app.add_middleware(
         AdmissionMiddleware,

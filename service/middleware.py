@@ -1,10 +1,12 @@
-"""ASGI middleware: the request body size limit and the per-request access log.
+"""ASGI middleware: the request body's size limit and read timeout, and the per-request access log.
 
 Both are pure ASGI (not BaseHTTPMiddleware), so they neither buffer bodies nor disturb streaming.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 
@@ -49,7 +51,8 @@ class BodySizeLimitMiddleware:
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             if int(declared) <= LINGER_FACTOR * self.max_bytes:
-                await _discard_body(receive)
+                with contextlib.suppress(HTTPException):  # a body that stalls while thrown away: the 413 says enough
+                    await _discard_body(receive)
             error = self._too_large()
             await JSONResponse({"detail": error.detail}, status_code=error.status_code)(scope, receive, send)
             return
@@ -65,6 +68,39 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, receive_within_limit, send)
+
+
+class BodyTimeoutMiddleware:
+    """Refuse a request whose body stalls for more than `seconds` between two chunks with 408.
+
+    Uvicorn waits for a body without end, so a stalled upload held a worker's slot and stretched every shutdown to
+    the full graceful timeout. Headers that never finish are the proxy's job (deploy/nginx.conf's
+    client_header_timeout): an ASGI app only sees a request once its headers are in."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_done = False
+
+        async def receive_in_time() -> Message:
+            nonlocal body_done
+            if body_done:  # after the body only the disconnect can come, whenever it does
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.seconds)
+            except TimeoutError:
+                raise HTTPException(
+                    status.HTTP_408_REQUEST_TIMEOUT, f"the request body stalled for more than {self.seconds:g} s"
+                ) from None
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, receive_in_time, send)
 
 
 class RequestObserver:

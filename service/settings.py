@@ -51,6 +51,9 @@ class Settings(BaseSettings):
         0, ge=0, description="onnxruntime threads per session and worker; 0 means half the usable cores / workers."
     )
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest request body accepted, in bytes.")
+    body_timeout: float = Field(
+        10.0, gt=0, description="Seconds a request body may stall between two chunks before 408 (stalled uploads)."
+    )
     max_pixels: int = Field(
         25_000_000,
         ge=1,

@@ -498,3 +498,17 @@ def test_nginx_limits_match_the_service(services: dict[str, dict[str, Any]], ngi
     assert all(30 <= seconds <= 600 for seconds in timeouts.values()), timeouts
     (connect,) = nginx.find("proxy_connect_timeout")
     assert duration_seconds(connect.args[0]) <= 10
+
+
+def test_nginx_stops_slow_clients_before_the_replicas(nginx: Directive) -> None:
+    """Headers that never finish and stalled uploads time out at the proxy, and one address cannot hold every
+    connection: uvicorn has no header timeout, and a stalled upload would hold a replica's admission slot."""
+    for name in ("client_header_timeout", "client_body_timeout"):
+        (directive,) = nginx.find(name)
+        assert duration_seconds(directive.args[0]) <= Settings.model_fields["body_timeout"].default, name
+    zones = nginx.find("limit_conn_zone")
+    (limit,) = nginx.find("limit_conn")
+    assert zones and zones[0].args[0] == "$binary_remote_addr"
+    assert limit.args[0] == zones[0].args[1].split("=")[1].split(":")[0]  # the zone it names is that one
+    (worker_connections,) = nginx.find("worker_connections")
+    assert 1 <= int(limit.args[1]) < int(worker_connections.args[0])

@@ -165,3 +165,24 @@ def test_a_client_that_sends_the_whole_body_first_reads_the_413(tiny_bundle: Pat
                 urllib.request.urlopen(request, timeout=30)
             assert refused.value.code == 413
             assert "larger than the limit" in json.loads(refused.value.read())["detail"]
+
+
+def test_a_stalled_upload_gets_408_and_frees_the_server(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Headers and half a body, then silence: 408 after the body timeout, no traceback, and the server still
+    answers (and would shut down without waiting for the stalled client)."""
+    with serving(tiny_bundle, tmp_path / "server.log", "--body-timeout", "0.5") as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as stalled:
+            stalled.sendall(
+                b"POST /encode?align=none HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
+                b"Content-Length: 100000\r\n\r\n" + b"\0" * 1000
+            )
+            started = time.monotonic()
+            answer = stalled.recv(65536).decode(errors="replace")
+            waited = time.monotonic() - started
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert "stalled for more than 0.5 s" in answer
+        assert 0.4 < waited < 5
+        assert httpx.get(f"{server.base_url}/health/live", timeout=5).status_code == 200
+        log = server.log_path.read_text()
+    assert "Traceback" not in log and " 500 " not in log
