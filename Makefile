@@ -29,7 +29,7 @@ test: $(VENV)/.test-deps  ## lint, then the whole test suite
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
-train: $(VENV)/.test-deps  ## retrain the default bundle from scratch (about 35 min on 2 CPU cores), resumable
+train: $(VENV)/.test-deps  ## retrain the default bundle from scratch (about 45 min on 2 CPU cores), resumable
 	$(PY) -m training train --data $(DATA) --out models/celeba-64 --resume
 	$(PY) -m training card --data $(DATA) --bundle models/celeba-64
 

@@ -560,8 +560,8 @@ def issue_table(section: Mapping[str, Any]) -> dict[str, Any]:
 # ---- report -------------------------------------------------------------------------------------------------------
 
 
-def pct(value: float | None) -> str | None:
-    return None if value is None else f"{100 * value:.0f} %"
+def pct(value: float | None, digits: int = 0) -> str | None:
+    return None if value is None else f"{100 * value:.{digits}f} %"
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -589,7 +589,7 @@ def side_by_side(report: dict[str, Any]) -> Table:
             [f"sample sharpness, {mode}", *(fmt(i["sample_sharpness_by_mode"].get(mode), 2) for i in issue), None]
             for mode in modes
         ),
-        ["reconstruction keeps the Male verdict", *(pct(i["male_kept"]) for i in issue), "≥ 95 %"],
+        ["reconstruction keeps the Male verdict", *(pct(i["male_kept"], 1) for i in issue), "≥ 95 %"],
         ["reconstruction keeps all 40 verdicts", *(fmt(100 * i["all_kept"], 1) + " %" for i in issue), "≥ 93 %"],
         *([f"FD at T = 1, {mode}", *(fmt(i["fd_t1"].get(mode), 1) for i in issue), None] for mode in modes),
         [
@@ -737,7 +737,7 @@ def headline(report: dict[str, Any]) -> str:
         fd = ", ".join(f"{mode} {fmt(v, 1)}" for mode, v in i["fd_t1"].items())
         parts.append(
             f"{section['label']}: sharpness {fmt(i['reconstruction_sharpness'], 2)} (samples "
-            f"{fmt(i['sample_sharpness'], 2)}), Male kept {pct(i['male_kept'])}, FD at T=1 {fd} (default "
+            f"{fmt(i['sample_sharpness'], 2)}), Male kept {pct(i['male_kept'], 1)}, FD at T=1 {fd} (default "
             f"{i['default_mode']}), +2 success {success}, MSE {fmt(i['mse'], 5)}"
         )
     return "; ".join(parts) + "."

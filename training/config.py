@@ -25,13 +25,13 @@ class TrainConfig(BaseModel):
     filters: tuple[int, ...] = Field(
         (32, 64, 128, 256), description="encoder conv widths, one stride-2 block each; the decoder mirrors them"
     )
-    kl_weight: float = Field(5e-5, ge=0, description="weight of KL (nats per image) against per-pixel MSE")
+    kl_weight: float = Field(1e-5, ge=0, description="weight of KL (nats per image) against per-pixel MSE")
     optimizer: Literal["adam", "rmsprop"] = Field("adam", description="optimiser")
     learning_rate: float = Field(1e-3, gt=0, description="optimiser learning rate at the start")
     final_learning_rate: float = Field(
         1e-4, gt=0, description="learning rate at the last epoch (cosine decay; = learning_rate for a constant one)"
     )
-    epochs: int = Field(18, gt=0, description="maximum epochs (early stopping may end sooner)")
+    epochs: int = Field(36, gt=0, description="maximum epochs (early stopping may end sooner)")
     adversarial_weight: float = Field(
         0.8, ge=0, description="patch discriminator's loss weight, relative to the reconstruction gradient; 0: none"
     )
