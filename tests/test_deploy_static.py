@@ -348,10 +348,10 @@ def test_wheel_the_images_install_holds_every_module_and_the_page(tmp_path: Path
 
 def test_compose_services_and_profiles(services: dict[str, dict[str, Any]]) -> None:
     assert set(services) == {"facevae", "facevae-gpu", "facevae-replica", "proxy"}
-    assert "profiles" not in services["facevae"]  # `docker compose up` starts it
+    # `docker compose up` starts the production path: the replicas behind the proxy, which stops slow clients.
+    assert "profiles" not in services["facevae-replica"] and "profiles" not in services["proxy"]
+    assert services["facevae"]["profiles"] == ["direct"]  # uvicorn published as is: opt-in
     assert services["facevae-gpu"]["profiles"] == ["gpu"]
-    assert services["facevae-replica"]["profiles"] == ["scale"]
-    assert services["proxy"]["profiles"] == ["scale"]
 
 
 @pytest.mark.parametrize(
@@ -393,8 +393,10 @@ def test_compose_port_mappings(services: dict[str, dict[str, Any]], dockerfile: 
         mappings = parse_ports(services[name]["ports"])
         assert [mapping.container for mapping in mappings] == [_container_port(dockerfile, services[name])]
         published[name] = mappings[0].host
-    assert published["facevae"] == DEFAULT_PORT
-    assert len(set(published.values())) == len(published), "both can run at once"
+    # The default path's front publishes the documented port; the direct services can run beside it.
+    (front,) = parse_ports(services["proxy"]["ports"])
+    assert front.host == DEFAULT_PORT
+    assert len({*published.values(), front.host}) == len(published) + 1, "all can run at once"
     # Replicas publish nothing (several containers cannot share a host port); only the proxy is reachable.
     assert "ports" not in services["facevae-replica"]
 
