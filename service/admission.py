@@ -107,7 +107,8 @@ class AdmissionMiddleware:
             await send(message)
 
         try:
-            await asyncio.wait_for(self.app(scope, receive, tracking_send), self.request_timeout)
+            async with asyncio.timeout(self.request_timeout):  # in this task: no task per request, as wait_for makes
+                await self.app(scope, receive, tracking_send)
         except TimeoutError:
             self.on_reject("deadline")
             if not started:
