@@ -180,7 +180,8 @@ def fit(
     out_dir = placement.writes_to(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
-    steps_per_epoch = -(-len(data.train) // config.batch_size)
+    whole = placement.replicas > 1  # whole batches only: an epoch's last partial one is left out
+    steps_per_epoch = len(data.train) // config.batch_size if whole else -(-len(data.train) // config.batch_size)
     network = _face_network(config, data, run_dir / FEATURES_DIR, placement)
     with placement.strategy.scope():
         vae = build_vae(config, steps_per_epoch, network, synchronized=placement.replicas > 1)
@@ -199,7 +200,6 @@ def fit(
         log.info("%s on %d replicas (%s), global batch %d", placement.task, placement.replicas, placement.name,
                  config.batch_size)  # fmt: skip
 
-    whole = placement.replicas > 1  # whole batches only: an epoch's last partial one is left out
     train_ds = as_tf_dataset(data.images[data.train], config.batch_size, config.seed, drop_remainder=whole)
     val_ds = as_tf_dataset(data.images[data.val], config.batch_size, drop_remainder=whole)
     train_ds, val_ds = placement.dataset(train_ds), placement.dataset(val_ds)
