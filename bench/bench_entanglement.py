@@ -1,0 +1,161 @@
+"""How much of an edit's side effects is the attribute itself: edits with the unrelated attributes projected out.
+
+`bench_quality` reports side effects at +2 (verdicts of attributes unrelated to the edited one that change, judged
+at 0.5) next to a random move of the same length (the judge's floor). This asks whether the gap between the two is
+removable. For every edited attribute, the directions of all attributes *unrelated* to it (|phi| < 0.2 on the
+training labels, bench_quality's definition) are projected out of its vector, which is InterFaceGAN's conditional
+manipulation with every unrelated attribute kept (what `/edit` does with a `keep` list), in two lengths:
+
+- `projected`: strength 1 is the class-mean gap along the projected direction (what a bundle built this way would
+  ship, and what `keep` gives);
+- `full length`: the projected direction, moved as far as the shipped vector moves.
+
+Each is judged exactly as bench_quality judges the shipped vectors (same faces, same judge, same floor).
+
+    python -m bench.bench_entanglement --model models/celeba-64
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import bench_quality as quality
+from bench.common import DEFAULT_DATA, RESULTS_DIR, Table, fmt, machine, write_report
+from service.bundle import AttributeVector
+from service.settings import DEFAULT_MODEL
+from training.cli import DEFAULT_CACHE
+from training.prepared import PreparedData, prepare_data
+
+VARIANTS = ("shipped", "projected", "full length")
+
+
+def projected_vectors(
+    names: Sequence[str], labels: np.ndarray, z_train: np.ndarray, vectors: list[AttributeVector]
+) -> dict[str, list[AttributeVector]]:
+    """Per variant, the vectors with the directions of each attribute's unrelated attributes projected out.
+
+    `labels` and `z_train` are the training split's labels [N, len(names)] (+-1) and codes [N, z_dim].
+    """
+    phi = quality.phi_correlations(labels)
+    by_name = {v.name: np.asarray(v.vector, dtype=np.float64) for v in vectors}
+    variants: dict[str, list[AttributeVector]] = {"shipped": vectors, "projected": [], "full length": []}
+    for vector in vectors:
+        i = names.index(vector.name)
+        others = [
+            by_name[n]
+            for j, n in enumerate(names)
+            if n in by_name and j != i and abs(phi[i, j]) < quality.UNRELATED_PHI
+        ]
+        direction = by_name[vector.name]
+        if others:
+            basis, _ = np.linalg.qr(np.stack(others, axis=1))
+            direction = direction - basis @ (basis.T @ direction)
+        norm = float(np.linalg.norm(direction))
+        projections = z_train @ (direction / norm)
+        positive = labels[:, i] > 0
+        gap = float(projections[positive].mean() - projections[~positive].mean())
+        for variant, step in (("projected", gap), ("full length", vector.step)):
+            update = {"vector": direction.astype(np.float32).tolist(), "norm": norm, "step": step}
+            variants[variant].append(vector.model_copy(update=update))
+    return variants
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    limits = {"batch": quality.BATCH, "strength": max(quality.STRENGTHS)}
+
+    def data_for(training: dict[str, Any]) -> PreparedData:
+        return prepare_data(quality.data_config(training, None), args.data, args.cache_dir, skip_bad=False)
+
+    subject = quality.open_bundle(args.model, args.model.name, data_for, limits)
+    config = quality.data_config(subject.model.bundle.manifest.training, None)
+    classifier = quality.load_classifier(args, config)
+    quality.check_classifier(classifier, config, subject.label)
+    vectors = list(subject.model.bundle.attributes.values())
+    data = subject.data
+    assert data.labels is not None
+    judging = quality.EditJudging(
+        classifier, args.attributes, args.edit_faces, quality.unrelated_columns(subject, classifier)
+    )
+    rows = []
+    variants = projected_vectors(data.dataset.attribute_names, data.labels[data.train], subject.z_train, vectors)
+    for variant, variant_vectors in variants.items():
+        print(f"{variant} ...")
+        section = quality.edits(subject, quality.with_vectors(subject.model, variant_vectors), judging)
+        rows += [{"variant": variant, **row} for row in section["rows"]]
+    return {"machine": machine(), "model": str(args.model), "rows": rows}
+
+
+def tables(report: dict[str, Any]) -> list[Table]:
+    result = []
+    for direction, strength in (("add", "+2"), ("remove", "-2")):
+        rows = [
+            [
+                row["attribute"],
+                row["variant"],
+                quality.pct(row["strengths"][strength]["success"]),
+                fmt(row["strengths"][strength]["side_effects"], 3),
+                fmt(row["strengths"][strength]["random_side_effects"], 3),
+                fmt(row["strengths"][strength]["drift"]),
+            ]
+            for row in sorted(report["rows"], key=lambda r: (r["attribute"], VARIANTS.index(r["variant"])))
+            if row["direction"] == direction
+        ]
+        result.append(
+            Table(
+                f"{report['model']}: {direction} at {strength}, unrelated attributes projected out",
+                ["attribute", "vector", "success", "side effects", "random move (floor)", "drift"],
+                rows,
+                "shipped: the bundle's vectors; projected: unrelated attributes' directions projected out, strength "
+                "1 = the class-mean gap along what is left; full length: the same direction, moved as far as the "
+                "shipped vector. Floor: a random move as long as the edit.",
+            )
+        )
+    return result
+
+
+def headline(report: dict[str, Any]) -> str:
+    def span(variant: str, key: str) -> str:
+        values = [
+            r["strengths"]["+2"][key] for r in report["rows"] if r["variant"] == variant and r["direction"] == "add"
+        ]
+        return f"{min(values):.2f}-{max(values):.2f}"
+
+    return (
+        "+2 success / side effects: shipped "
+        + " / ".join(span("shipped", k) for k in ("success", "side_effects"))
+        + ", projected "
+        + " / ".join(span("projected", k) for k in ("success", "side_effects"))
+        + ", full length "
+        + " / ".join(span("full length", k) for k in ("success", "side_effects"))
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="bundle folder (default: %(default)s)")
+    parser.add_argument("--classifier", type=Path, help="classifier folder (default: runs/classifier-<image size>)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CelebA-layout folder (default: %(default)s)")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="decoded-face cache (as training's)")
+    parser.add_argument("--attributes", nargs="+", default=list(quality.EDIT_ATTRIBUTES), help="attributes to edit")
+    parser.add_argument("--edit-faces", type=int, default=300, help="most faces per attribute and direction")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS_DIR / "entanglement.json", help="JSON (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    args.train_classifier = False
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    report = measure(args)
+    write_report(args.out, report, tables(report), headline(report))
+
+
+if __name__ == "__main__":
+    main()
