@@ -33,8 +33,9 @@ train: $(VENV)/.test-deps  ## retrain the default bundle from scratch (about 45 
 	$(PY) -m training train --data $(DATA) --out models/celeba-64 --resume
 	$(PY) -m training card --data $(DATA) --bundle models/celeba-64
 
-bench: $(VENV)/.test-deps  ## every benchmark (about 25 min on 2 cores); results in bench/results/, see docs/benchmarks.md
+bench: $(VENV)/.test-deps  ## every benchmark (about 30 min on 2 cores); results in bench/results/, see docs/benchmarks.md
 	$(PY) -m bench.bench_service
 	$(PY) -m bench.bench_load --sweep
 	$(PY) -m bench.bench_training_speed --data $(DATA)
 	$(PY) -m bench.bench_quality --train-classifier --model models/celeba-64 --old-bundle-rev fa49e45
+	$(PY) -m bench.bench_entanglement --model models/celeba-64
