@@ -146,9 +146,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR / "entanglement.json", help="JSON (default: %(default)s)"
     )
-    args = parser.parse_args(argv)
-    args.train_classifier = False
-    return args
+    parser.set_defaults(train_classifier=False)  # bench_quality.load_classifier's switch: the judge must exist
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
