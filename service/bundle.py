@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 LATENT_STATS_FILE = "latent_stats.json"
@@ -79,6 +79,11 @@ class Preprocess(BaseModel):
         None,
         description="Where the detector finds the five LANDMARKS on the training crops (median), as (x, y) "
         "fractions of the model input's side; every bundle has them, training's own framing needs none",
+    )
+    landmark_detector: str | None = Field(
+        None,
+        description="The detector that measured `landmarks` (service.detection.DETECTOR_NAME): photos are aligned "
+        "to a template only by the detector that measured it, since detectors place landmarks differently",
     )
 
     @field_validator("landmarks")
@@ -325,8 +330,11 @@ class ModelBundle:
         manifest = _parse(Manifest, root / MANIFEST_FILE, raw_manifest)
         if manifest.preprocess.size != manifest.image_size:
             raise BundleError(MANIFEST_FILE, "preprocess.size differs from image_size")
-        if manifest.preprocess.landmarks is None:
-            raise BundleError(MANIFEST_FILE, "preprocess.landmarks (the template photos are aligned to) is missing")
+        if manifest.preprocess.landmarks is None or not manifest.preprocess.landmark_detector:
+            raise BundleError(
+                MANIFEST_FILE,
+                "preprocess.landmarks (the template photos are aligned to) or preprocess.landmark_detector is missing",
+            )
         for file in HASHED_FILES:
             expected = manifest.files.get(file)
             if expected is None:

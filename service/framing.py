@@ -17,7 +17,7 @@ from PIL import Image
 
 from service.alignment import Alignment, align
 from service.bundle import Preprocess
-from service.detection import DetectorUnavailable, Face, FaceDetector
+from service.detection import DETECTOR_NAME, DetectorUnavailable, Face, FaceDetector
 from service.preprocess import crop_box, frame_face
 from service.runtime import InputError
 
@@ -48,7 +48,7 @@ class Framed:
 
 class FaceFramer:
     """Frames photos for one bundle. The detector is created on first use (or by `warm_up`), once, shared by
-    every request thread (`FaceDetector` serialises its calls)."""
+    every request thread (`FaceDetector` is safe to share)."""
 
     def __init__(self, preprocess: Preprocess, detector: FaceDetector | None = None) -> None:
         self.preprocess = preprocess
@@ -57,7 +57,13 @@ class FaceFramer:
 
     @property
     def detector(self) -> FaceDetector:
-        """The face detector; raises `DetectorUnavailable` where its package is not installed."""
+        """The face detector; raises `DetectorUnavailable` where its networks cannot be loaded, or where the bundle's
+        template was measured by another detector (whose landmarks sit elsewhere on a face)."""
+        if self.preprocess.landmark_detector != DETECTOR_NAME:
+            raise DetectorUnavailable(
+                f"the bundle's landmark template was measured by {self.preprocess.landmark_detector!r}, this server "
+                f"detects with {DETECTOR_NAME!r}; measure it again with `python -m training upgrade`"
+            )
         with self._lock:
             if self._detector is None:
                 self._detector = FaceDetector()
@@ -65,7 +71,7 @@ class FaceFramer:
 
     @property
     def available(self) -> bool:
-        """Whether align=auto works here (the detector's package is installed)."""
+        """Whether align=auto works here (the detector loads and the bundle's template is its own)."""
         try:
             self.detector  # noqa: B018 - created on first use
         except DetectorUnavailable:

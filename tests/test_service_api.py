@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
+from service.bundle import FORMAT_VERSION
 from service.imaging import GRID_PADDING
 from service.preprocess import frame_face
 from service.runtime import CUDA, FaceModel
@@ -96,7 +97,7 @@ def test_metadata(client: TestClient, face_model: FaceModel) -> None:
     assert body["name"] == "tiny-test"
     assert body["default_sampling"] == face_model.bundle.latent_stats.default_mode
     assert (body["format_version"], body["image_size"], body["z_dim"], body["attribute_count"]) == (
-        3,
+        FORMAT_VERSION,
         IMAGE_SIZE,
         Z_DIM,
         len(ATTRIBUTES),

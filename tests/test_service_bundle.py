@@ -92,19 +92,22 @@ def test_attribute_without_a_positive_step_is_refused(tiny_bundle: Path, tmp_pat
 def test_an_older_format_is_refused_with_the_version(tiny_bundle: Path, tmp_path: Path) -> None:
     shutil.copytree(tiny_bundle, tmp_path / "bundle")
     manifest = json.loads((tmp_path / "bundle" / MANIFEST_FILE).read_text())
-    manifest["format_version"] = 2
-    del manifest["preprocess"]["landmarks"]  # a format-2 manifest: refused for its version, not for the field
+    manifest["format_version"] = 3
+    del manifest["preprocess"]["landmark_detector"]  # a format-3 manifest: refused for its version, not the field
     write_json(tmp_path / "bundle" / MANIFEST_FILE, manifest)
-    with pytest.raises(BundleError, match="format_version 2 is not supported \\(expected 3\\)"):
+    with pytest.raises(BundleError, match="format_version 3 is not supported \\(expected 4\\)"):
         ModelBundle.load(tmp_path / "bundle")
 
 
-def test_a_bundle_without_a_landmark_template_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("field", ["landmarks", "landmark_detector"])
+def test_a_bundle_without_a_landmark_template_or_its_detector_is_refused(
+    tiny_bundle: Path, tmp_path: Path, field: str
+) -> None:
     def no_template(manifest: dict[str, Any]) -> None:
-        del manifest["preprocess"]["landmarks"]
+        del manifest["preprocess"][field]
 
     bundle = _altered(tiny_bundle, tmp_path / "bundle", MANIFEST_FILE, no_template)
-    with pytest.raises(BundleError, match=r"preprocess\.landmarks .* is missing"):
+    with pytest.raises(BundleError, match=r"preprocess\.landmarks .* or preprocess\.landmark_detector is missing"):
         ModelBundle.load(bundle)
 
 

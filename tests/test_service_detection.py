@@ -1,7 +1,7 @@
 """Face detection and alignment: the similarity fit, phone-style photos framed like training, odd inputs.
 
 The photo tests build phone-style scenes from the shared CelebA subset at test time (tests/phone_photos.py) and
-skip when it is missing; the detector tests skip when yuface is not installed.
+skip when it is missing.
 
 Two framing errors are measured, both as the largest corner distance over the training crop box's side:
 - *consistency*: the square aligned in a phone photo, mapped back into the original face through the ground truth,
@@ -16,13 +16,16 @@ Two framing errors are measured, both as the largest corner distance over the tr
 from __future__ import annotations
 
 import math
+import shutil
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from service import detection
 from service.alignment import (
     align,
     align_face,
@@ -33,6 +36,7 @@ from service.alignment import (
 )
 from service.bundle import Preprocess
 from service.detection import DetectorUnavailable, Face, FaceDetector
+from service.face_models import FILES, MODELS_DIR
 from service.imaging import to_rgb
 from service.preprocess import frame_face
 from tests.phone_photos import (
@@ -148,10 +152,21 @@ def test_aligning_to_the_crop_box_itself_reproduces_frame_face(enlarge: int) -> 
 
 @pytest.fixture(scope="module")
 def detector() -> FaceDetector:
-    try:
-        return FaceDetector()
-    except DetectorUnavailable as exc:
-        pytest.skip(str(exc))
+    return FaceDetector()  # its networks are files of the service package: always there
+
+
+def test_a_damaged_network_file_makes_the_detector_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for file in MODELS_DIR.iterdir():
+        if file.is_file():
+            shutil.copy(file, tmp_path / file.name)
+    damaged = tmp_path / FILES["mesh"]
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"\0")
+    monkeypatch.setattr(detection, "MODELS_DIR", tmp_path)
+    with pytest.raises(DetectorUnavailable, match="sha256"):
+        FaceDetector()
+    (tmp_path / FILES["mesh"]).unlink()
+    with pytest.raises(DetectorUnavailable, match="cannot be read"):
+        FaceDetector()
 
 
 @pytest.fixture(scope="module")
@@ -309,10 +324,15 @@ def test_a_photo_without_a_face_gives_none(detector: FaceDetector, seed: int) ->
     assert detector.detect(no_face_photo(seed).image()) == []
 
 
+#: The smaller face of pair 2 (painted, a microphone and a hand over the mouth) is one BlazeFace does not see at any
+#: size or threshold tried (YuNet did): kept, strictly expected to fail, so a detector that finds it is noticed.
+_HIDDEN_FACE = pytest.mark.xfail(strict=True, reason="BlazeFace misses the painted face behind a microphone")
+
+
 @needs_celeba
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", [0, 1, pytest.param(2, marks=_HIDDEN_FACE), 3, 4, 5])
 def test_two_faces_are_found_largest_first(detector: FaceDetector, seed: int) -> None:
-    paths = face_files(2 * 3, OTHER_START + 100)[2 * seed : 2 * seed + 2]
+    paths = face_files(2 * 6, OTHER_START + 100)[2 * seed : 2 * seed + 2]
     photo = two_face_photo((paths[0], paths[1]), seed)
     faces = detector.detect(photo.image())
     assert len(faces) == 2

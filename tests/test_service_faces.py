@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.detection import DetectorUnavailable, FaceDetector
+from service.detection import DetectorUnavailable
 from service.framing import FaceFramer
 from service.runtime import FaceModel
 from tests.images import face_photo, image_bytes
@@ -32,14 +32,6 @@ from tests.phone_photos import (
 pytestmark = pytest.mark.skipif(not IMAGE_DIR.is_dir(), reason=f"the shared CelebA subset is not at {IMAGE_DIR}")
 
 JPEG = {"content-type": "image/jpeg"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _detector_installed() -> None:
-    try:
-        FaceDetector()
-    except DetectorUnavailable as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -206,11 +198,11 @@ def test_output_photo_with_a_strip_is_422(client: TestClient, tilted: PhonePhoto
 
 @pytest.fixture
 def without_detector(client: TestClient) -> Iterator[None]:
-    """The served framer swapped for one whose detector is missing, as on a server without yuface."""
+    """The served framer swapped for one whose detector cannot load, as on a server whose detector files are damaged."""
 
     class Missing:
         def detect(self, image: object) -> list[object]:
-            raise DetectorUnavailable("face detection needs the yuface package (not installed)")
+            raise DetectorUnavailable("the face detector's network face_landmark.onnx cannot be read (missing)")
 
     state = client.app.state.model_state
     served = state.framer
@@ -231,3 +223,19 @@ def test_without_the_detector_align_auto_is_501_and_align_none_still_works(clien
 
 def test_metadata_says_face_detection_works(client: TestClient) -> None:
     assert client.get("/metadata").json()["face_detection"] is True
+
+
+def test_a_template_measured_by_another_detector_is_501_not_a_misaligned_face(client: TestClient) -> None:
+    """A bundle whose template another detector measured (a format-3 bundle's was YuNet's) is not aligned with it:
+    the landmarks sit elsewhere on the face, so every photo would be framed wrongly without an error."""
+    state = client.app.state.model_state
+    served = state.framer
+    state.framer = FaceFramer(served.preprocess.model_copy(update={"landmark_detector": "yunet"}))
+    try:
+        response = client.post("/encode", content=image_bytes(face_photo()), headers={"content-type": "image/png"})
+        assert client.get("/metadata").json()["face_detection"] is False
+    finally:
+        state.framer = served
+    assert response.status_code == 501
+    assert "measured by 'yunet'" in response.json()["detail"]
+    assert "python -m training upgrade" in response.json()["detail"]

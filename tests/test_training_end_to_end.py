@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from service.bundle import ATTRIBUTES_FILE, DECODER_FILE, ENCODER_FILE, MANIFEST_FILE, BundleError, ModelBundle
+from service.detection import DETECTOR_NAME
 from tests.phone_photos import SUBSET
 from tests.tiny_training import TINY
 from training.cli import build_parser, main
@@ -89,21 +90,32 @@ def test_tampered_bundle_fails_the_sha256_check(trained: tuple[Path, Path], tmp_
         ModelBundle.load(copy)
 
 
-def test_upgrade_measures_the_landmark_template_into_a_format_2_bundle(
+def test_upgrade_measures_the_landmark_template_again_into_a_format_3_bundle(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    exported = ModelBundle.load(trained[1]).preprocess.landmarks
-    assert exported is not None
+    exported = ModelBundle.load(trained[1]).preprocess
+    assert exported.landmarks is not None and exported.landmark_detector == DETECTOR_NAME
     copy = shutil.copytree(trained[1], tmp_path / "old")
     manifest = json.loads((copy / MANIFEST_FILE).read_text())
-    manifest["format_version"] = 2
-    del manifest["preprocess"]["landmarks"]
+    manifest["format_version"] = 3
+    del manifest["preprocess"]["landmark_detector"]
+    manifest["preprocess"]["landmarks"] = [
+        [0.36, 0.49],
+        [0.64, 0.49],
+        [0.5, 0.65],
+        [0.38, 0.78],
+        [0.62, 0.78],
+    ]  # YuNet's
     (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="format_version 2 is not supported"):
+    with pytest.raises(BundleError, match="format_version 3 is not supported"):
         ModelBundle.load(copy)
     assert main(["upgrade", "--bundle", str(copy), "--data", str(SUBSET), "--no-cache"]) == 0
-    np.testing.assert_allclose(ModelBundle.load(copy).preprocess.landmarks, exported, atol=1e-9)  # the same faces
-    with pytest.raises(ValueError, match="upgrade takes format 2"):
+    upgraded = ModelBundle.load(copy).preprocess
+    np.testing.assert_allclose(upgraded.landmarks, exported.landmarks, atol=1e-9)  # the same faces, this detector
+    assert upgraded.landmark_detector == DETECTOR_NAME
+    manifest["format_version"] = 1
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="upgrade takes 3 or 4"):
         main(["upgrade", "--bundle", str(copy), "--data", str(SUBSET), "--no-cache"])
 
 

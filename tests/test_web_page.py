@@ -7,7 +7,6 @@ uploads. They skip, saying why, where Chromium, its driver or Selenium are missi
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import re
 from collections.abc import Iterator
@@ -198,7 +197,6 @@ def test_interpolation_strip_walks_from_the_current_face(browser: WebDriver) -> 
 
 @needs_browser
 @pytest.mark.skipif(not IMAGE_DIR.is_dir(), reason=f"the shared CelebA subset is not at {IMAGE_DIR}")
-@pytest.mark.skipif(importlib.util.find_spec("yuface") is None, reason="the face detector (yuface) is not installed")
 def test_uploaded_photo_becomes_the_face(browser: WebDriver, tmp_path: Path) -> None:
     photo = tmp_path / "holiday.jpg"
     photo.write_bytes(phone_photo(face_files(1, 4321)[0], seed=5).jpeg)

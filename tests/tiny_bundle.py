@@ -30,6 +30,7 @@ from service.bundle import (
     sha256_file,
     write_json,
 )
+from service.detection import DETECTOR_NAME
 
 IMAGE_SIZE = 16
 Z_DIM = 8
@@ -141,7 +142,13 @@ def build_tiny_bundle(path: Path) -> Path:
             "name": "tiny-test",
             "image_size": IMAGE_SIZE,
             "z_dim": Z_DIM,
-            "preprocess": {"crop": list(CROP), "size": IMAGE_SIZE, "resample": "lanczos", "landmarks": LANDMARKS},
+            "preprocess": {
+                "crop": list(CROP),
+                "size": IMAGE_SIZE,
+                "resample": "lanczos",
+                "landmarks": LANDMARKS,
+                "landmark_detector": DETECTOR_NAME,
+            },
             "attributes": list(ATTRIBUTES),
             "training": {},
             "dataset": {},

@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--bundle", type=Path, required=True, help="bundle folder written by train or export")
 
     upgrade = commands.add_parser(
-        "upgrade", help="add the landmark template to a format-2 bundle (measured on the data) and make it format 3"
+        "upgrade",
+        help="measure a bundle's landmark template again with this detector (format 3, or another detector's) and "
+        "make it format 4",
     )
     _add_data_flags(upgrade)
     upgrade.add_argument("--bundle", type=Path, required=True, help="bundle folder to upgrade in place")

@@ -40,6 +40,7 @@ from service.bundle import (
     sha256_file,
     write_json,
 )
+from service.detection import DETECTOR_NAME
 from training import template
 from training.config import TrainConfig
 from training.latents import aggregate_posterior, attribute_vectors
@@ -198,7 +199,11 @@ def build_bundle(config: TrainConfig, vae: VAE, data: PreparedData, training_sum
         "name": config.name,
         "image_size": config.image_size,
         "z_dim": config.z_dim,
-        "preprocess": {**preprocess_of(config).model_dump(), "landmarks": landmarks},
+        "preprocess": {
+            **preprocess_of(config).model_dump(),
+            "landmarks": landmarks,
+            "landmark_detector": DETECTOR_NAME,
+        },
         "attributes": [v.name for v in vectors],
         "attributes_left_out": left_out,
         "training": {

@@ -1,7 +1,9 @@
 """The landmark template photos are aligned to: the service's own detector run over the aligned training images.
 
-`measure` is what `export` writes into every bundle's `preprocess.landmarks`; `upgrade` adds it to a format-2
-bundle (the previous layout, which had no template), so a bundle whose training run is gone can be served again.
+`measure` is what `export` writes into every bundle's `preprocess.landmarks` (with the detector's name in
+`preprocess.landmark_detector`); `upgrade` measures it again for a format-3 bundle (the previous layout, whose
+template has no detector's name: YuNet's) or for a bundle whose template another detector measured, so a bundle
+whose training run is gone can be served again.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from PIL import Image
 
 from service.alignment import measure_template
 from service.bundle import FORMAT_VERSION, MANIFEST_FILE, ModelBundle, Preprocess, write_json
-from service.detection import FaceDetector
+from service.detection import DETECTOR_NAME, FaceDetector
 from training.prepared import PreparedData
 
 log = logging.getLogger(__name__)
@@ -44,13 +46,20 @@ def measure(data: PreparedData, preprocess: Preprocess, count: int = TEMPLATE_FA
 
 
 def upgrade(bundle: Path, data: PreparedData) -> ModelBundle:
-    """Write the measured template into a format-2 bundle's manifest and mark it format 3; verify the result."""
+    """Measure the template again with this detector, write it into the bundle's manifest (format 3, or this format
+    with another detector's template) and mark it this format; verify the result."""
     path = bundle / MANIFEST_FILE
     manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format_version") != FORMAT_VERSION - 1:
-        raise ValueError(f"{path}: format_version {manifest.get('format_version')}, upgrade takes format 2")
-    preprocess = Preprocess.model_validate(manifest["preprocess"])
+    if manifest.get("format_version") not in (FORMAT_VERSION - 1, FORMAT_VERSION):
+        raise ValueError(
+            f"{path}: format_version {manifest.get('format_version')}, upgrade takes {FORMAT_VERSION - 1} or "
+            f"{FORMAT_VERSION}"
+        )
+    preprocess = Preprocess.model_validate(
+        {k: v for k, v in manifest["preprocess"].items() if k not in ("landmarks", "landmark_detector")}
+    )
     manifest["preprocess"]["landmarks"] = measure(data, preprocess)
+    manifest["preprocess"]["landmark_detector"] = DETECTOR_NAME
     manifest["format_version"] = FORMAT_VERSION
     write_json(path, manifest)
     return ModelBundle.load(bundle)
