@@ -39,8 +39,8 @@ MESH_SIDE = 192
 #: 1.5x, square, rotated so the eyes are level.
 ROI_SCALE = 1.5
 #: Face Mesh runs: the first on the detector's region, each further one on the region of the last one's landmarks
-#: (MediaPipe's tracking loop). Measured on phone-style photos (docs/benchmarks.md): one pass frames 93 % within
-#: 5 % of the aligned crop's framing, two 97 %, three no better.
+#: (MediaPipe's tracking loop). Measured on 200 phone-style photos (docs/benchmarks.md): one pass frames 95 % within
+#: 5 % of the aligned crop's framing, two 98 % (three were no better than two on 60 photos).
 MESH_PASSES = 2
 #: Faces beyond the largest few keep the detector's keypoints (see `_unrefined_landmarks`): a crowd photo should not
 #: cost a Face Mesh pass per face.
