@@ -36,7 +36,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.model.run_observer = app.state.metrics.observe_run
     app.openapi_schema = None
     app.openapi_schema = with_model_limits(app.openapi(), state.model)
-    state.framer = FaceFramer(state.model.bundle.preprocess)
+    state.framer = FaceFramer(state.model.bundle.preprocess, mesh_passes=settings.mesh_passes)
     await run_in_threadpool(state.framer.warm_up)
     if settings.require_gpu and not state.model.uses_gpu:
         state.problem = f"require_gpu is set but CUDA is not in use: {state.model.providers}"

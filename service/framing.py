@@ -17,7 +17,7 @@ from PIL import Image
 
 from service.alignment import Alignment, align
 from service.bundle import Preprocess
-from service.detection import DETECTOR_NAME, DetectorUnavailable, Face, FaceDetector
+from service.detection import DETECTOR_NAME, MESH_PASSES, DetectorUnavailable, Face, FaceDetector
 from service.preprocess import crop_box, frame_face
 from service.runtime import InputError
 
@@ -50,9 +50,12 @@ class FaceFramer:
     """Frames photos for one bundle. The detector is created on first use (or by `warm_up`), once, shared by
     every request thread (`FaceDetector` is safe to share)."""
 
-    def __init__(self, preprocess: Preprocess, detector: FaceDetector | None = None) -> None:
+    def __init__(
+        self, preprocess: Preprocess, detector: FaceDetector | None = None, mesh_passes: int = MESH_PASSES
+    ) -> None:
         self.preprocess = preprocess
         self._detector = detector
+        self.mesh_passes = mesh_passes
         self._lock = threading.Lock()
 
     @property
@@ -66,7 +69,7 @@ class FaceFramer:
             )
         with self._lock:
             if self._detector is None:
-                self._detector = FaceDetector()
+                self._detector = FaceDetector(mesh_passes=self.mesh_passes)
             return self._detector
 
     @property

@@ -239,3 +239,16 @@ def test_a_template_measured_by_another_detector_is_501_not_a_misaligned_face(cl
     assert response.status_code == 501
     assert "measured by 'yunet'" in response.json()["detail"]
     assert "python -m training upgrade" in response.json()["detail"]
+
+
+def test_the_mesh_passes_setting_reaches_the_detector(client: TestClient, tilted: PhonePhoto) -> None:
+    """The served framer detects with the setting's passes (2 by default); one pass lands the landmarks nearby but
+    not on the same points, so the setting really changes what is run."""
+    served = client.app.state.model_state.framer
+    assert served.detector.mesh_passes == client.app.state.settings.mesh_passes == 2
+    one_pass = FaceFramer(served.preprocess, mesh_passes=1)
+    assert one_pass.detector.mesh_passes == 1
+    photo = tilted.image()
+    twice, once = served.detect(photo)[0].landmarks, one_pass.detect(photo)[0].landmarks
+    eye_distance = float(np.linalg.norm(twice[1] - twice[0]))
+    assert 0 < np.abs(twice - once).max() < 0.2 * eye_distance

@@ -49,6 +49,7 @@ def test_every_setting_comes_from_a_facevae_variable(environ: dict[str, str]) ->
             "FACEVAE_REQUIRE_GPU": "true",
             "FACEVAE_MAX_BODY_BYTES": "1234",
             "FACEVAE_MAX_BATCH": "4",
+            "FACEVAE_MESH_PASSES": "1",
             "FACEVAE_LOG_LEVEL": "debug",
         }
     )
@@ -58,6 +59,7 @@ def test_every_setting_comes_from_a_facevae_variable(environ: dict[str, str]) ->
     assert settings.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert settings.require_gpu is True
     assert (settings.max_body_bytes, settings.max_batch, settings.log_level) == (1234, 4, "debug")
+    assert settings.mesh_passes == 1
 
 
 def test_session_threads_share_the_cores_among_workers(
@@ -85,7 +87,9 @@ def test_cli_flags_override_the_environment_and_reach_the_workers(
     assert (workers_see.model, workers_see.port, workers_see.require_gpu) == (tiny_bundle, 8123, True)
 
 
-@pytest.mark.parametrize("argv", [["--port", "0"], ["--log-level", "chatty"], ["--workers", "many"]])
+@pytest.mark.parametrize(
+    "argv", [["--port", "0"], ["--log-level", "chatty"], ["--workers", "many"], ["--mesh-passes", "0"]]
+)
 def test_cli_rejects_invalid_values(
     environ: dict[str, str], uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]], argv: list[str]
 ) -> None:
