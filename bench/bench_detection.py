@@ -102,7 +102,7 @@ def _by_size(faces: Iterable[Face]) -> list[Face]:
     return sorted(faces, key=lambda face: face.area, reverse=True)
 
 
-def _detector(make: Callable[..., Any], **settings: int) -> Callable[[], Detect]:
+def _detector(make: Callable[..., Any], **settings: float) -> Callable[[], Detect]:
     """A candidate built on first use: `make(**settings)`'s `detect`."""
     return lambda: make(**settings).detect
 
@@ -179,7 +179,13 @@ CANDIDATES = (
         "mediapipe",
         SERVICE_MODELS,
         _detector(FaceDetector),
-        "the service's FaceDetector: BlazeFace + 2 Face Mesh passes",
+        "the service's FaceDetector: BlazeFace + up to 2 Face Mesh passes (a second while the region moves)",
+    ),
+    Candidate(
+        "mediapipe-2pass",
+        SERVICE_MODELS,
+        _detector(FaceDetector, mesh_settled=0.0),
+        "the same with always two Face Mesh passes (mesh_settled=0, the default until 2026-12-02)",
     ),
     Candidate(
         "mediapipe-1pass",

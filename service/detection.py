@@ -38,10 +38,14 @@ MESH_SIDE = 192
 #: MediaPipe's region for Face Mesh: the face's box (detector's, or the landmarks' own once there are some) grown
 #: 1.5x, square, rotated so the eyes are level.
 ROI_SCALE = 1.5
-#: Face Mesh runs: the first on the detector's region, each further one on the region of the last one's landmarks
-#: (MediaPipe's tracking loop). Measured on 200 phone-style photos (docs/benchmarks.md): one pass frames 95 % within
-#: 5 % of the aligned crop's framing, two 98 % (three were no better than two on 60 photos).
+#: Face Mesh runs at most: the first on the detector's region, each further one on the region of the last one's
+#: landmarks (MediaPipe's tracking loop). Measured on 200 phone-style photos (docs/benchmarks.md): one pass frames
+#: 95 % within 5 % of the aligned crop's framing, two 98 % (three were no better than two on 60 photos).
 MESH_PASSES = 2
+#: A further pass runs only while the region still moves: its centre by more than this share of its side, its side
+#: by more than this share, or its angle by more than this many radians (2.3 degrees). On those 200 photos, 0.04
+#: kept 98 % framed within 5 % with 1.67 passes a face instead of 2 (0.02 saved almost nothing; 0.06: 97.5 %, 1.39).
+MESH_SETTLED = 0.04
 #: Faces beyond the largest few keep the detector's keypoints (see `_unrefined_landmarks`): a crowd photo should not
 #: cost a Face Mesh pass per face.
 MAX_REFINED = 4
@@ -81,6 +85,33 @@ class Face:
         return self.box[2] * self.box[3]
 
 
+@dataclass(frozen=True, eq=False)
+class _Region:
+    """A square of the photo that Face Mesh is run on: its centre, side (pixels), and the eye line it is rotated
+    along (the square's x axis)."""
+
+    centre: np.ndarray
+    side: float
+    eye_line: np.ndarray
+
+    @classmethod
+    def around(cls, mesh: np.ndarray, eye_line: np.ndarray) -> _Region:
+        """MediaPipe's region for the next pass: the landmarks' box with the eyes level, grown `ROI_SCALE`x."""
+        upright = mesh @ _rotation(eye_line)
+        low, high = upright.min(axis=0), upright.max(axis=0)
+        return cls((low + high) / 2 @ _rotation(eye_line).T, float((high - low).max()) * ROI_SCALE, eye_line)
+
+    def settled(self, previous: _Region, tolerance: float) -> bool:
+        """Whether this region moved from `previous` by at most `tolerance` (see `MESH_SETTLED`): another pass would
+        place the same landmarks."""
+        along, across = self.eye_line @ _rotation(previous.eye_line)  # this eye line in the previous one's frame
+        return (
+            float(np.linalg.norm(self.centre - previous.centre)) <= tolerance * previous.side
+            and abs(self.side - previous.side) <= tolerance * previous.side
+            and abs(math.atan2(across, along)) <= tolerance
+        )
+
+
 @dataclass(frozen=True)
 class _Detection:
     """A merged BlazeFace detection in photo pixels: box (x0, y0, x1, y1), score, six keypoints [6, 2] (viewer's
@@ -98,8 +129,8 @@ class _Detection:
 
 class FaceDetector:
     """BlazeFace on the photo letterboxed into a square (see `_detections`), then Face Mesh on each of the
-    `max_refined` largest faces, `mesh_passes` times. The five landmarks are the means of Face Mesh's eye contours,
-    its nose tip and its mouth corners.
+    `max_refined` largest faces, up to `mesh_passes` times (fewer once its region settles by `mesh_settled`; 0 runs
+    every pass). The five landmarks are the means of Face Mesh's eye contours, its nose tip and its mouth corners.
 
     Face Mesh is what makes the framing consistent: it is a regression network run on an upright face at a fixed
     scale, so where it puts the landmarks hardly depends on how the face was tilted or how large it was in the
@@ -111,6 +142,7 @@ class FaceDetector:
         self,
         min_score: float = MIN_SCORE,
         mesh_passes: int = MESH_PASSES,
+        mesh_settled: float = MESH_SETTLED,
         max_refined: int = MAX_REFINED,
         threads: int = 1,
     ) -> None:
@@ -120,6 +152,7 @@ class FaceDetector:
             raise ValueError("mesh_passes and threads must be at least 1, max_refined at least 0")
         self.min_score = min_score
         self.mesh_passes = mesh_passes
+        self.mesh_settled = mesh_settled
         self.max_refined = max_refined
         full_range = _BlazeFace(_session(FILES["full_range"], threads), layers=((4, 1),))
         short_range = _BlazeFace(_session(FILES["short_range"], threads), layers=((8, 2), (16, 6)))
@@ -154,9 +187,10 @@ class FaceDetector:
         for model, side in self._search:
             scale = side / (max(width, height) * (1 + 2 * DETECTOR_MARGIN))
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            # BILINEAR is antialiased in Pillow's resize, and reducing_gap box-reduces first: a 12-megapixel photo
-            # costs a few milliseconds.
-            small = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0) if size != rgb.size else rgb
+            # BILINEAR is antialiased in Pillow's resize, and reducing_gap box-reduces first, by as much as leaves
+            # 1.5x for the bilinear step: a 640x480 photo takes 0.7 ms instead of 1.7 with 3x (the detector's input,
+            # not the model's, so a box filter is good enough), a 12-megapixel one a few milliseconds.
+            small = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=1.5) if size != rgb.size else rgb
             corner = ((side - size[0]) // 2, (side - size[1]) // 2)
             square = Image.new("RGB", (side, side), (128, 128, 128))  # about 0 in the networks' [-1, 1]
             square.paste(small, corner)
@@ -177,22 +211,20 @@ class FaceDetector:
         found (a hand over the mouth, a profile; 4 of 470 missed with it, 1 without), while BlazeFace's score alone
         gave no face in 40 photos without one."""
         box = detection.box
-        centre, side = (box[:2] + box[2:]) / 2, float((box[2:] - box[:2]).max()) * ROI_SCALE
         eye_line = detection.keypoints[1] - detection.keypoints[0]
+        region = _Region((box[:2] + box[2:]) / 2, float((box[2:] - box[:2]).max()) * ROI_SCALE, eye_line)
         for _ in range(self.mesh_passes):
-            mesh = self._mesh_in(rgb, centre, side, eye_line)
+            mesh = self._mesh_in(rgb, region)
             eyes = np.stack([mesh[contour].mean(axis=0) for contour in _EYE_CONTOURS])
-            eye_line = eyes[1] - eyes[0]
-            upright = mesh @ _rotation(eye_line)  # the landmarks with the eyes level, to take their box
-            low, high = upright.min(axis=0), upright.max(axis=0)
-            centre = (low + high) / 2 @ _rotation(eye_line).T
-            side = float((high - low).max()) * ROI_SCALE
+            region, previous = _Region.around(mesh, eyes[1] - eyes[0]), region
+            if region.settled(previous, self.mesh_settled):
+                break
         return np.concatenate([eyes, mesh[[_NOSE_TIP, *_MOUTH_CORNERS]]]).astype(np.float64)
 
-    def _mesh_in(self, rgb: Image.Image, centre: np.ndarray, side: float, eye_line: np.ndarray) -> np.ndarray:
-        """Face Mesh's 468 (x, y) landmarks in photo pixels for the square region of `side` pixels around `centre`
-        rotated along `eye_line`."""
-        across, down = _rotation(eye_line).T * side / 2  # the region's half-axes in the photo
+    def _mesh_in(self, rgb: Image.Image, region: _Region) -> np.ndarray:
+        """Face Mesh's 468 (x, y) landmarks in photo pixels for one region."""
+        across, down = _rotation(region.eye_line).T * region.side / 2  # the region's half-axes in the photo
+        centre = region.centre
         corners = np.stack([centre - across - down, centre + across - down, centre + across + down])
         to_square = similarity_transform(corners, np.array([[0.0, 0.0], [MESH_SIDE, 0.0], [MESH_SIDE, MESH_SIDE]]))
         pixels = _square_pixels(rgb, to_square, MESH_SIDE)

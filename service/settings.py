@@ -67,8 +67,8 @@ class Settings(BaseSettings):
         MESH_PASSES,
         ge=1,
         le=4,
-        description="Face Mesh passes per detected face: 1 saves about 5 ms per photo and frames 95 % of phone photos "
-        "within 5 % instead of 98 % (docs/benchmarks.md).",
+        description="Face Mesh passes per detected face at most (a further one only while the face's region moves): "
+        "1 saves about 4 ms per photo and frames 95 % of phone photos within 5 % instead of 98 % (docs/benchmarks.md).",
     )
     max_batch: int = Field(16, ge=1, description="Most latents, samples (n) or strip steps in one request.")
     max_strength: float = Field(

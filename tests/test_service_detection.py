@@ -20,6 +20,7 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -301,6 +302,32 @@ def test_aligned_training_crops_keep_frame_faces_framing(detector: FaceDetector,
     assert bias <= 0.02
     assert np.median(between_sizes) <= 0.015 and np.percentile(between_sizes, 90) <= 0.04
     assert np.median(absolute) <= 0.07
+
+
+class _CountingDetector(FaceDetector):
+    """A FaceDetector that counts its Face Mesh runs."""
+
+    def __init__(self, mesh_settled: float) -> None:
+        super().__init__(mesh_passes=2, mesh_settled=mesh_settled)
+        self.mesh_runs = 0
+
+    def _mesh_in(self, *args: Any) -> np.ndarray:
+        self.mesh_runs += 1
+        return super()._mesh_in(*args)
+
+
+@needs_celeba
+def test_face_mesh_runs_again_only_where_its_region_moved() -> None:
+    """`mesh_settled` 0 runs every pass, a tolerance of a whole region one pass, the default some of each: the
+    second pass is skipped on faces whose first pass hardly moved the region, and never more than `mesh_passes`."""
+    images = [phone_photo(path, seed).image() for seed, path in enumerate(face_files(10, PHONE_START))]
+    runs = {}
+    for settled in (0.0, detection.MESH_SETTLED, 1.0):
+        counting = _CountingDetector(settled)
+        assert all(len(counting.detect(image)) == 1 for image in images)
+        runs[settled] = counting.mesh_runs
+    assert runs[0.0] == 20 and runs[1.0] == 10
+    assert 10 < runs[detection.MESH_SETTLED] < 20, runs
 
 
 @needs_celeba
