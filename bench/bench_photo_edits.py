@@ -68,7 +68,7 @@ def edit_once(model: FaceModel, framer: FaceFramer, jpeg: bytes, strengths: dict
     """What photo /edit does for one request, without HTTP: the bytes it would answer with."""
     photo = decode_upload(jpeg, None if mode[0] is Output.PHOTO else FRAMING_SIDE)  # as the router decodes
     framed = framer.frame(photo, Align.AUTO)
-    z = model.encode_pixels(framed.pixels[np.newaxis]).z_mean[0]
+    z = model.encode_pixels(framed.pixels[np.newaxis]).code[0]
     before = model.decode(z[np.newaxis])[0]
     result = compose(photo, framed.alignment, before, model.decode(model.edit(z, strengths)), *mode)
     return encode_image(result[0], ImageFormat.PNG)
@@ -97,7 +97,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             missed += 1
             continue
         framed = framer.frame(photo, Align.AUTO)
-        z = model.encode_pixels(framed.pixels[np.newaxis]).z_mean[0]
+        z = model.encode_pixels(framed.pixels[np.newaxis]).code[0]
         before = model.decode(z[np.newaxis])
         real, _ = judge.predict(framed.pixels[np.newaxis])
         lacking = [a for a in args.attributes if data.labels[index, names.index(a)] < 0]

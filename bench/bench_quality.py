@@ -8,7 +8,8 @@ augmentation so that a soft VAE face is judged on its content, not on its blur. 
 The table of issue 8, per bundle:
 
 1. Reconstruction sharpness: mean over faces of the variance of the Laplacian (grey, 3x3 kernel
-   [[0,1,0],[1,-4,1],[0,1,0]]) of faces decoded from z_mean, over the same mean on the real validation faces
+   [[0,1,0],[1,-4,1],[0,1,0]]) of faces decoded from their codes (what /encode gives: z_mean refined
+   `--refine-steps` times, see `FaceModel.refine`), over the same mean on the real validation faces
    (1 = as sharp as the photos).
 2. Sample sharpness: the same ratio for samples at T = 1, for the bundle's default sampling mode and every mode.
 3. Male kept: share of validation faces whose reconstruction gets the classifier's Male verdict of the photo;
@@ -17,7 +18,7 @@ The table of issue 8, per bundle:
    sampling mode and temperature (the same seeds, so the same eps, for every mode), next to two anchors with the
    same number of faces: real training faces (the floor) and their reconstructions.
 5. Edit success: validation faces labelled without the attribute are edited +1, +2, +3 (what /edit does:
-   z_mean + FaceModel.attribute_offset); success = share of edited faces judged to have it. Faces labelled with
+   code + FaceModel.attribute_offset); success = share of edited faces judged to have it. Faces labelled with
    it are edited -1, -2, -3; success = share judged not to have it.
 6. Side effects: mean over the edited faces and over the attributes *unrelated* to the edited one of
    |verdict(edited) - verdict(unedited reconstruction)| (binary verdicts). Unrelated = the absolute phi
@@ -77,7 +78,7 @@ from service.bundle import (
     ModelBundle,
     Preprocess,
 )
-from service.runtime import FaceModel, SamplingMode
+from service.runtime import REFINE_STEPS, FaceModel, SamplingMode
 from service.settings import DEFAULT_MODEL
 from training.card import EDIT_ATTRIBUTES, grid, sharpness
 from training.classifier import AttributeClassifier, ClassifierConfig, default_out, train_classifier
@@ -200,7 +201,9 @@ def open_old_bundle(
     # Not validated against today's Manifest: only name, sizes and framing are read from it.
     fields = {**manifest, "preprocess": Preprocess.model_validate(manifest["preprocess"])}
     bundle = ModelBundle(folder, Manifest.model_construct(**fields), stats, AttributeVectors(vectors))
-    model = FaceModel(bundle, encoder, decoder, max_batch=int(limits["batch"]), max_strength=limits["strength"])
+    model = FaceModel(
+        bundle, encoder, decoder, max_batch=int(limits["batch"]), max_strength=limits["strength"], refine_steps=0
+    )
     z_val, _ = encode(encoder, data.images[data.val])
     return Subject(
         label,
@@ -214,14 +217,21 @@ def open_old_bundle(
 
 
 def open_bundle(
-    path: Path, label: str, data_for: Callable[[Mapping[str, Any]], PreparedData], limits: Mapping[str, float]
+    path: Path,
+    label: str,
+    data_for: Callable[[Mapping[str, Any]], PreparedData],
+    limits: Mapping[str, float],
+    refine_steps: int = REFINE_STEPS,
 ) -> Subject:
-    """A current bundle, loaded and verified as the service loads it."""
-    model = FaceModel.load(path, threads=0, max_batch=int(limits["batch"]), max_strength=limits["strength"])
+    """A current bundle, loaded and verified as the service loads it. The validation faces' codes are what /encode
+    gives (`FaceModel.encode_pixels`, refined), the training faces' the posterior means the vectors were built on."""
+    model = FaceModel.load(
+        path, threads=0, max_batch=int(limits["batch"]), max_strength=limits["strength"], refine_steps=refine_steps
+    )
     training = model.bundle.manifest.training
     data = data_for(training)
     z_train, _ = encode(model.encoder, data.images[data.train])
-    z_val, _ = encode(model.encoder, data.images[data.val])
+    z_val = batched(lambda pixels: model.encode_pixels(pixels).code, data.images[data.val])
     min_positives = int(training.get("min_positives", TrainConfig().min_positives))
     return Subject(label, str(path), model, data, z_train, z_val, min_positives)
 
@@ -269,7 +279,7 @@ def judge(classifier: AttributeClassifier, faces: np.ndarray) -> tuple[np.ndarra
 
 
 def reconstruction(subject: Subject, classifier: AttributeClassifier, real: Real) -> dict[str, Any]:
-    """MSE, sharpness ratio and verdict agreement of validation faces decoded from their z_mean."""
+    """MSE, sharpness ratio and verdict agreement of validation faces decoded from their codes."""
     faces = subject.data.images[subject.data.val]
     decoded = batched(subject.model.decode, subject.z_val)
     mse = np.mean((decoded.astype(np.float64) / 255.0 - faces.astype(np.float64) / 255.0) ** 2, axis=(1, 2, 3))
@@ -983,6 +993,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--attributes", nargs="+", default=list(EDIT_ATTRIBUTES), help="attributes to edit")
     parser.add_argument("--edit-faces", type=int, default=300, help="most faces per attribute and direction")
     parser.add_argument("--skip-directions", action="store_true", help="no direction-method comparison")
+    parser.add_argument(
+        "--refine-steps",
+        type=int,
+        nargs="+",
+        default=[REFINE_STEPS],
+        help="refinement steps of the validation faces' codes, as the service's FACEVAE_REFINE_STEPS; several "
+        "measure each bundle at each, side by side, and any but the service's default is added to the label "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "quality.json", help="JSON (default: %(default)s)")
     parser.add_argument("--figures", type=Path, default=FIGURES_DIR, help="PNG folder (default: %(default)s)")
@@ -1015,10 +1034,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             name = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))["name"]
             subjects.append(open_old_bundle(folder, f"{name}@{rev}", data_for, limits))
         for path in args.model:
-            subject = open_bundle(path, "", data_for, limits)
-            taken = {s.label for s in subjects}
-            subject.label = subject.model.bundle.name if subject.model.bundle.name not in taken else str(path)
-            subjects.append(subject)
+            for steps in args.refine_steps:
+                subject = open_bundle(path, "", data_for, limits, steps)
+                taken = {s.label for s in subjects}
+                subject.label = subject.model.bundle.name if subject.model.bundle.name not in taken else str(path)
+                if steps != REFINE_STEPS:
+                    subject.label += f" (refine {steps})"
+                subjects.append(subject)
         if not subjects:
             raise SystemExit("nothing to measure: pass --model and/or --old-bundle-rev")
 
@@ -1028,6 +1050,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         report: dict[str, Any] = {
             "machine": machine(),
             "classifier": classifier_section(classifier, args.attributes),
+            "refine_steps": args.refine_steps,
             "threshold": THRESHOLD,
             "unrelated_phi": UNRELATED_PHI,
             "targets": TARGETS,

@@ -225,7 +225,7 @@ class InterpolateUpload(Schema):
 
 
 class EditUpload(EncodeUpload):
-    """multipart/form-data body of /edit: the photo is encoded and its z_mean edited."""
+    """multipart/form-data body of /edit: the photo is encoded and its code edited."""
 
     attributes: Json[Strengths] = Field(description='JSON object, e.g. {"Smiling": 1.5, "Eyeglasses": -1}.')
     keep: Json[Keep] = Field([], description='JSON list of attributes the edit must not change, e.g. ["Male"].')
@@ -274,6 +274,10 @@ class DetectResponse(Schema):
 
 
 class EncodeResponse(Schema):
+    code: list[float] = Field(
+        description="The latent to decode or edit for this face: z_mean refined so the face decoded from it encodes "
+        "back to z_mean (FACEVAE_REFINE_STEPS steps; z_mean itself at 0). Photo /edit and /interpolate use it."
+    )
     z_mean: list[float]
     z_log_var: list[float]
     z: list[float] = Field(description="z_mean + exp(z_log_var / 2) * eps, one reparameterised sample.")

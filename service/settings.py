@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.detection import MESH_PASSES
+from service.runtime import REFINE_STEPS
 
 #: The bundle the lead trains and commits; resolved from the package, so any working directory finds it.
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "celeba-64"
@@ -69,6 +70,13 @@ class Settings(BaseSettings):
         le=4,
         description="Face Mesh passes per detected face at most (a further one only while the face's region moves): "
         "1 saves about 4 ms per photo and frames 95 % of phone photos within 5 % instead of 98 % (docs/benchmarks.md).",
+    )
+    refine_steps: int = Field(
+        REFINE_STEPS,
+        ge=0,
+        le=10,
+        description="Steps refining a photo's code so its decoded face encodes back to the photo's z_mean; each "
+        "costs one decoder and one encoder run, and 0 decodes z_mean as it is (docs/benchmarks.md).",
     )
     max_batch: int = Field(16, ge=1, description="Most latents, samples (n) or strip steps in one request.")
     max_strength: float = Field(

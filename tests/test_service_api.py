@@ -264,6 +264,7 @@ def test_encode_raw_body_and_multipart_agree(client: TestClient, face_model: Fac
     expected = face_model.encode_pixels(frame_face(face_photo(), face_model.bundle.preprocess)[np.newaxis])
     np.testing.assert_allclose(body["z_mean"], expected.z_mean[0], rtol=1e-6)
     np.testing.assert_allclose(body["z_log_var"], expected.z_log_var[0], rtol=1e-6)
+    np.testing.assert_allclose(body["code"], expected.code[0], rtol=1e-6)
     assert body["seed"] == 3
 
 
@@ -465,11 +466,11 @@ def test_edit_keep_leaves_the_kept_attribute_s_projection_alone(client: TestClie
 
 def test_edit_multipart_keep_matches_json(client: TestClient) -> None:
     data = image_bytes(face_photo())
-    z_mean = client.post("/encode", params=CROPPED, **upload(data)).json()["z_mean"]
+    code = client.post("/encode", params=CROPPED, **upload(data)).json()["code"]
     form = {"attributes": '{"Smiling": 2}', "keep": '["Male"]'}
     from_photo = client.post("/edit", params={**CROPPED, "detail": "model"}, data=form, **upload(data))
     assert from_photo.status_code == 200
-    body = {"z": z_mean, "attributes": {"Smiling": 2}, "keep": ["Male"]}
+    body = {"z": code, "attributes": {"Smiling": 2}, "keep": ["Male"]}
     assert from_photo.content == client.post("/edit", json=body).content
 
 
@@ -509,15 +510,15 @@ def test_edit_strip_has_the_unedited_face_in_the_middle(client: TestClient) -> N
     assert base64.b64decode(body["images"][2]) == decoded.content
 
 
-def test_edit_multipart_photo_edits_its_z_mean(client: TestClient) -> None:
+def test_edit_multipart_photo_edits_its_code(client: TestClient) -> None:
     data = image_bytes(face_photo())
-    z_mean = client.post("/encode", params=CROPPED, **upload(data)).json()["z_mean"]
+    code = client.post("/encode", params=CROPPED, **upload(data)).json()["code"]
     attributes = {"Smiling": 1.5, "Male": -1}
     params = {**CROPPED, "detail": "model"}  # the model's own face: what an edit of the latent gives
     from_photo = client.post("/edit", params=params, data={"attributes": json.dumps(attributes)}, **upload(data))
     assert from_photo.status_code == 200
     assert from_photo.headers["content-type"] == "image/png"
-    assert from_photo.content == client.post("/edit", json={"z": z_mean, "attributes": attributes}).content
+    assert from_photo.content == client.post("/edit", json={"z": code, "attributes": attributes}).content
 
 
 @pytest.mark.parametrize(

@@ -101,8 +101,9 @@ def test_encode_aligns_the_face_and_says_which_one(
     assert body["face"] == detected
     framer: FaceFramer = client.app.state.model_state.framer
     framed = framer.frame(tilted.image(), face=0)
-    expected = face_model.encode_pixels(framed.pixels[np.newaxis]).z_mean[0]
-    np.testing.assert_allclose(body["z_mean"], expected, rtol=1e-5, atol=1e-6)
+    expected = face_model.encode_pixels(framed.pixels[np.newaxis])
+    np.testing.assert_allclose(body["z_mean"], expected.z_mean[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(body["code"], expected.code[0], rtol=1e-5, atol=1e-5)
     # align=none crops the box of an aligned crop instead: a different input, no face reported.
     cropped = client.post("/encode", params={"seed": 1, "align": "none"}, content=tilted.jpeg, headers=JPEG).json()
     assert cropped["face"] is None
@@ -140,8 +141,8 @@ def _edit(client: TestClient, photo: PhonePhoto, attributes: dict[str, float], *
 
 def test_edit_of_a_tilted_photo_edits_the_aligned_face(client: TestClient, tilted: PhonePhoto) -> None:
     attributes = {"Smiling": 2}
-    z_mean = client.post("/encode", content=tilted.jpeg, headers=JPEG).json()["z_mean"]
-    from_latent = client.post("/edit", json={"z": z_mean, "attributes": attributes})
+    code = client.post("/encode", content=tilted.jpeg, headers=JPEG).json()["code"]
+    from_latent = client.post("/edit", json={"z": code, "attributes": attributes})
     model_face = _edit(client, tilted, attributes, detail="model")
     np.testing.assert_array_equal(model_face, np.asarray(Image.open(io.BytesIO(from_latent.content))))
 

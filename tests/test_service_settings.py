@@ -50,6 +50,7 @@ def test_every_setting_comes_from_a_facevae_variable(environ: dict[str, str]) ->
             "FACEVAE_MAX_BODY_BYTES": "1234",
             "FACEVAE_MAX_BATCH": "4",
             "FACEVAE_MESH_PASSES": "1",
+            "FACEVAE_REFINE_STEPS": "0",
             "FACEVAE_LOG_LEVEL": "debug",
         }
     )
@@ -60,6 +61,7 @@ def test_every_setting_comes_from_a_facevae_variable(environ: dict[str, str]) ->
     assert settings.require_gpu is True
     assert (settings.max_body_bytes, settings.max_batch, settings.log_level) == (1234, 4, "debug")
     assert settings.mesh_passes == 1
+    assert settings.refine_steps == 0
 
 
 def test_session_threads_share_the_cores_among_workers(

@@ -70,7 +70,7 @@ def _conditional_edit_figure(model: FaceModel, data: PreparedData, path: Path) -
     women = _faces_by(data, "Male", -1, 8)
     if women is None or not {"Mustache", "Male"} <= set(model.bundle.attributes):
         return
-    z = model.encode_pixels(women).z_mean
+    z = model.encode_pixels(women).code
     plain = model.decode(np.concatenate([model.edit(row, {"Mustache": 2}) for row in z]))
     kept = model.decode(np.concatenate([model.edit(row, {"Mustache": 2}, keep=["Male"]) for row in z]))
     grid([women, model.decode(z), plain, kept], ["photo", "reconstructed", "Mustache +2", "+ keep Male"]).save(path)
@@ -88,10 +88,10 @@ def write_card_figures(bundle_dir: Path, data: PreparedData, seed: int = 0) -> d
         originals = _faces_by(data, "Male", sign, 10)
         if originals is None:
             continue
-        rows += [originals, model.decode(model.encode_pixels(originals).z_mean)]
+        rows += [originals, model.decode(model.encode_pixels(originals).code)]
         labels += [f"{name}: photo", "reconstructed"]
     if not rows:
-        rows, labels = [val[:10], model.decode(model.encode_pixels(val[:10]).z_mean)], ["photo", "reconstructed"]
+        rows, labels = [val[:10], model.decode(model.encode_pixels(val[:10]).code)], ["photo", "reconstructed"]
     grid(rows, labels).save(out / "reconstructions.png")
 
     rows, labels = [], []
@@ -107,7 +107,7 @@ def write_card_figures(bundle_dir: Path, data: PreparedData, seed: int = 0) -> d
         if faces is None or name not in model.bundle.attributes:
             continue
         for face in faces:  # faces without the attribute, so +edits have something to add
-            z = model.encode_pixels(face[np.newaxis]).z_mean[0]
+            z = model.encode_pixels(face[np.newaxis]).code[0]
             latents = np.stack([model.edit(z, {name: s})[0] for s in EDIT_STRENGTHS])
             rows.append(np.concatenate([face[np.newaxis], model.decode(latents)]))
             labels.append(name)
@@ -116,7 +116,7 @@ def write_card_figures(bundle_dir: Path, data: PreparedData, seed: int = 0) -> d
     _conditional_edit_figure(model, data, out / "conditional_edits.png")
 
     all_reconstructions = np.concatenate(
-        [model.decode(model.encode_pixels(val[i : i + 256]).z_mean) for i in range(0, len(val), 256)]
+        [model.decode(model.encode_pixels(val[i : i + 256]).code) for i in range(0, len(val), 256)]
     )
     many = 256
     figures = {

@@ -100,7 +100,8 @@ def encode(
     params: Annotated[EncodeParams, Query()],
     accept: AcceptHeader = None,
 ) -> EncodeResponse:
-    """A face photo to its posterior: z_mean, z_log_var and one sample z (deterministic with `seed`).
+    """A face photo to its posterior (z_mean, z_log_var and one sample z, deterministic with `seed`) and to `code`,
+    the latent /decode and /edit reproduce the face from best (z_mean refined; `FaceModel.refine`).
 
     With align=auto (the default) the face is found and aligned like the training crops, and `face` says which
     one was used; align=none crops the bundle's box, as training framed the CelebA crops.
@@ -111,6 +112,7 @@ def encode(
     seed = draw_seed() if params.seed is None else params.seed
     z = encoding.sample(np.random.default_rng(seed))
     return EncodeResponse(
+        code=encoding.code[0].tolist(),
         z_mean=encoding.z_mean[0].tolist(),
         z_log_var=encoding.z_log_var[0].tolist(),
         z=z[0].tolist(),
@@ -162,7 +164,7 @@ def interpolate(
     media_type = choose_media_type(accept, params.format, one_picture=True)
     if isinstance(source, InterpolateUpload):
         pixels = np.stack([_framed(decoder, framer, data, params)[1].pixels for data in (source.start, source.end)])
-        start, end = model.encode_pixels(pixels).z_mean
+        start, end = model.encode_pixels(pixels).code
     else:
         start, end = (model.latents([z], name)[0] for name, z in (("start", source.start), ("end", source.end)))
     path = model.interpolate(start, end, params.steps, params.method)
@@ -184,7 +186,8 @@ def edit(
     params: Annotated[EditParams, Query()],
     accept: AcceptHeader = None,
 ) -> Response:
-    """Move a face along attribute vectors: a photo (its z_mean is edited) or a latent, plus strengths.
+    """Move a face along attribute vectors: a photo (its code is edited, as /encode gives it) or a latent, plus
+    strengths.
 
     With `steps` the result is a strip from -strength to +strength with the unedited face in the middle.
     `keep` names attributes whose directions are projected out of the edit, so they stay as they are.
@@ -194,7 +197,7 @@ def edit(
     media_type = choose_media_type(accept, params.format, one_picture=True)
     if isinstance(source, EditUpload):
         photo, framed = _framed(decoder, framer, source.image, params, whole=params.output is Output.PHOTO)
-        z = model.encode_pixels(framed.pixels[np.newaxis]).z_mean[0]
+        z = model.encode_pixels(framed.pixels[np.newaxis]).code[0]
         edited = model.edit(z, source.attributes, params.steps, source.keep)
         before = model.decode(z[np.newaxis])[0]
         faces = compose(photo, framed.alignment, before, model.decode(edited), params.output, params.detail)

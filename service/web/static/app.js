@@ -144,7 +144,7 @@ async function loadSeed(seed) {
 
 async function loadPhoto(file) {
   const answer = await postPhoto("/encode", file);
-  await setBase(answer.z_mean, `photo ${file.name}`);
+  await setBase(answer.code, `photo ${file.name}`);
 }
 
 function parseLatent(text) {
@@ -154,10 +154,10 @@ function parseLatent(text) {
   } catch (error) {
     throw new ApiError(`That is not JSON: ${error.message}`);
   }
-  if (value && !Array.isArray(value)) value = value.z_mean || value.z;
+  if (value && !Array.isArray(value)) value = value.code || value.z_mean || value.z;
   if (Array.isArray(value) && Array.isArray(value[0])) value = value[0];
   if (!Array.isArray(value) || !value.every((x) => typeof x === "number")) {
-    throw new ApiError("A latent is a JSON list of numbers, or an object with a z or z_mean list.");
+    throw new ApiError("A latent is a JSON list of numbers, or an object with a code, z_mean or z list.");
   }
   return value;
 }
@@ -257,7 +257,7 @@ function resetSliders() {
 
 async function secondLatent() {
   const file = $("walk-photo").files[0];
-  if (file) return (await postPhoto("/encode", file)).z_mean;
+  if (file) return (await postPhoto("/encode", file)).code;
   let seed = $("walk-seed").value;
   if (seed === "") $("walk-seed").value = seed = randomSeed();
   const answer = await apiJson(`/sample?n=1&seed=${seed}`, { headers: { Accept: "application/json" } });
