@@ -49,7 +49,7 @@ from bench.common import (
     write_report,
 )
 from bench.loadgen import Cell, Plan, RequestTemplate
-from service.runtime import Encoding, FaceModel
+from service.runtime import Encoding, FaceModel, refined_codes
 from service.settings import DEFAULT_MODEL, Settings
 
 #: `live` (GET /health/live, no model work) is the floor: what HTTP, uvicorn and the load generator cost alone.
@@ -67,16 +67,24 @@ LOADGEN_SLACK_S = 120
 class KerasBackend:
     """The textbook's way to run the model: eager calls on the Keras encoder and decoder, training=False."""
 
-    def __init__(self, vae: Any) -> None:
+    def __init__(self, vae: Any, refine_steps: int) -> None:
         self.vae = vae
+        self.refine_steps = refine_steps
 
     def encode_pixels(self, pixels: np.ndarray) -> Encoding:
-        z_mean, z_log_var = self.vae.encoder(pixels.astype(np.float32) / np.float32(255.0), training=False)
-        return Encoding(z_mean=np.asarray(z_mean), z_log_var=np.asarray(z_log_var))
+        z_mean, z_log_var = self._encode(pixels.astype(np.float32) / np.float32(255.0))
+        code = refined_codes(z_mean, self.refine_steps, lambda images: self._encode(images)[0], self._decode)
+        return Encoding(z_mean=z_mean, z_log_var=z_log_var, code=code)
 
     def decode(self, z: np.ndarray) -> np.ndarray:
-        images = np.asarray(self.vae.decoder(z, training=False))
-        return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+        return np.clip(np.rint(self._decode(z) * 255.0), 0, 255).astype(np.uint8)
+
+    def _encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        z_mean, z_log_var = self.vae.encoder(images, training=False)
+        return np.asarray(z_mean), np.asarray(z_log_var)
+
+    def _decode(self, z: np.ndarray) -> np.ndarray:
+        return np.asarray(self.vae.decoder(z, training=False))
 
 
 def load_keras(run_dir: Path, model: FaceModel) -> tuple[KerasBackend | None, str]:
@@ -97,7 +105,7 @@ def load_keras(run_dir: Path, model: FaceModel) -> tuple[KerasBackend | None, st
         )
     import tensorflow as tf
 
-    backend = KerasBackend(vae)
+    backend = KerasBackend(vae, model.refine_steps)
     z = np.random.default_rng(0).standard_normal((BATCH, model.z_dim), dtype=np.float32)
     # The anchor must run the bundle's network: a run folder from other code or weights would time something else.
     worst = int(np.abs(backend.decode(z).astype(np.int16) - model.decode(z).astype(np.int16)).max())

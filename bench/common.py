@@ -142,7 +142,7 @@ class EndpointWork:
     def decode(self, z: Sequence[float]) -> bytes:
         return encode_image(self.backend.decode(self.model.latents([z]))[0], self.image_format)
 
-    def encode_z_mean(self, i: int) -> Encoding:
+    def encode_posterior(self, i: int) -> Encoding:
         """/encode's framing (align=auto: detect and align) and encoding."""
         return self._encode(self.framer.frame(decode_upload(self.photo(i), FRAMING_SIDE)))
 
@@ -150,7 +150,7 @@ class EndpointWork:
         return self.backend.encode_pixels(framed.pixels[np.newaxis])
 
     def encode(self, i: int) -> np.ndarray:
-        return self.encode_z_mean(i).sample(np.random.default_rng(i))
+        return self.encode_posterior(i).sample(np.random.default_rng(i))
 
     def edit(self, z: Sequence[float], strengths: Mapping[str, float], steps: int | None = None) -> bytes:
         return self._edit(self.model.latents([z])[0], strengths, steps)
@@ -159,7 +159,7 @@ class EndpointWork:
         """Photo /edit with its defaults: align=auto, output=face, detail=keep."""
         photo = decode_upload(self.photo(i), FRAMING_SIDE)
         framed = self.framer.frame(photo)
-        z = self._encode(framed).z_mean[0]
+        z = self._encode(framed).code[0]
         before = self.backend.decode(z[np.newaxis])[0]
         edited = self.backend.decode(self.model.edit(z, strengths))
         faces = compose(photo, framed.alignment, before, edited, Output.FACE, Detail.KEEP)

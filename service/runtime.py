@@ -70,6 +70,26 @@ class Encoding:
         return self.z_mean + np.exp(0.5 * self.z_log_var) * eps
 
 
+def refined_codes(
+    z_mean: np.ndarray,
+    steps: int,
+    encode: Callable[[np.ndarray], np.ndarray],
+    decode: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Codes [N, z_dim] whose decoded faces encode back to `z_mean`: `steps` fixed-point steps
+    code <- code + (z_mean - encode(decode(code))), from code = z_mean (`encode`: float images in [0, 1] to z_mean,
+    `decode`: latents to float images).
+
+    Why: the encoder is amortised (one network for every face), so decode(z_mean) misses part of what it saw:
+    details, and for some men the Male look. What the encoder reads in the reconstruction but not in the photo is
+    that gap in its own terms; each step moves the code by it. Nothing here knows the judge or any label.
+    """
+    code = z_mean
+    for _ in range(steps):
+        code = code + (z_mean - encode(decode(code)))
+    return code
+
+
 def draw_seed() -> int:
     """A fresh seed for requests that give none, so the response can still tell how to reproduce it."""
     return secrets.randbelow(2**32)
@@ -223,17 +243,8 @@ class FaceModel:
         return Encoding(z_mean=z_mean, z_log_var=z_log_var, code=self.refine(z_mean))
 
     def refine(self, z_mean: np.ndarray) -> np.ndarray:
-        """Codes [N, z_dim] whose decoded faces encode back to `z_mean`: `refine_steps` fixed-point steps
-        code <- code + (z_mean - encoder(decoder(code))), from code = z_mean.
-
-        Why: the encoder is amortised (one network for every face), so decoder(z_mean) misses part of what it saw:
-        details, and for some men the Male look. What the encoder reads in the reconstruction but not in the photo
-        is that gap in its own terms; each step moves the code by it. Nothing here knows the judge or any label.
-        """
-        code = z_mean
-        for _ in range(self.refine_steps):
-            code = code + (z_mean - self._encode(self._decode(code))[0])
-        return code
+        """`refined_codes` of `z_mean` with this model's networks and `refine_steps`."""
+        return refined_codes(z_mean, self.refine_steps, lambda images: self._encode(images)[0], self._decode)
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """Decode float32 [N, z_dim] latents to uint8 [N, size, size, 3] faces in one batch."""
