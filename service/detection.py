@@ -148,8 +148,8 @@ class FaceDetector:
     ) -> None:
         if not 0.0 <= min_score <= 1.0:
             raise ValueError(f"min_score must lie in [0, 1], got {min_score}")
-        if mesh_passes < 1 or max_refined < 0 or threads < 1:
-            raise ValueError("mesh_passes and threads must be at least 1, max_refined at least 0")
+        if mesh_passes < 1 or max_refined < 0 or threads < 1 or mesh_settled < 0:
+            raise ValueError("mesh_passes and threads must be at least 1, max_refined and mesh_settled at least 0")
         self.min_score = min_score
         self.mesh_passes = mesh_passes
         self.mesh_settled = mesh_settled
