@@ -195,9 +195,13 @@ def warp(
 
     # The whole region in source pixels, edge-replicated where it leaves the photo.
     col0, row0 = math.floor((low[0] - x0) * fx), math.floor((low[1] - y0) * fy)
-    cols = np.clip(np.arange(col0, math.ceil((high[0] - x0) * fx)), 0, part.width - 1)
-    rows = np.clip(np.arange(row0, math.ceil((high[1] - y0) * fy)), 0, part.height - 1)
-    source = Image.fromarray(np.asarray(part)[rows[:, np.newaxis], cols[np.newaxis, :]])
+    col1, row1 = math.ceil((high[0] - x0) * fx), math.ceil((high[1] - y0) * fy)
+    if col0 >= 0 and row0 >= 0 and col1 <= part.width and row1 <= part.height:  # inside: nothing to replicate
+        source = part.crop((col0, row0, col1, row1))
+    else:
+        cols = np.clip(np.arange(col0, col1), 0, part.width - 1)
+        rows = np.clip(np.arange(row0, row1), 0, part.height - 1)
+        source = Image.fromarray(np.asarray(part)[rows[:, np.newaxis], cols[np.newaxis, :]])
     photo_to_source = np.array([[fx, 0.0, -x0 * fx - col0], [0.0, fy, -y0 * fy - row0], [0.0, 0.0, 1.0]])
 
     square_to_source = photo_to_source @ from_square
