@@ -107,6 +107,13 @@ def test_encode_image_round_trips_and_is_deterministic(image_format: ImageFormat
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
 
 
+def test_png_answers_are_compressed_for_speed() -> None:
+    """Level 6 took 5x as long on a 640x480 photo (bench/bench_encoding.py): the zlib header says which was used."""
+    data = encode_image(np.asarray(face_photo(64, 64)), ImageFormat.PNG)
+    idat = data.index(b"IDAT") + 4
+    assert data[idat : idat + 2] == b"\x78\x01"  # zlib's "fastest" level flag (level 6 writes 78 9c)
+
+
 def test_make_grid_places_each_image_in_reading_order() -> None:
     images = np.stack([np.full((3, 4, 3), value, dtype=np.uint8) for value in (10, 20, 30, 40, 50)])
     grid = make_grid(images)  # 5 images -> 3 columns, 2 rows
