@@ -35,6 +35,7 @@ train: $(VENV)/.test-deps  ## retrain the default bundle from scratch (about 45 
 
 bench: $(VENV)/.test-deps  ## every benchmark (about 30 min on 2 cores); results in bench/results/, see docs/benchmarks.md
 	$(PY) -m bench.bench_service
+	$(PY) -m bench.bench_encoding
 	$(PY) -m bench.bench_load --sweep
 	$(PY) -m bench.bench_training_speed --data $(DATA)
 	$(PY) -m bench.bench_quality --train-classifier --model models/celeba-64 --old-bundle-rev fa49e45
