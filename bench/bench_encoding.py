@@ -1,8 +1,8 @@
 """PNG compression levels compared: milliseconds and bytes per answer image, side by side in one run.
 
 A photo `/edit` with `output=photo` answers with the whole photo, so its PNG encoding is most of that request's time
-at Pillow's default level (6). This measures `service.imaging.encode_image`'s PNG at each level against level 6 on
-the images the service returns: a 64x64 face, a 4x4 grid of them, a 640x480 phone-style photo and the same scene at
+at Pillow's default level (6). This measures PNG at each level against level 6 on the images the service returns:
+a 64x64 face (a CelebA face resized), a 4x4 grid of them, a 640x480 phone-style photo and the same scene at
 4000x3000 (tests/phone_photos.py: a CelebA face in a scene; the large one is an enlarged scene, so smoother than a
 real 12-megapixel photo, which compresses worse). Rounds interleave the levels; medians are reported.
 
@@ -29,8 +29,10 @@ REFERENCE = 6
 
 
 def _images() -> dict[str, np.ndarray]:
-    scene = phone_photo(face_files(1, 5000)[0], 0)
-    face = np.asarray(scene.image().resize((64, 64), Image.Resampling.LANCZOS, box=(200, 120, 440, 360)))
+    path = face_files(1, 5000)[0]
+    scene = phone_photo(path, 0)
+    with Image.open(path) as aligned:  # a CelebA face at the model's size, as /sample and /decode return them
+        face = np.asarray(aligned.convert("RGB").resize((64, 64), Image.Resampling.LANCZOS))
     return {
         "face 64x64": face,
         "grid of 16 faces": make_grid(np.stack([face] * 16)),

@@ -22,9 +22,9 @@ PIXEL_CEILING = 40_000_000
 MAX_SIDE = 16_384
 #: Only these decoders run on uploads; Pillow's others (EPS via Ghostscript, ...) are not exposed.
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
-#: zlib level of the PNGs the service returns: 1 encodes a 640x480 photo in 0.20x the time of Pillow's default 6 for
-#: 18 % more bytes, a 12-megapixel one in 0.44x for 39 % more (bench/bench_encoding.py); at 6 it was most of a
-#: photo /edit's time with output=photo.
+#: zlib level of the PNGs the service returns: 1 encodes a 640x480 photo in 0.20-0.21x the time of Pillow's default
+#: 6 for 18 % more bytes, a 12-megapixel one in 0.42-0.44x for 39 % more (bench/bench_encoding.py); at 6 it was most
+#: of a photo /edit's time with output=photo.
 PNG_COMPRESS_LEVEL = 1
 GRID_PADDING = 2
 GRID_BACKGROUND = 255

@@ -76,8 +76,8 @@ def prelu_as_relu(model: onnx.ModelProto) -> int:
     The same function up to float rounding (4e-5 at most on Face Mesh's outputs, landmarks in pixels of 192), but
     onnxruntime's CPU PRelu is a slow broadcasting kernel outside the blocked (NCHWc) layout of its convolutions,
     which it leaves and re-enters around each one: on one core it took 59 % of Face Mesh's time, and the rewritten
-    network runs about 2.7x faster (1.4-2.3 against 4.4-5.3 ms, interleaved; bench/bench_detection.py). Of the
-    exact rewrites, max(y, 0) + slope * min(y, 0) ran at about 2 ms."""
+    network runs about 2.7x faster (1.4-2.3 against 4.4-5.3 ms on one thread, four interleaved rounds; see "Face
+    Mesh without PRelu" in docs/benchmarks.md). Of the exact rewrites, max(y, 0) + slope * min(y, 0) ran at 2 ms."""
     graph = model.graph
     constants = {tensor.name: tensor for tensor in graph.initializer}
     nodes, rewritten = [], 0
