@@ -14,8 +14,9 @@ Every candidate importable here is measured the same way, through `service.align
    (the pipeline's own error, which the floor does not hide).
 3. Milliseconds, medians over `--repeats` rounds with the candidates interleaved in each round: detect alone on a
    decoded 640x480 photo; decode + detect + align for a 640x480 JPEG; and for a 4000x3000 JPEG (a phone photo
-   enlarged) decoded fully and with Pillow's JPEG draft mode (`Image.draft("RGB", (640, 480))`, DCT scaling by
-   1/4 to 1000x750 while decoding). The enlarged photos' framing error with and without draft is reported too.
+   enlarged) decoded fully and with Pillow's JPEG draft mode, as the service decodes photos it only frames
+   (`service.imaging.decode_upload`: DCT scaling by 1/4 to 1000x750 while decoding). The enlarged photos'
+   framing error with and without draft is reported too.
 4. Licence (package metadata) and installed size: the package's files, and what it adds to the serving image
    with the dependencies the service does not already have (sizes from `importlib.metadata` file lists).
 
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as metadata
-import io
 import math
 import re
 import sys
@@ -60,6 +60,8 @@ from service.alignment import align, crop_corners, measure_template
 from service.bundle import Preprocess
 from service.detection import Face, FaceDetector
 from service.face_models import MODELS_DIR
+from service.framing import FRAMING_SIDE
+from service.imaging import decode_upload
 from tests.phone_photos import IMAGE_DIR, PhonePhoto, enlarged, face_files, framing_error, phone_photo
 
 DEFAULT_OUT = RESULTS_DIR / "detection.json"
@@ -67,7 +69,6 @@ DEFAULT_OUT = RESULTS_DIR / "detection.json"
 PREPROCESS = Preprocess(crop=(19 / 178, 43 / 218, 159 / 178, 183 / 218), size=64, resample="lanczos")
 PASS = 0.05
 LARGE_SIZE = (4000, 3000)
-DRAFT_SIZE = (640, 480)
 TEMPLATE_START, PHONE_START, BACKGROUND_START = 0, 5000, 7000
 #: The serving image's own requirements (pyproject `dependencies` + the `cpu` extra), whose closure is already there.
 SERVICE_REQUIREMENTS = ("facevae", "onnxruntime")
@@ -347,10 +348,8 @@ def accuracy(detect: Detect, template: np.ndarray, photos: Sequence[PhonePhoto])
 
 
 def _decode(data: bytes, draft: bool) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    if draft:
-        image.draft("RGB", DRAFT_SIZE)
-    return image.convert("RGB")
+    """As the service decodes a photo it only frames (`decode_upload`), in draft mode or whole."""
+    return decode_upload(data, FRAMING_SIDE if draft else None)
 
 
 def _pipeline(detect: Detect, template: np.ndarray, data: bytes, draft: bool) -> None:
@@ -495,7 +494,8 @@ def tables(report: dict[str, Any]) -> list[Table]:
                 fmt(speed_rows["(decode only)"]["decode_4000"] - speed_rows["(decode only)"]["decode_4000_draft"]),
             ]
         ],
-        f"Draft: Image.draft('RGB', {DRAFT_SIZE}) before decoding, which lets libjpeg decode at 1/4 scale (1000x750). "
+        f"Draft: decoded as the service decodes a photo it only frames (decode_upload with max_side {FRAMING_SIDE}: "
+        "Image.draft lets libjpeg decode at 1/4 scale, 1000x750). "
         "The 4000x3000 photos are enlarged 640x480 scenes, so draft loses no real detail here; in a real photo a small "
         "face loses resolution.",
     )

@@ -1,23 +1,29 @@
 """An edited face back into the user's own photo: the model's change on the photo's own detail, warped into place.
 
 A /edit of a photo normally answers with the model's 64x64 face. Two options make it the person's photo instead:
-- `detail=keep` adds only what the edit changes, decode(z + delta) - decode(z), to the photo's own aligned face,
-  so hair, skin and eyes stay the photo's instead of the model's average (`keep_detail`);
-- `output=photo` returns the whole photo at its own resolution with the face square warped back by the inverse of
-  the alignment and blended over a soft-edged disc (`paste`); every pixel outside that disc is the photo's own.
+- `detail=keep` adds only what the edit changes, decode(z + delta) - decode(z), to the photo's own face, so hair,
+  skin and eyes stay the photo's instead of the model's average (`keep_detail` for the face square; `add_change`
+  for the whole photo, where the change is added to the photo's own pixels at their own resolution);
+- `output=photo` returns the whole photo at its own resolution with the edit warped into place by the inverse of
+  the alignment over a soft-edged disc (`add_change`, or `paste` for the model's face); every pixel outside that
+  disc is the photo's own, and with `detail=keep` so is every pixel the edit does not change.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops
 
-from service.alignment import Alignment, apply, warp
+from service.alignment import Alignment
 
-#: The face square is rendered at the photo's own resolution there, up to this many pixels a side.
-MAX_SIDE = 1024
+#: What is laid over the photo (a 64-pixel face or change, enlarged) is drawn at most this many pixels a side, then
+#: enlarged to the photo's resolution with bilinear interpolation: in a 12-megapixel photo a face's disc can be
+#: 1,500-3,000 pixels across, and drawing it there took most of a second (see docs/benchmarks.md, "Photo edits").
+MAX_SIDE = 512
 #: The blend fades from the face to the photo over this fraction of the disc's radius.
 FEATHER = 0.25
 
@@ -57,44 +63,82 @@ def keep_detail(own: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.nd
     return np.clip(np.rint(own.astype(np.float32) + change), 0, 255).astype(np.uint8)
 
 
-def face_side(alignment: Alignment, limit: int = MAX_SIDE) -> int:
-    """Pixels a side the face square has in the photo, at least the model's size and at most `limit`."""
-    return int(np.clip(round(alignment.size / alignment.scale), alignment.size, limit))
+@dataclass(frozen=True)
+class _Placement:
+    """Where the face's disc lies in a photo, and how an overlay is drawn there: from the face square at `side`
+    pixels, into the photo's pixels `box` (x0, y0, x1, y1) at 1/`factor` of their resolution."""
+
+    alignment: Alignment
+    side: int
+    box: tuple[int, int, int, int]
+    factor: int
+
+    @classmethod
+    def of(cls, alignment: Alignment, width: int, height: int) -> _Placement | None:
+        """The placement in a `width` x `height` photo, or None where the disc lies wholly outside it."""
+        across = alignment.size / alignment.scale  # the square's side in photo pixels
+        side = int(np.clip(round(across), alignment.size, MAX_SIDE))
+        factor = max(1, math.ceil(across / MAX_SIDE))
+        # The disc's bounding box, grown by what interpolation spreads beyond its rim: a pixel of the square and
+        # one of the reduced grid.
+        centre = alignment.to_photo(np.full((1, 2), alignment.size / 2))[0]
+        reach = across / 2 + across / side + factor + 2
+        x0, y0 = (max(0, math.floor(v - reach)) for v in centre)
+        x1, y1 = min(width, math.ceil(centre[0] + reach)), min(height, math.ceil(centre[1] + reach))
+        if x1 <= x0 or y1 <= y0:
+            return None
+        return cls(alignment, side, (x0, y0, x1, y1), factor)
+
+    def draw(self, square: Image.Image) -> Image.Image:
+        """`square` (the face square at `side` pixels, any mode) as it lies over `box`, 0 beyond it: warped by the
+        inverse of the alignment at the reduced resolution, then enlarged. Bilinear sampling both times: what is
+        drawn is a 64-pixel image enlarged, with no detail for a sharper kernel to keep."""
+        x0, y0, x1, y1 = self.box
+        factor = self.factor
+        reduced = (math.ceil((x1 - x0) / factor), math.ceil((y1 - y0) / factor))
+        to_square = np.diag([self.side / self.alignment.size, self.side / self.alignment.size, 1.0])
+        grid_to_square = to_square @ self.alignment.matrix @ np.array([[factor, 0, x0], [0, factor, y0], [0, 0, 1]])
+        data = tuple(float(v) for v in grid_to_square[:2].ravel())
+        drawn = square.transform(reduced, Image.Transform.AFFINE, data, Image.Resampling.BILINEAR)
+        if factor > 1:
+            drawn = drawn.resize((reduced[0] * factor, reduced[1] * factor), Image.Resampling.BILINEAR)
+        return drawn.crop((0, 0, x1 - x0, y1 - y0))
 
 
-def _to_square(alignment: Alignment, side: int) -> np.ndarray:
-    """3x3: photo pixels -> pixels of the face square rendered `side` pixels a side."""
-    return np.diag([side / alignment.size, side / alignment.size, 1.0]) @ alignment.matrix
-
-
-def own_face(photo: Image.Image, alignment: Alignment, side: int) -> np.ndarray:
-    """The photo's face square at `side` pixels: what the model saw, at the photo's resolution."""
-    return warp(photo, _to_square(alignment, side), side, supersample=1)
+def _as_image(values: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
 
 
 def paste(photo: Image.Image, face: np.ndarray, alignment: Alignment) -> np.ndarray:
-    """The photo (uint8 [H, W, 3]) with `face` (uint8 [S, S, 3], the aligned square at any S) warped into place and
-    blended over the square's inscribed disc; pixels outside the disc are returned unchanged, bit for bit."""
-    side = face.shape[0]
-    to_square = _to_square(alignment, side)
-    corners = apply(np.linalg.inv(to_square), np.array([[0.0, 0.0], [side, 0.0], [side, side], [0.0, side]]))
-    result = np.array(photo.convert("RGB"))
-    height, width = result.shape[:2]
-    x0, y0 = (max(0, int(np.floor(v))) for v in corners.min(axis=0))
-    x1, y1 = min(width, int(np.ceil(corners[:, 0].max()))), min(height, int(np.ceil(corners[:, 1].max())))
-    if x1 <= x0 or y1 <= y0:
-        return result
-    region_to_square = to_square @ np.array([[1.0, 0.0, x0], [0.0, 1.0, y0], [0.0, 0.0, 1.0]])
-    data = tuple(float(v) for v in region_to_square[:2].ravel())
-    size = (x1 - x0, y1 - y0)
-    warped = np.asarray(Image.fromarray(face).transform(size, Image.AFFINE, data, Image.BICUBIC), dtype=np.float32)
-    mask = Image.fromarray(disc_mask(side), mode="F").transform(size, Image.AFFINE, data, Image.BILINEAR)
-    weight = np.clip(np.asarray(mask), 0.0, 1.0)[..., np.newaxis]
-    region = result[y0:y1, x0:x1]
-    blended = np.rint(region * (1.0 - weight) + warped * weight).astype(np.uint8)
-    inside = weight[..., 0] > 0
-    region[inside] = blended[inside]
-    return result
+    """The photo (uint8 [H, W, 3]) with the model's `face` (uint8 [s, s, 3], the aligned square) warped into place
+    and blended over the square's inscribed disc; pixels outside the disc are returned unchanged, bit for bit."""
+    result = photo.convert("RGB")
+    placement = _Placement.of(alignment, *result.size)
+    if placement is not None:
+        side = placement.side
+        enlarged = Image.fromarray(face).resize((side, side), Image.Resampling.BICUBIC)
+        mask = _as_image(255 * disc_mask(side))
+        region = result.crop(placement.box)
+        region.paste(placement.draw(enlarged), (0, 0), placement.draw(mask))
+        result.paste(region, placement.box[:2])
+    return np.asarray(result)
+
+
+def add_change(photo: Image.Image, before: np.ndarray, after: np.ndarray, alignment: Alignment) -> np.ndarray:
+    """The photo (uint8 [H, W, 3]) plus the model's change `after - before` (uint8 [s, s, 3], decoded aligned
+    squares), warped into place and faded out over the square's inscribed disc: each pixel is the photo's own plus
+    the change there, so where nothing changes, inside the disc too, the photo comes back bit for bit."""
+    result = photo.convert("RGB")
+    placement = _Placement.of(alignment, *result.size)
+    if placement is not None:
+        change = resize_float(after.astype(np.float32) - before.astype(np.float32), placement.side)
+        change *= disc_mask(placement.side)[..., np.newaxis]
+        region = result.crop(placement.box)
+        # Pillow adds and subtracts uint8 images with clipping, so the signed change goes on as its two parts.
+        for part, apply_part in ((change, ImageChops.add), (-change, ImageChops.subtract)):
+            region = apply_part(region, placement.draw(_as_image(part)))
+        result.paste(region, placement.box[:2])
+    return np.asarray(result)
 
 
 def compose(
@@ -106,14 +150,13 @@ def compose(
     detail: Detail,
 ) -> np.ndarray:
     """What a photo /edit returns, uint8 [N, ...]: `faces` (the decoded edits, [N, s, s, 3]) as they are, on the
-    photo's detail (`detail=keep`, `before` the decoded unedited face), and/or pasted into the photo."""
-    side = alignment.size if output is Output.FACE else face_side(alignment)
-    if detail is Detail.KEEP:
-        own = own_face(photo, alignment, side) if side != alignment.size else alignment.pixels
-        faces = np.stack([keep_detail(own, before, face) for face in faces])
-    elif side != alignment.size:
-        faces = np.stack([np.clip(np.rint(resize_float(f.astype(np.float32), side)), 0, 255) for f in faces])
-        faces = faces.astype(np.uint8)
+    photo's detail (`detail=keep`, `before` the decoded unedited face), and/or put into the photo."""
     if output is Output.FACE:
+        if detail is Detail.KEEP:
+            return np.stack([keep_detail(alignment.pixels, before, face) for face in faces])
         return faces
-    return np.stack([paste(photo, face, alignment) for face in faces])
+    photos = [
+        add_change(photo, before, face, alignment) if detail is Detail.KEEP else paste(photo, face, alignment)
+        for face in faces
+    ]
+    return photos[0][np.newaxis] if len(photos) == 1 else np.stack(photos)  # a 12-megapixel copy costs 40 ms

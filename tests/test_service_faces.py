@@ -15,6 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from service.alignment import apply
+from service.compositing import add_change
 from service.detection import DetectorUnavailable
 from service.framing import FaceFramer
 from service.runtime import FaceModel
@@ -181,9 +183,33 @@ def test_output_photo_keeps_the_photo_outside_the_face(client: TestClient, tilte
 
 
 def test_output_photo_unedited_with_kept_detail_is_the_photo(client: TestClient, tilted: PhonePhoto) -> None:
-    original = np.asarray(tilted.image()).astype(np.float32)
-    result = _edit(client, tilted, {"Smiling": 0}, output="photo").astype(np.float32)
-    assert np.abs(result - original).mean() < 0.5  # resampled there and back inside the face, nothing else
+    # The change is added to the photo's own pixels, which are never resampled: no change, the same photo.
+    np.testing.assert_array_equal(_edit(client, tilted, {"Smiling": 0}, output="photo"), np.asarray(tilted.image()))
+
+
+def test_kept_detail_adds_the_change_to_the_photo_s_own_pixels_where_the_face_is(
+    client: TestClient, tilted: PhonePhoto
+) -> None:
+    framer: FaceFramer = client.app.state.model_state.framer
+    photo = tilted.image()
+    alignment = framer.frame(photo).alignment
+    size = alignment.size
+    before = np.full((size, size, 3), 100, dtype=np.uint8)
+    after = before.copy()
+    after[:, : size // 2] += 40  # the left half of the face square 40 grey levels brighter
+    change = add_change(photo, before, after, alignment).astype(np.int16) - np.asarray(photo)
+    # Where each photo pixel lies in the face square: the change must be +40 exactly over the left half of the
+    # disc's inner part (the fade starts at 3/4 of its radius; the step between halves is left out), 0 elsewhere.
+    rows, columns = np.indices(change.shape[:2])
+    centres = np.stack([columns.ravel(), rows.ravel()], axis=1) + 0.5
+    x, y = (apply(alignment.matrix, centres) - size / 2).T.reshape(2, *change.shape[:2])
+    radius = np.hypot(x, y) / (size / 2)
+    room = np.asarray(photo).max(axis=2) <= 255 - 40  # not clipped
+    left = (radius < 0.7) & (x < -2) & room
+    assert left.sum() > 2000
+    assert np.all(change[left] == 40)
+    assert np.all(change[(radius < 0.7) & (x > 2)] == 0)
+    assert np.all(change[radius > 1.05] == 0)  # beyond the disc: the photo's own pixels
 
 
 def test_output_photo_with_a_strip_is_422(client: TestClient, tilted: PhonePhoto) -> None:
