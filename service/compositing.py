@@ -22,7 +22,8 @@ from service.alignment import Alignment
 
 #: What is laid over the photo (a 64-pixel face or change, enlarged) is drawn at most this many pixels a side, then
 #: enlarged to the photo's resolution with bilinear interpolation: in a 12-megapixel photo a face's disc can be
-#: 1,500-3,000 pixels across, and drawing it there took most of a second (see docs/benchmarks.md, "Photo edits").
+#: 1,500-3,000 pixels across, and drawing it there took most of a second (docs/benchmarks.md, "Photo edits per
+#: output mode").
 MAX_SIDE = 512
 #: The blend fades from the face to the photo over this fraction of the disc's radius.
 FEATHER = 0.25
