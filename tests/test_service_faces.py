@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.alignment import apply
-from service.compositing import add_change
+from service.compositing import FEATHER, SHAPE, add_change
 from service.detection import DetectorUnavailable
 from service.framing import FaceFramer
 from service.runtime import FaceModel
@@ -199,17 +199,17 @@ def test_kept_detail_adds_the_change_to_the_photo_s_own_pixels_where_the_face_is
     after[:, : size // 2] += 40  # the left half of the face square 40 grey levels brighter
     change = add_change(photo, before, after, alignment).astype(np.int16) - np.asarray(photo)
     # Where each photo pixel lies in the face square: the change must be +40 exactly over the left half of the
-    # disc's inner part (the fade starts at 3/4 of its radius; the step between halves is left out), 0 elsewhere.
+    # blend's inner part (the step between halves is left out), 0 on the right half and beyond the blend's rim.
     rows, columns = np.indices(change.shape[:2])
     centres = np.stack([columns.ravel(), rows.ravel()], axis=1) + 0.5
     x, y = (apply(alignment.matrix, centres) - size / 2).T.reshape(2, *change.shape[:2])
-    radius = np.hypot(x, y) / (size / 2)
+    radius = ((np.abs(x) ** SHAPE + np.abs(y) ** SHAPE) ** (1 / SHAPE)) / (size / 2)  # 1 on the blend's rim
     room = np.asarray(photo).max(axis=2) <= 255 - 40  # not clipped
-    left = (radius < 0.7) & (x < -2) & room
+    left = (radius < 1 - FEATHER - 0.05) & (x < -2) & room
     assert left.sum() > 2000
     assert np.all(change[left] == 40)
-    assert np.all(change[(radius < 0.7) & (x > 2)] == 0)
-    assert np.all(change[radius > 1.05] == 0)  # beyond the disc: the photo's own pixels
+    assert np.all(change[(radius < 1 - FEATHER - 0.05) & (x > 2)] == 0)
+    assert np.all(change[radius > 1.05] == 0)  # beyond the blend: the photo's own pixels
 
 
 def test_output_photo_with_a_strip_is_422(client: TestClient, tilted: PhonePhoto) -> None:
