@@ -7,16 +7,28 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
-from service.bundle import ATTRIBUTES_FILE, DECODER_FILE, ENCODER_FILE, MANIFEST_FILE, BundleError, ModelBundle
+from service.bundle import (
+    ATTRIBUTES_FILE,
+    DECODER_FILE,
+    DECODER_INPUT,
+    DECODER_OUTPUT,
+    ENCODER_FILE,
+    MANIFEST_FILE,
+    BundleError,
+    ModelBundle,
+    sha256_file,
+)
 from service.detection import DETECTOR_NAME
 from tests.phone_photos import SUBSET
 from tests.tiny_training import TINY
+from training import export
 from training.cli import build_parser, main
 from training.config import TrainConfig
-from training.train import phases
+from training.train import load_run, phases
 
 pytestmark = [
     pytest.mark.slow,
@@ -117,6 +129,40 @@ def test_upgrade_measures_the_landmark_template_again_into_a_format_3_bundle(
     (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="upgrade takes 3 or 4"):
         main(["upgrade", "--bundle", str(copy), "--data", str(SUBSET), "--no-cache"])
+
+
+def test_rewrite_turns_an_export_without_the_graph_rewrites_into_this_version_s(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bundle exported before a rewrite existed gets it without its Keras model, computing exactly the same."""
+    run, out = trained
+    copy = shutil.copytree(out, tmp_path / "earlier")
+    _, vae = load_run(run)
+    with monkeypatch.context() as patched:
+        patched.setattr(export, "optimize_graph", lambda proto: 0)
+        export.keras_to_onnx(vae.decoder, DECODER_INPUT, (DECODER_OUTPUT,), copy / DECODER_FILE)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest["files"][DECODER_FILE] = sha256_file(copy / DECODER_FILE)
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+    def op_types() -> set[str]:
+        return {node.op_type for node in onnx.load(copy / DECODER_FILE).graph.node}
+
+    def decoded() -> np.ndarray:
+        session = ort.InferenceSession(str(copy / DECODER_FILE), providers=["CPUExecutionProvider"])
+        z = np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32)
+        return session.run(None, {DECODER_INPUT: z})[0]
+
+    assert "Tile" in op_types()
+    earlier = decoded()
+    capsys.readouterr()
+    assert main(["rewrite", "--bundle", str(copy)]) == 0
+    assert capsys.readouterr().out.strip() == DECODER_FILE
+    assert "Resize" in op_types() and "Tile" not in op_types()
+    np.testing.assert_array_equal(decoded(), earlier)
+    ModelBundle.load(copy)  # the manifest has the new sum
+    assert main(["rewrite", "--bundle", str(copy)]) == 0
+    assert capsys.readouterr().out.strip() == "nothing to rewrite"
 
 
 def test_check_command_accepts_the_bundle(trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(upgrade)
     upgrade.add_argument("--bundle", type=Path, required=True, help="bundle folder to upgrade in place")
 
+    rewrite = commands.add_parser(
+        "rewrite",
+        help="rewrite a bundle's ONNX graphs as this version exports them (outputs checked unchanged), no Keras model",
+    )
+    rewrite.add_argument("--bundle", type=Path, required=True, help="bundle folder to rewrite in place")
+
     check = commands.add_parser("check", help="verify a bundle with the service's loader and print its summary")
     check.add_argument("bundle", type=Path)
     return parser
@@ -134,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     from training import train as training
     from training.prepared import prepare_data
 
+    if args.command == "rewrite":
+        print(", ".join(exporting.rewrite_graphs(args.bundle)) or "nothing to rewrite")
+        return 0
     cache = None if args.no_cache else args.cache_dir
     if args.command == "card":
         from service.bundle import ModelBundle
