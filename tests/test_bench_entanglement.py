@@ -1,10 +1,11 @@
-"""The entanglement benchmark's projection: unrelated attributes' directions out, related ones kept."""
+"""The entanglement benchmark: unrelated attributes' directions projected out, related ones kept; the same-face
+changes that measure the judge's floor keep the photo's pixels, only moved or re-encoded."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from bench.bench_entanglement import projected_vectors
+from bench.bench_entanglement import SAME_FACE, projected_vectors, same_face_variants
 from service.bundle import AttributeVector
 
 
@@ -52,3 +53,18 @@ def test_unrelated_directions_are_projected_out_and_related_ones_kept() -> None:
     gap = by_variant["projected"]["A"].step
     assert 0 < gap < shipped[0].step  # what is left of the direction separates the classes less far
     assert by_variant["shipped"]["A"] is shipped[0]
+
+
+def test_same_face_variants_move_or_re_encode_the_photo_s_own_pixels() -> None:
+    rows, columns = np.mgrid[0:16, 0:16]
+    smooth = 30 + 8 * columns + 3 * rows  # JPEG keeps a smooth image within a few levels; no column is repeated
+    faces = np.stack([smooth + 10 * k for k in range(3)])[..., None].repeat(3, axis=3).astype(np.uint8)
+    variants = same_face_variants(faces, 255 - faces)
+    assert list(variants) == list(SAME_FACE)
+    for variant in variants.values():
+        assert variant.shape == faces.shape and variant.dtype == np.uint8
+    np.testing.assert_array_equal(variants["mirrored"][:, :, ::-1], faces)
+    np.testing.assert_array_equal(variants["shifted 1 px"][:, :, 1:], faces[:, :, :-1])
+    np.testing.assert_array_equal(variants["shifted 1 px"][:, :, 0], faces[:, :, 0])  # the edge column repeats
+    assert 0 < np.abs(variants["JPEG q75"].astype(int) - faces).mean() < 3
+    np.testing.assert_array_equal(variants["reconstructed"], 255 - faces)
