@@ -10,6 +10,9 @@ measurements. No TensorFlow here: the graphs are plain `onnx` protobufs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -66,11 +69,7 @@ def split_channel_padding(model: onnx.ModelProto) -> int:
     graph = model.graph
     nodes = list(graph.node)  # held, so that their ids below stay theirs
     constants = {tensor.name: tensor for tensor in graph.initializer}
-    producer = {output: node for node in nodes for output in node.output}
-    readers: dict[str, int] = {}
-    for node in nodes:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    producer, readers = _producers(nodes), _readers(nodes)
     replaced: dict[int, list[onnx.NodeProto]] = {}  # id of a node -> the nodes that take its place
     for add in nodes:
         if add.op_type != "Add":
@@ -80,7 +79,7 @@ def split_channel_padding(model: onnx.ModelProto) -> int:
             if pad is None or conv is None or pad.op_type != "Pad" or conv.op_type != "Conv":
                 continue
             extra = _appended_channels(pad, constants)
-            if extra is None or readers[pad_output] != 1 or readers[conv_output] != 1 or len(conv.input) < 3:
+            if extra is None or len(readers[pad_output]) != 1 or len(readers[conv_output]) != 1 or len(conv.input) < 3:
                 continue
             weights, bias = (numpy_helper.to_array(constants[name]) for name in conv.input[1:3])
             kept = weights.shape[0] - extra
@@ -117,14 +116,10 @@ def widen_bottlenecks(model: onnx.ModelProto, block: int = CHANNEL_BLOCK) -> int
     reorders did."""
     graph = model.graph
     constants = {tensor.name: tensor for tensor in graph.initializer}
-    producer = {output: node for node in graph.node for output in node.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    producer, readers = _producers(graph.node), _readers(graph.node)
 
     def group(node: onnx.NodeProto) -> int:
-        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+        return _attribute(node, "group", 1)
 
     def replace(node: onnx.NodeProto, index: int, values: np.ndarray) -> None:
         name = f"{node.name}/widened/{index}"  # a copy: tf2onnx shares equal constants between nodes
@@ -176,14 +171,14 @@ def upsampling_as_resize(model: onnx.ModelProto) -> int:
     graph = model.graph
     nodes = list(graph.node)  # held, so that their ids below stay theirs
     constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
-    producer = {output: node for node in nodes for output in node.output}
+    producer = _producers(nodes)
 
     def back(name: str, op_type: str) -> onnx.NodeProto | None:
         node = producer.get(name)
         return node if node is not None and node.op_type == op_type else None
 
-    def attribute(node: onnx.NodeProto, name: str) -> list[int] | None:
-        return next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == name), None)
+    def perm(node: onnx.NodeProto) -> list[int]:
+        return list(_attribute(node, "perm", ()))
 
     def inserts_axis_3(node: onnx.NodeProto | None) -> bool:
         return node is not None and node.input[1] in constants and constants[node.input[1]].tolist() == [3]
@@ -196,7 +191,7 @@ def upsampling_as_resize(model: onnx.ModelProto) -> int:
 
     replaced: dict[int, onnx.NodeProto] = {}
     for last in nodes:  # ... -> Reshape -> Transpose to NCHW, the end of the second repeat
-        if last.op_type != "Transpose" or attribute(last, "perm") != [0, 3, 1, 2]:
+        if last.op_type != "Transpose" or perm(last) != [0, 3, 1, 2]:
             continue
         chain, name = [], last.input[0]
         for op_type in ("Reshape", "Tile", "Unsqueeze", "Reshape", "Transpose", "Tile", "Unsqueeze"):
@@ -212,7 +207,7 @@ def upsampling_as_resize(model: onnx.ModelProto) -> int:
         if (
             None in factors
             or not (inserts_axis_3(height_axis) and inserts_axis_3(width_axis))
-            or attribute(to_nhwc, "perm") != [0, 2, 3, 4, 1]
+            or perm(to_nhwc) != [0, 2, 3, 4, 1]
         ):
             continue
         scales = f"{last.name}/scales"
@@ -235,7 +230,7 @@ def upsampling_as_resize(model: onnx.ModelProto) -> int:
 
 def _appended_channels(pad: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> int | None:
     """How many zero channels a 4-D Pad appends, or None if it does anything else."""
-    mode = next((helper.get_attribute_value(a) for a in pad.attribute if a.name == "mode"), b"constant")
+    mode = _attribute(pad, "mode", b"constant")
     if mode != b"constant" or pad.input[1] not in constants:
         return None
     value = pad.input[2] if len(pad.input) > 2 else ""
@@ -245,6 +240,25 @@ def _appended_channels(pad: onnx.NodeProto, constants: dict[str, onnx.TensorProt
     if len(pads) != 8 or pads[5] <= 0 or any(v for i, v in enumerate(pads) if i != 5):
         return None
     return int(pads[5])
+
+
+def _attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    """The value of a node's attribute, or `default` where the node does not set it."""
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _producers(nodes: Iterable[onnx.NodeProto]) -> dict[str, onnx.NodeProto]:
+    """Tensor name -> the node that computes it."""
+    return {output: node for node in nodes for output in node.output}
+
+
+def _readers(nodes: Iterable[onnx.NodeProto]) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it (names no node reads are absent)."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
 
 
 def _drop_unused_constants(graph: onnx.GraphProto) -> None:
