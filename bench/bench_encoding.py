@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from bench.common import RESULTS_DIR, Table, fmt, machine, write_report
-from service.imaging import PNG_COMPRESS_LEVEL, make_grid
-from tests.phone_photos import enlarged, face_files, phone_photo
+from service.core.imaging import PNG_COMPRESS_LEVEL, make_grid
+from testkit.phone_photos import enlarged, face_files, phone_photo
 
 LEVELS = (1, 3, 6)
 REFERENCE = 6

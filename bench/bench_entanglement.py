@@ -33,8 +33,8 @@ from PIL import Image
 
 from bench import bench_quality as quality
 from bench.common import DEFAULT_DATA, RESULTS_DIR, Table, fmt, machine, write_report
-from service.bundle import AttributeVector
-from service.settings import DEFAULT_MODEL
+from service.api.settings import DEFAULT_MODEL
+from service.core.bundle import AttributeVector
 from training.cli import DEFAULT_CACHE
 from training.prepared import PreparedData, prepare_data
 

@@ -49,8 +49,8 @@ from bench.common import (
     write_report,
 )
 from bench.loadgen import Cell, Plan, RequestTemplate
-from service.runtime import Encoding, FaceModel, refined_codes
-from service.settings import DEFAULT_MODEL, Settings
+from service.api.settings import DEFAULT_MODEL, Settings
+from service.core.runtime import Encoding, FaceModel, refined_codes
 
 #: `live` (GET /health/live, no model work) is the floor: what HTTP, uvicorn and the load generator cost alone.
 CASES = ("live", "sample_n1", "sample_n16", "decode", "encode", "edit")

@@ -12,7 +12,7 @@ README.
     python -m bench.bench_page --rounds 10 --screenshot /tmp/page.png
 
 Needs Chromium, chromedriver and Selenium (tests/browser.py says how to get them). Run it as a module from the
-repository root: it imports `bench.common` and `tests.browser`.
+repository root: it imports `bench.common` and `testkit.browser`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import httpx
 import numpy as np
 
 from bench.common import FIGURES_DIR, RESULTS_DIR, Table, fmt, latency_summary, machine, running_server, write_report
-from service.settings import DEFAULT_MODEL
-from tests.browser import chromium, missing_browser
+from service.api.settings import DEFAULT_MODEL
+from testkit.browser import chromium, missing_browser
 
 DEFAULT_OUT = RESULTS_DIR / "page.json"
 DEFAULT_SCREENSHOT = FIGURES_DIR / "explorer.png"

@@ -2,7 +2,7 @@
 
 Each of `--photos` validation faces of the bundle's split (new to the VAE and to the judge) is placed in a 640x480
 scene the way a phone holds it (tests/phone_photos.py: enlarged 2-4x, tilted up to 20 degrees, JPEG), then framed
-with align=auto and edited as photo /edit does (`service.compositing.compose`) in each of the four modes
+with align=auto and edited as photo /edit does (`service.core.compositing.compose`) in each of the four modes
 (output=face|photo x detail=model|keep). The judge is training/classifier.py's blur-robust CNN at p >= 0.5:
 
 - edit success at +2: for each attribute, the share of the photos labelled without it whose edited output is
@@ -33,14 +33,13 @@ import numpy as np
 from PIL import Image
 
 from bench.common import DEFAULT_DATA, FIGURES_DIR, RESULTS_DIR, Table, fmt, machine, write_report
-from service.alignment import SUPERSAMPLE, warp
-from service.compositing import Detail, Output, compose
-from service.framing import FRAMING_SIDE, Align, FaceFramer, Framed
-from service.imaging import ImageFormat, decode_upload, encode_image, make_grid
-from service.preprocess import RESAMPLE
-from service.runtime import FaceModel
-from service.settings import DEFAULT_MODEL
-from tests.phone_photos import enlarged, phone_photo
+from service.api.settings import DEFAULT_MODEL
+from service.core.alignment import RESAMPLE, SUPERSAMPLE, warp
+from service.core.compositing import Detail, Output, compose
+from service.core.framing import FRAMING_SIDE, Align, FaceFramer, Framed
+from service.core.imaging import ImageFormat, decode_upload, encode_image, make_grid
+from service.core.runtime import FaceModel
+from testkit.phone_photos import enlarged, phone_photo
 from training.card import EDIT_ATTRIBUTES
 from training.classifier import AttributeClassifier, default_out
 from training.cli import DEFAULT_CACHE

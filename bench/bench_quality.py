@@ -1,6 +1,6 @@
 """Model quality of one or more bundles, side by side, through the service's runtime, judged at 0.5.
 
-Every number comes from `service.runtime.FaceModel` (onnxruntime, the code the service runs) on the validation
+Every number comes from `service.core.runtime.FaceModel` (onnxruntime, the code the service runs) on the validation
 split of the training package (`training.prepared.prepare_data` with the bundle's own TrainConfig), so the faces are
 new to the VAE and to the judge: training/classifier.py's CNN, trained on the training split with blur and noise
 augmentation so that a soft VAE face is judged on its content, not on its blur. Every verdict is p >= 0.5.
@@ -66,7 +66,8 @@ import onnxruntime as ort
 import scipy.linalg
 
 from bench.common import DEFAULT_DATA, FIGURES_DIR, REPO_ROOT, RESULTS_DIR, Table, fmt, machine, write_report
-from service.bundle import (
+from service.api.settings import DEFAULT_MODEL
+from service.core.bundle import (
     ATTRIBUTES_FILE,
     DECODER_FILE,
     ENCODER_FILE,
@@ -78,8 +79,7 @@ from service.bundle import (
     ModelBundle,
     Preprocess,
 )
-from service.runtime import REFINE_STEPS, FaceModel, SamplingMode
-from service.settings import DEFAULT_MODEL
+from service.core.runtime import REFINE_STEPS, FaceModel, SamplingMode
 from training.card import EDIT_ATTRIBUTES, grid, sharpness
 from training.classifier import AttributeClassifier, ClassifierConfig, default_out, train_classifier
 from training.cli import DEFAULT_CACHE

@@ -32,8 +32,8 @@ from bench.common import (
     running_server,
     time_calls,
 )
-from service.runtime import FaceModel
-from service.settings import DEFAULT_MODEL, Settings
+from service.api.settings import DEFAULT_MODEL, Settings
+from service.core.runtime import FaceModel
 
 DEFAULT_OUT = RESULTS_DIR / "service_latency.json"
 GRID_N = 9

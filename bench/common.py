@@ -24,10 +24,10 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
-from service.compositing import Detail, Output, compose
-from service.framing import FRAMING_SIDE, FaceFramer, Framed
-from service.imaging import ImageFormat, decode_upload, encode_image, make_grid
-from service.runtime import Encoding, FaceModel
+from service.core.compositing import Detail, Output, compose
+from service.core.framing import FRAMING_SIDE, FaceFramer, Framed
+from service.core.imaging import ImageFormat, decode_upload, encode_image, make_grid
+from service.core.runtime import Encoding, FaceModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The shared CelebA subset (CelebA layout: img_align_celeba/ + list_attr_celeba.txt), read in place.
@@ -119,7 +119,7 @@ class EndpointWork:
     """What each face endpoint does besides HTTP, as the routers do it, with the networks run by `backend`.
 
     `model` supplies the latent math, the limits and the framing; the anchors time this work, so it must
-    stay in step with service/routers/faces.py.
+    stay in step with service/api/routers/faces.py.
     """
 
     model: FaceModel

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.alignment import apply, similarity_transform, warp
-from service.detection import Face
+from service.core.alignment import apply, similarity_transform, warp
+from service.core.detection import Face
 
 #: The longest side of the copy the coarse pass runs on: large photos are shrunk to `WORKING_SIDE` (a 12-megapixel
 #: photo costs what a 640x480 one does), small ones enlarged to `MIN_WORKING_SIDE` so a face of a few dozen pixels

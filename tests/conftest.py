@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from service.app import create_app
-from service.runtime import FaceModel
-from service.settings import Settings
+from service.api.app import create_app
+from service.api.settings import Settings
+from service.core.runtime import FaceModel
 from tests.tiny_bundle import build_tiny_bundle
 
 if TYPE_CHECKING:  # imported in the fixture, after pytest_configure has filtered its import-time warning

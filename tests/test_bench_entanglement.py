@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.bench_entanglement import SAME_FACE, projected_vectors, same_face_variants
-from service.bundle import AttributeVector
+from service.core.bundle import AttributeVector
 
 
 def vectors_for(names: list[str], labels: np.ndarray, z: np.ndarray) -> list[AttributeVector]:

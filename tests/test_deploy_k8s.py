@@ -18,8 +18,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.app import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.api.settings import Settings
 from tests.deploy_files import REPO_ROOT, read_dockerfile
 
 K8S = REPO_ROOT / "deploy" / "k8s"

@@ -23,7 +23,8 @@ import httpx
 import onnxruntime as ort
 import pytest
 
-from service.settings import ENV_PREFIX
+from service.api.settings import ENV_PREFIX
+from testkit.servers import STARTUP_TIMEOUT_S, clean_env, free_port
 from tests.deploy_files import (
     REPO_ROOT,
     duration_seconds,
@@ -33,7 +34,6 @@ from tests.deploy_files import (
     parse_healthcheck,
     read_dockerfile,
 )
-from tests.servers import STARTUP_TIMEOUT_S, clean_env, free_port
 
 TARGET = "cpu"
 STOP_TIMEOUT_S = 10  # Docker's default grace period before SIGKILL

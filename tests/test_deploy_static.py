@@ -20,9 +20,9 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from service.app import create_app
-from service.bundle import ATTRIBUTES_FILE, DECODER_FILE, ENCODER_FILE, LATENT_STATS_FILE, MANIFEST_FILE
-from service.settings import DEFAULT_MODEL, ENV_PREFIX, Settings
+from service.api.app import create_app
+from service.api.settings import DEFAULT_MODEL, ENV_PREFIX, Settings
+from service.core.bundle import ATTRIBUTES_FILE, DECODER_FILE, ENCODER_FILE, LATENT_STATS_FILE, MANIFEST_FILE
 from tests.deploy_files import (
     COMPOSE_FILE,
     DOCKERIGNORE,
@@ -294,12 +294,12 @@ def test_dockerignore_keeps_out_what_images_must_not_hold(ignore_patterns: list[
         "data/celeba/img_align_celeba/000001.jpg",
         "tests/test_service_api.py",
         ".pytest_cache/v/cache/nodeids",
-        "service/__pycache__/app.cpython-311.pyc",
+        "service/api/__pycache__/app.cpython-311.pyc",
         "training/__pycache__",
         "training/.ipynb_checkpoints/x.py",
     ):
         assert is_ignored(path, ignore_patterns), path
-    for path in ("pyproject.toml", "service/app.py", "service/routers/health.py", "training/model.py"):
+    for path in ("pyproject.toml", "service/api/app.py", "service/api/routers/health.py", "training/model.py"):
         assert not is_ignored(path, ignore_patterns), path
     assert not is_ignored(f"{DEFAULT_MODEL.relative_to(REPO_ROOT).as_posix()}/{ENCODER_FILE}", ignore_patterns)
 
@@ -338,7 +338,7 @@ def test_wheel_the_images_install_holds_every_module_and_the_page(tmp_path: Path
         for path in (source / package).rglob("*")
         if path.is_file()
     ]
-    assert "service/web/static/index.html" in copied and "service/routers/faces.py" in copied
+    assert "service/api/web/static/index.html" in copied and "service/api/routers/faces.py" in copied
     missing = sorted(set(copied) - names)
     assert not missing, f"missing from the wheel: {missing}"
 

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.admission import LISTEN_BYTES, AdmissionMiddleware
+from service.api.admission import LISTEN_BYTES, AdmissionMiddleware
 
 
 async def _slow(request: Request) -> JSONResponse:

@@ -16,12 +16,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
-from service.bundle import FORMAT_VERSION
-from service.imaging import GRID_PADDING
-from service.preprocess import frame_face
-from service.runtime import CUDA, FaceModel
-from service.settings import Settings
+from service.api.app import create_app
+from service.api.settings import Settings
+from service.core.alignment import frame_face
+from service.core.bundle import FORMAT_VERSION
+from service.core.imaging import GRID_PADDING
+from service.core.runtime import FaceModel
+from service.core.sessions import CUDA
 from tests.conftest import TEST_MAX_BATCH, TEST_MAX_BODY_BYTES
 from tests.images import face_photo, image_bytes, png_claiming_size
 from tests.tiny_bundle import ATTRIBUTES, IMAGE_SIZE, Z_DIM

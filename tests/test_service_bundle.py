@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.bundle import (
+from service.core.bundle import (
     ATTRIBUTES_FILE,
     LATENT_STATS_FILE,
     MANIFEST_FILE,

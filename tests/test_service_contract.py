@@ -10,8 +10,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from service.app import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.api.settings import Settings
 
 EXAMPLES_PER_OPERATION = 25
 

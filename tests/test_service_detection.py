@@ -26,21 +26,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import detection
-from service.alignment import (
+from service.core import detection
+from service.core.alignment import (
     align,
     align_face,
     apply,
     crop_corners,
+    frame_face,
     measure_template,
     similarity_transform,
 )
-from service.bundle import Preprocess
-from service.detection import DetectorUnavailable, Face, FaceDetector
-from service.face_models import FILES, MODELS_DIR
-from service.imaging import to_rgb
-from service.preprocess import frame_face
-from tests.phone_photos import (
+from service.core.bundle import Preprocess
+from service.core.detection import DetectorUnavailable, Face, FaceDetector
+from service.core.face_models import FILES, MODELS_DIR
+from service.core.imaging import to_rgb
+from testkit.phone_photos import (
     IMAGE_DIR,
     PhonePhoto,
     enlarged,

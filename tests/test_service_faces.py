@@ -15,13 +15,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.alignment import apply
-from service.compositing import FEATHER, SHAPE, add_change
-from service.detection import DetectorUnavailable
-from service.framing import FaceFramer
-from service.runtime import FaceModel
-from tests.images import face_photo, image_bytes
-from tests.phone_photos import (
+from service.core.alignment import apply
+from service.core.compositing import FEATHER, SHAPE, add_change
+from service.core.detection import DetectorUnavailable
+from service.core.framing import FaceFramer
+from service.core.runtime import FaceModel
+from testkit.phone_photos import (
     IMAGE_DIR,
     PhonePhoto,
     enlarged,
@@ -30,6 +29,7 @@ from tests.phone_photos import (
     phone_photo,
     two_face_photo,
 )
+from tests.images import face_photo, image_bytes
 
 pytestmark = pytest.mark.skipif(not IMAGE_DIR.is_dir(), reason=f"the shared CelebA subset is not at {IMAGE_DIR}")
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import imaging
-from service.imaging import (
+from service.core import imaging
+from service.core.imaging import (
     GRID_PADDING,
     ImageFormat,
     ImageTooLarge,

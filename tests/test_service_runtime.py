@@ -10,13 +10,14 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from service.bundle import ModelBundle
-from service.framing import Align, FaceFramer
-from service.preprocess import frame_face
-from service.runtime import CPU, CUDA, FaceModel, InputError, SamplingMode, select_providers
-from service.settings import DEFAULT_MODEL
+from service.api.settings import DEFAULT_MODEL
+from service.core.alignment import frame_face
+from service.core.bundle import ModelBundle
+from service.core.framing import Align, FaceFramer
+from service.core.runtime import FaceModel, InputError, SamplingMode
+from service.core.sessions import CPU, CUDA, select_providers
+from testkit.phone_photos import IMAGE_DIR, face_files
 from tests.images import face_photo
-from tests.phone_photos import IMAGE_DIR, face_files
 from tests.tiny_bundle import IMAGE_SIZE, Z_DIM
 
 MAX_BATCH = 9
@@ -39,7 +40,7 @@ def test_unknown_provider_name_is_an_error() -> None:
 
 def test_provider_missing_from_this_build_is_skipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     missing = next(name for name in ort.get_all_providers() if name not in ort.get_available_providers())
-    with caplog.at_level(logging.WARNING, logger="service.runtime"):
+    with caplog.at_level(logging.WARNING, logger="service.core.sessions"):
         assert select_providers([missing, CPU]) == [CPU]
     assert missing in caplog.text
 

@@ -19,8 +19,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from testkit.servers import REPO_ROOT, RunningServer, clean_env, free_port, serving
 from tests.images import face_photo, image_bytes
-from tests.servers import REPO_ROOT, RunningServer, clean_env, free_port, serving
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +66,9 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-import service.cli
-from service.app import create_app
-from service.settings import Settings
+import service.api.cli
+from service.api.app import create_app
+from service.api.settings import Settings
 
 with TestClient(create_app(Settings(model=Path(sys.argv[1])))) as client:
     assert client.get("/sample").status_code == 200

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from service import cli
-from service import settings as settings_module
-from service.settings import DEFAULT_MODEL, ENV_PREFIX, Settings, usable_cores
+from service.api import cli
+from service.api.settings import DEFAULT_MODEL, ENV_PREFIX, Settings
+from service.core import defaults
+from service.core.defaults import usable_cores
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +68,7 @@ def test_every_setting_comes_from_a_facevae_variable(environ: dict[str, str]) ->
 def test_session_threads_share_the_cores_among_workers(
     environ: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(settings_module, "usable_cores", lambda: 16)
+    monkeypatch.setattr(defaults, "usable_cores", lambda: 16)
     assert Settings(workers=1).session_threads == 8  # half the cores stay with the event loop and image encoding
     assert Settings(workers=2).session_threads == 4
     assert Settings(workers=32).session_threads == 1
@@ -81,7 +82,7 @@ def test_cli_flags_override_the_environment_and_reach_the_workers(
     flags = ["--port", "8123", "--workers", "2", "--require-gpu", "--log-level", "debug"]
     cli.main(["--model", str(tiny_bundle), *flags])
     (args, kwargs) = uvicorn_calls[0]
-    assert args == ("service.app:create_app",)
+    assert args == ("service.api.app:create_app",)
     assert kwargs["factory"] is True
     assert (kwargs["host"], kwargs["port"], kwargs["workers"], kwargs["log_level"]) == ("127.0.0.1", 8123, 2, "debug")
     assert kwargs["log_config"]["loggers"]["service"]["level"] == "DEBUG"
@@ -112,5 +113,5 @@ def test_usable_cores_respects_a_cgroup_cpu_quota(
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)), raising=False)
     quota_file = tmp_path / "cpu.max"
     quota_file.write_text(cpu_max + "\n")
-    monkeypatch.setattr(settings_module, "CGROUP_CPU_MAX", quota_file)
+    monkeypatch.setattr(defaults, "CGROUP_CPU_MAX", quota_file)
     assert usable_cores() == (expected or 8)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.bundle import Preprocess
-from service.preprocess import frame_face
+from service.core.alignment import frame_face
+from service.core.bundle import Preprocess
 from tests.images import face_photo
 from training.data import (
     ATTRIBUTE_FILE,

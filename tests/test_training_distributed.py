@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from service.bundle import ModelBundle
-from tests.phone_photos import SUBSET
-from tests.servers import REPO_ROOT, free_port
+from service.core.bundle import ModelBundle
+from testkit.phone_photos import SUBSET
+from testkit.servers import REPO_ROOT, free_port
 from tests.tiny_training import TINY
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from service.bundle import (
+from service.core.bundle import (
     ATTRIBUTES_FILE,
     DECODER_FILE,
     DECODER_INPUT,
@@ -22,8 +22,8 @@ from service.bundle import (
     ModelBundle,
     sha256_file,
 )
-from service.detection import DETECTOR_NAME
-from tests.phone_photos import SUBSET
+from service.core.detection import DETECTOR_NAME
+from testkit.phone_photos import SUBSET
 from tests.tiny_training import TINY
 from training import export
 from training.cli import build_parser, main

@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from service.bundle import ModelBundle
-from service.face_models import FILES, MODELS_DIR
-from service.settings import DEFAULT_MODEL
+from service.api.settings import DEFAULT_MODEL
+from service.core.bundle import ModelBundle
+from service.core.face_models import FILES, MODELS_DIR
 from training.face_models import OPSET
 from training.onnx_graph import (
     CHANNEL_BLOCK,

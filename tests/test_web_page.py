@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.settings import DEFAULT_MODEL
-from service.web import CONTENT_SECURITY_POLICY
-from tests.browser import PHONE_WINDOW, chromium, missing_browser
-from tests.phone_photos import IMAGE_DIR, face_files, phone_photo
-from tests.servers import RunningServer, serving
+from service.api.settings import DEFAULT_MODEL
+from service.api.web import CONTENT_SECURITY_POLICY
+from testkit.browser import PHONE_WINDOW, chromium, missing_browser
+from testkit.phone_photos import IMAGE_DIR, face_files, phone_photo
+from testkit.servers import RunningServer, serving
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver

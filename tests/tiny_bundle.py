@@ -13,7 +13,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from service.bundle import (
+from service.core.bundle import (
     ATTRIBUTES_FILE,
     BATCH_DIM,
     DECODER_FILE,
@@ -30,7 +30,7 @@ from service.bundle import (
     sha256_file,
     write_json,
 )
-from service.detection import DETECTOR_NAME
+from service.core.detection import DETECTOR_NAME
 
 IMAGE_SIZE = 16
 Z_DIM = 8

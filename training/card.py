@@ -1,6 +1,6 @@
 """Model-card figures and figures of merit for a finished bundle, computed through the service's own runtime.
 
-Everything here runs the exported ONNX models via `service.runtime.FaceModel`, so the pictures show
+Everything here runs the exported ONNX models via `service.core.runtime.FaceModel`, so the pictures show
 exactly what the service returns: reconstructions, prior vs sampling-trick samples, and attribute
 edit strips on real validation faces.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from service.imaging import make_grid
-from service.runtime import FaceModel, SamplingMode
+from service.core.imaging import make_grid
+from service.core.runtime import FaceModel, SamplingMode
 from training.prepared import PreparedData
 
 log = logging.getLogger(__name__)

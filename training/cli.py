@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.command == "check":
-        from service.bundle import ModelBundle
+        from service.core.bundle import ModelBundle
 
         bundle = ModelBundle.load(args.bundle)
         metrics = bundle.manifest.metrics
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cache = None if args.no_cache else args.cache_dir
     if args.command == "card":
-        from service.bundle import ModelBundle
+        from service.core.bundle import ModelBundle
         from training.card import write_card_figures
 
         bundle = ModelBundle.load(args.bundle)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         write_card_figures(args.bundle, prepare_data(config, args.data, cache, args.skip_bad_images))
         return 0
     if args.command == "upgrade":
-        from service.bundle import MANIFEST_FILE
+        from service.core.bundle import MANIFEST_FILE
         from training.template import upgrade
 
         manifest = json.loads((args.bundle / MANIFEST_FILE).read_text(encoding="utf-8"))

@@ -6,7 +6,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.bundle import DirectionMethod, SamplingMode
+from service.core.bundle import DirectionMethod, SamplingMode
 from training.data import CELEBA_CROP
 
 #: tf.distribute strategies a run can train under (training/distribute.py); not part of the recipe, so not recorded.

@@ -21,8 +21,8 @@ import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from service.bundle import Preprocess
-from service.preprocess import frame_face
+from service.core.alignment import frame_face
+from service.core.bundle import Preprocess
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-from service.bundle import (
+from service.core.bundle import (
     ATTRIBUTES_FILE,
     BATCH_DIM,
     DECODER_FILE,
@@ -41,7 +41,7 @@ from service.bundle import (
     sha256_file,
     write_json,
 )
-from service.detection import DETECTOR_NAME
+from service.core.detection import DETECTOR_NAME
 from training import template
 from training.config import TrainConfig
 from training.latents import aggregate_posterior, attribute_vectors

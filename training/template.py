@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.alignment import measure_template
-from service.bundle import FORMAT_VERSION, MANIFEST_FILE, ModelBundle, Preprocess, write_json
-from service.detection import DETECTOR_NAME, FaceDetector
+from service.core.alignment import measure_template
+from service.core.bundle import FORMAT_VERSION, MANIFEST_FILE, ModelBundle, Preprocess, write_json
+from service.core.detection import DETECTOR_NAME, FaceDetector
 from training.prepared import PreparedData
 
 log = logging.getLogger(__name__)

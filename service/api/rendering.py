@@ -9,8 +9,8 @@ import numpy as np
 from fastapi import HTTPException, status
 from fastapi.responses import JSONResponse, Response
 
-from service.imaging import ImageFormat, encode_image, make_grid, to_base64
-from service.schemas import ErrorMessage, FacesResponse
+from service.api.schemas import ErrorMessage, FacesResponse
+from service.core.imaging import ImageFormat, encode_image, picture, to_base64
 
 JSON = "application/json"
 IMAGE_MEDIA_TYPES = tuple(image_format.media_type for image_format in ImageFormat)
@@ -106,6 +106,5 @@ def render_faces(
             seed=seed,
         )
         return JSONResponse(body.model_dump(), headers=headers)
-    picture = faces[0] if len(faces) == 1 else make_grid(faces, columns)
-    content = encode_image(picture, ImageFormat.from_media_type(media_type))
+    content = encode_image(picture(faces, columns), ImageFormat.from_media_type(media_type))
     return Response(content=content, media_type=media_type, headers=headers)

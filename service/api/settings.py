@@ -2,41 +2,24 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.detection import MESH_PASSES
-from service.runtime import REFINE_STEPS
+from service import ENV_PREFIX
+from service.core import defaults
+from service.core.bundle import DEFAULT_MODEL
+from service.core.defaults import MAX_BATCH, MAX_STRENGTH, MESH_PASSES, REFINE_STEPS
 
-#: The bundle the lead trains and commits; resolved from the package, so any working directory finds it.
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "celeba-64"
-ENV_PREFIX = "FACEVAE_"
+__all__ = ["DEFAULT_MODEL", "ENV_PREFIX", "LogLevel", "Settings"]
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
-
-
-def usable_cores() -> int:
-    """CPU cores this process may use: its affinity mask (taskset, cpusets), capped by a cgroup v2 CPU quota
-    (`docker run --cpus`, compose `cpus:`), so a throttled container does not start more threads than it gets."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        quota, period = CGROUP_CPU_MAX.read_text().split()
-    except (OSError, ValueError):
-        return cores
-    if quota == "max":
-        return cores
-    return max(1, min(cores, int(quota) // int(period)))
-
-
 class Settings(BaseSettings):
-    """Read from `FACEVAE_*` environment variables; the CLI exports its flags into them (see `service.cli`)."""
+    """Read from `FACEVAE_*` environment variables; the CLI exports its flags into them (see `service.api.cli`)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
@@ -68,9 +51,8 @@ class Settings(BaseSettings):
         MESH_PASSES,
         ge=1,
         le=4,
-        description="Face Mesh passes per detected face at most (a further one only while the face's region moves): "
-        "1 saves about 2.5 ms per photo and frames 94.5 % of phone photos within 5 % instead of 97.5 % "
-        "(docs/benchmarks.md).",
+        description="Face Mesh passes per detected face at most (a further one only while the face's region moves); "
+        "what fewer save and cost: docs/benchmarks.md.",
     )
     refine_steps: int = Field(
         REFINE_STEPS,
@@ -79,9 +61,9 @@ class Settings(BaseSettings):
         description="Steps refining a photo's code so its decoded face encodes back to the photo's z_mean; each "
         "costs one decoder and one encoder run, and 0 decodes z_mean as it is (docs/benchmarks.md).",
     )
-    max_batch: int = Field(16, ge=1, description="Most latents, samples (n) or strip steps in one request.")
+    max_batch: int = Field(MAX_BATCH, ge=1, description="Most latents, samples (n) or strip steps in one request.")
     max_strength: float = Field(
-        5.0, gt=0, description="Largest attribute strength (1 = the gap between faces with and without it)."
+        MAX_STRENGTH, gt=0, description="Largest attribute strength (1 = the gap between faces with and without it)."
     )
     max_in_flight: int = Field(
         8, ge=1, description="Requests one worker runs at once; more wait up to queue_timeout, then get 503."
@@ -105,9 +87,6 @@ class Settings(BaseSettings):
 
     @property
     def session_threads(self) -> int:
-        """Threads per onnxruntime session unless set explicitly: half the cores, shared among the workers.
-
-        The other half stays with uvicorn's event loop and the image encoding; on 2 cores one thread per
-        session served the most requests at concurrency 16 (docs/benchmarks.md, server settings sweep).
-        """
-        return self.intra_op_threads or max(1, usable_cores() // (2 * self.workers))
+        """Threads per onnxruntime session unless set explicitly: half the cores, shared among the workers
+        (`service.core.defaults.session_threads`)."""
+        return defaults.session_threads(self.workers, self.intra_op_threads)

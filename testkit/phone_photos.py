@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from service.alignment import apply, crop_corners
-from service.bundle import Preprocess
+from service.core.alignment import apply, crop_corners
+from service.core.bundle import Preprocess
 
 #: The shared CelebA subset, `../shared/data/celeba_subset` relative to the repository root.
 SUBSET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "celeba_subset"

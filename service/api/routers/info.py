@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from service import __version__
-from service.dependencies import LoadedModel, StateDep, no_query_parameters
-from service.rendering import error_responses
-from service.schemas import AttributeInfo, AttributeList, Metadata
+from service.api.dependencies import LoadedModel, StateDep, no_query_parameters
+from service.api.rendering import error_responses
+from service.api.schemas import AttributeInfo, AttributeList, Metadata
 
 router = APIRouter(tags=["model"], responses=error_responses(503), dependencies=[Depends(no_query_parameters)])
 

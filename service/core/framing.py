@@ -1,8 +1,8 @@
 """A photo to the model's input: find the face and align it like the training crops, or crop an aligned photo.
 
-`align=auto` (the API's default) detects the faces (`service.detection`), picks one (the largest unless the caller
-names another) and moves its landmarks onto the bundle's template (`service.alignment`); `align=none` crops the
-bundle's box (`service.preprocess.frame_face`), for callers that send CelebA-style aligned crops.
+`align=auto` (the API's default) detects the faces (`service.core.detection`), picks one (the largest unless the caller
+names another) and moves its landmarks onto the bundle's template (`service.core.alignment`); `align=none` crops the
+bundle's box (`service.core.alignment.frame_face`), for callers that send CelebA-style aligned crops.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from enum import StrEnum
 import numpy as np
 from PIL import Image
 
-from service.alignment import Alignment, align
-from service.bundle import Preprocess
-from service.detection import DETECTOR_NAME, MESH_PASSES, DetectorUnavailable, Face, FaceDetector
-from service.preprocess import crop_box, frame_face
-from service.runtime import InputError
+from service.core.alignment import Alignment, align, crop_box, frame_face
+from service.core.bundle import Preprocess
+from service.core.defaults import MESH_PASSES
+from service.core.detection import DETECTOR_NAME, DetectorUnavailable, Face, FaceDetector
+from service.core.runtime import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from service.detection import DetectorUnavailable
-from service.imaging import ImageTooLarge, InvalidImage
-from service.runtime import InputError
+from service.core.detection import DetectorUnavailable
+from service.core.imaging import ImageTooLarge, InvalidImage
+from service.core.runtime import InputError
 
 logger = logging.getLogger(__name__)
 #: nginx's status for a request whose client went away before it was answered.

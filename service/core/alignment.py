@@ -1,8 +1,12 @@
-"""Face geometry: the similarity transform that puts a photo's landmarks where the training crops have them.
+"""Cutting a face out of a photo as training cut its faces: the bundle's crop box, and the similarity transform that
+puts a photo's landmarks where the training crops have them.
 
-A user's photo is framed like training by fitting rotation, uniform scale and translation from its five detected
-landmarks to the landmark *template*: where the same detector finds those landmarks inside the training crop box
-of the aligned training images, as fractions of the box side. Pure numpy + Pillow; no detector is imported here.
+An aligned photo (a CelebA crop, or `align=none`) is cropped to the bundle's box and resized (`frame_face`), by
+training and serving alike, so both frame a face identically. Any other photo is framed like training by fitting
+rotation, uniform scale and translation from its five detected landmarks to the landmark *template*: where the same
+detector finds those landmarks inside the training crop box of the aligned training images, as fractions of the box
+side (`align`). Pure numpy + Pillow; no detector is imported here (finding the faces is `service.core.detection`,
+choosing one `service.core.framing`).
 
 Coordinates are continuous pixel coordinates: pixel (i, j) covers [i, i + 1) x [j, j + 1), as in Pillow's
 `resize(box=...)` and `transform`. The model square is the model input, `preprocess.size` pixels a side.
@@ -18,14 +22,45 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from service.bundle import Preprocess
-from service.preprocess import RESAMPLE, crop_box
+from service.core.bundle import Preprocess
+
+RESAMPLE = {
+    "lanczos": Image.Resampling.LANCZOS,
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "box": Image.Resampling.BOX,
+}
+
+
+def crop_box(preprocess: Preprocess, width: float, height: float) -> tuple[float, float, float, float]:
+    """The training crop of a `width` x `height` image: (left, top, right, bottom) in its pixels.
+
+    The box's centre is given as fractions of width and height; its side is the shorter of its two sides in
+    pixels, so the crop is square on any aspect ratio (on CelebA's 178:218 both sides are already equal) and a
+    4000x3000 photo is cropped, not squashed.
+    """
+    left, top, right, bottom = preprocess.crop
+    half = min((right - left) * width, (bottom - top) * height) / 2
+    centre_x, centre_y = (left + right) / 2 * width, (top + bottom) / 2 * height
+    return (centre_x - half, centre_y - half, centre_x + half, centre_y + half)
+
+
+def frame_face(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
+    """Crop `crop_box` and resize: uint8 array [size, size, 3].
+
+    The box is passed to Pillow as sub-pixel floats, so a 89x109 and a 178x218 copy of one photo get the same
+    framing.
+    """
+    rgb = image.convert("RGB")
+    size = (preprocess.size, preprocess.size)
+    box = crop_box(preprocess, *rgb.size)
+    return np.asarray(rgb.resize(size, RESAMPLE[preprocess.resample], box=box), dtype=np.uint8)
+
 
 #: The warp renders the model square with bicubic sampling at the photo's resolution, up to this multiple of its
 #: size, then downscales with the preprocess's resample (Lanczos), the antialiased downscale that framed the
-#: training faces (see `warp`). On 60 phone-style photos, 2 instead of 4 took 3.3 ms instead of 5.2 and changed the
-#: model input by 0.67 grey levels on average (saving the photo again as a JPEG of quality 90 changes it by 0.45),
-#: at the same sharpness (Laplacian variance 1.06x); 1 changed it by 1.43 and softened it (0.96x).
+#: training faces (see `warp`). 2 is the least that keeps the model input as sharp as a finer warp, and changes it
+#: by less than re-saving the photo as a JPEG does (docs/benchmarks.md, "The model-input warp at 2x instead of 4x").
 SUPERSAMPLE = 2
 #: Source pixels kept around the warped region, enough for the bicubic kernel (2 pixels each side) and rounding.
 _MARGIN = 4
@@ -34,7 +69,7 @@ _DEGENERATE = 1e-9
 
 
 class HasLandmarks(Protocol):
-    """What `measure_template` needs of a detection (`service.detection.Face` is one)."""
+    """What `measure_template` needs of a detection (`service.core.detection.Face` is one)."""
 
     @property
     def landmarks(self) -> np.ndarray: ...

@@ -19,7 +19,9 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 MAX_PIXELS = 25_000_000
 #: No setting goes beyond this; Pillow itself refuses twice it (its decompression-bomb guard).
 PIXEL_CEILING = 40_000_000
-MAX_SIDE = 16_384
+#: Longest side of an upload, refused before decoding like `MAX_PIXELS`: the pixel budget alone would let through a
+#: strip one pixel high and millions wide, which no photo is.
+MAX_UPLOAD_SIDE = 16_384
 #: Only these decoders run on uploads; Pillow's others (EPS via Ghostscript, ...) are not exposed.
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 #: zlib level of the PNGs the service returns: 1 encodes a 640x480 photo in 0.20-0.21x the time of Pillow's default
@@ -49,7 +51,7 @@ class InvalidImage(Exception):
 
 
 class ImageTooLarge(Exception):
-    """The image's dimensions exceed `MAX_PIXELS` or `MAX_SIDE`."""
+    """The image's dimensions exceed `MAX_PIXELS` or `MAX_UPLOAD_SIDE`."""
 
 
 class ImageFormat(StrEnum):
@@ -125,10 +127,10 @@ def photo_scale(image: Image.Image) -> float:
 
 
 def _check_dimensions(width: int, height: int, max_pixels: int) -> None:
-    if width * height > max_pixels or max(width, height) > MAX_SIDE:
+    if width * height > max_pixels or max(width, height) > MAX_UPLOAD_SIDE:
         raise ImageTooLarge(
             f"image too large to decode: {width}x{height} pixels, the limits are {max_pixels} pixels "
-            f"and {MAX_SIDE} per side"
+            f"and {MAX_UPLOAD_SIDE} per side"
         )
 
 
@@ -174,6 +176,11 @@ def encode_image(pixels: np.ndarray, image_format: ImageFormat) -> bytes:
 
 def to_base64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+def picture(faces: np.ndarray, columns: int | None = None) -> np.ndarray:
+    """Faces uint8 [N, H, W, 3] as one picture: the face itself when there is one, else a grid of `columns`."""
+    return faces[0] if len(faces) == 1 else make_grid(faces, columns)
 
 
 def make_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from service.dependencies import StateDep
-from service.schemas import Liveness, Readiness
+from service.api.dependencies import StateDep
+from service.api.schemas import Liveness, Readiness
 
 router = APIRouter(tags=["health"])
 

@@ -18,17 +18,17 @@ from enum import StrEnum
 import numpy as np
 from PIL import Image, ImageChops
 
-from service.alignment import Alignment
+from service.core.alignment import Alignment
 
 #: What is laid over the photo (a 64-pixel face or change, enlarged) is drawn at most this many pixels a side, then
 #: enlarged to the photo's resolution with bilinear interpolation: in a 12-megapixel photo a face's square can be
-#: 1,500-3,000 pixels across, and drawing it there took most of a second (docs/benchmarks.md, "Photo edits per
-#: output mode").
-MAX_SIDE = 512
+#: 1,500-3,000 pixels across, and drawing a 64-pixel image there at full size costs time and adds no detail
+#: (docs/benchmarks.md, "Photo edits per output mode").
+OVERLAY_SIDE = 512
 #: The blend covers a rounded square inside the face square, |x|^SHAPE + |y|^SHAPE <= 1 in half-sides, and fades
-#: to the photo over its outer FEATHER. On 200 phone-style photos (docs/benchmarks.md, "Photo edits per output
-#: mode") this kept more of the edit than the inscribed disc faded over its outer quarter, where the jaw and cheeks
-#: lie: +2 success with detail=keep Male 0.85 / Mustache 0.79 / Chubby 0.51 against 0.80 / 0.72 / 0.43, no seam.
+#: to the photo over its outer FEATHER: a disc would fade out the jaw and cheeks, where edits such as Mustache and
+#: Chubby show, and a narrower fade keeps more of the edit without a visible seam (the shapes measured:
+#: docs/benchmarks.md, "Photo edits per output mode").
 SHAPE = 4
 FEATHER = 0.15
 
@@ -82,8 +82,8 @@ class _Placement:
     def of(cls, alignment: Alignment, width: int, height: int) -> _Placement | None:
         """The placement in a `width` x `height` photo, or None where the blend lies wholly outside it."""
         across = alignment.size / alignment.scale  # the square's side in photo pixels
-        side = int(np.clip(round(across), alignment.size, MAX_SIDE))
-        factor = max(1, math.ceil(across / MAX_SIDE))
+        side = int(np.clip(round(across), alignment.size, OVERLAY_SIDE))
+        factor = max(1, math.ceil(across / OVERLAY_SIDE))
         # The rounded square's bounding box whatever its rotation (its corners lie 2^(1/2 - 1/SHAPE) half-sides
         # from the centre), grown by what interpolation spreads beyond its rim: a pixel of the square and one of
         # the reduced grid.

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 
-from service.bundle import (
+from service.core.bundle import (
     DECODER_INPUT,
     DECODER_OUTPUT,
     ENCODER_INPUT,
@@ -26,19 +25,14 @@ from service.bundle import (
     ModelBundle,
     SamplingMode,
 )
+from service.core.defaults import MAX_BATCH, MAX_STRENGTH, REFINE_STEPS
+from service.core.sessions import CUDA, open_session, select_providers
 
 if TYPE_CHECKING:
-    from service.settings import Settings
+    import onnxruntime as ort
+
 
 logger = logging.getLogger(__name__)
-
-#: Refinement steps of a photo's code (see `FaceModel.refine`). On the 466 validation faces, by the project's judge
-#: (docs/benchmarks.md, "Refined codes"), 3 steps keep the Male verdict for 95.9 % instead of 94.6 % and all 40
-#: for 93.4 % instead of 92.2 %, at a lower pixel error; more steps add little and print texture on hard faces.
-REFINE_STEPS = 3
-
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
 
 
 class Interpolation(StrEnum):
@@ -95,33 +89,6 @@ def draw_seed() -> int:
     return secrets.randbelow(2**32)
 
 
-def select_providers(requested: Sequence[str]) -> list[str]:
-    """The providers to ask onnxruntime for: the requested ones it offers, or CUDA-then-CPU when none are requested."""
-    available = ort.get_available_providers()
-    if not requested:
-        return [CUDA, CPU] if CUDA in available else [CPU]
-    unknown = [name for name in requested if name not in ort.get_all_providers()]
-    if unknown:
-        raise ValueError(f"unknown onnxruntime providers {unknown}; this build offers {available}")
-    missing = [name for name in requested if name not in available]
-    if missing:
-        logger.warning(
-            "providers %s are not in this onnxruntime build (it offers %s); skipping them", missing, available
-        )
-    return [name for name in requested if name in available] or [CPU]
-
-
-def _open_session(path: Path, providers: Sequence[str], threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle workers must not busy-wait: the service shares its cores with the HTTP server and other workers.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
-
-
 class FaceModel:
     """Encoder and decoder sessions plus the bundle's latent statistics and attribute vectors.
 
@@ -157,17 +124,19 @@ class FaceModel:
         *,
         providers: Sequence[str] = (),
         threads: int,
-        max_batch: int,
-        max_strength: float,
+        max_batch: int = MAX_BATCH,
+        max_strength: float = MAX_STRENGTH,
         refine_steps: int = REFINE_STEPS,
+        warm_up: bool = False,
     ) -> FaceModel:
-        """Verify the bundle, open both sessions and log the providers they actually use."""
+        """Verify the bundle, open both sessions and log the providers they actually use; with `warm_up`, run both
+        networks once (`FaceModel.warm_up`), as the service does before it reports ready."""
         bundle = ModelBundle.load(path)
         chosen = select_providers(providers)
         model = cls(
             bundle,
-            _open_session(bundle.encoder_path, chosen, threads),
-            _open_session(bundle.decoder_path, chosen, threads),
+            open_session(bundle.encoder_path, chosen, threads, spin=False),
+            open_session(bundle.decoder_path, chosen, threads, spin=False),
             max_batch=max_batch,
             max_strength=max_strength,
             refine_steps=refine_steps,
@@ -180,20 +149,8 @@ class FaceModel:
             model.decoder.get_providers(),
             threads,
         )
-        return model
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> FaceModel:
-        """The model as the service configures it, loaded and warmed up."""
-        model = cls.load(
-            settings.model,
-            providers=settings.providers,
-            threads=settings.session_threads,
-            max_batch=settings.max_batch,
-            max_strength=settings.max_strength,
-            refine_steps=settings.refine_steps,
-        )
-        model.warm_up()
+        if warm_up:
+            model.warm_up()
         return model
 
     @property

@@ -10,21 +10,34 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from service import __version__
-from service.admission import AdmissionMiddleware
-from service.apidocs import add_api_docs
-from service.contract import with_model_limits
-from service.dependencies import ModelState
-from service.errors import add_exception_handlers
-from service.framing import FaceFramer
-from service.imaging import PhotoDecoder
-from service.metrics import Metrics, add_metrics
-from service.middleware import BodySizeLimitMiddleware, BodyTimeoutMiddleware, RequestLogMiddleware
-from service.routers import faces, health, info
-from service.runtime import FaceModel
-from service.settings import Settings
-from service.web import add_web_page
+from service.api.admission import AdmissionMiddleware
+from service.api.apidocs import add_api_docs
+from service.api.contract import with_model_limits
+from service.api.dependencies import ModelState
+from service.api.errors import add_exception_handlers
+from service.api.metrics import Metrics, add_metrics
+from service.api.middleware import BodySizeLimitMiddleware, BodyTimeoutMiddleware, RequestLogMiddleware
+from service.api.routers import faces, health, info
+from service.api.settings import Settings
+from service.api.web import add_web_page
+from service.core.framing import FaceFramer
+from service.core.imaging import PhotoDecoder
+from service.core.runtime import FaceModel
 
 logger = logging.getLogger(__name__)
+
+
+def load_model(settings: Settings) -> FaceModel:
+    """The model as the settings configure it, loaded and warmed up."""
+    return FaceModel.load(
+        settings.model,
+        providers=settings.providers,
+        threads=settings.session_threads,
+        max_batch=settings.max_batch,
+        max_strength=settings.max_strength,
+        refine_steps=settings.refine_steps,
+        warm_up=True,
+    )
 
 
 @asynccontextmanager
@@ -32,7 +45,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load and warm up the model before serving; a broken bundle stops startup with the loader's message."""
     settings: Settings = app.state.settings
     state: ModelState = app.state.model_state
-    state.model = await run_in_threadpool(FaceModel.from_settings, settings)
+    state.model = await run_in_threadpool(load_model, settings)
     state.model.run_observer = app.state.metrics.observe_run
     app.openapi_schema = None
     app.openapi_schema = with_model_limits(app.openapi(), state.model)

@@ -10,11 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from service.framing import FaceFramer
-from service.imaging import PhotoDecoder
-from service.rendering import JSON
-from service.runtime import FaceModel
-from service.schemas import (
+from service.api.rendering import JSON
+from service.api.schemas import (
     DecodeRequest,
     EditRequest,
     EditUpload,
@@ -22,6 +19,9 @@ from service.schemas import (
     InterpolateRequest,
     InterpolateUpload,
 )
+from service.core.framing import FaceFramer
+from service.core.imaging import PhotoDecoder
+from service.core.runtime import FaceModel
 
 MULTIPART = "multipart/form-data"
 NOT_LOADED = "model not loaded yet"
@@ -164,6 +164,6 @@ async def interpolate_source(request: Request) -> InterpolateRequest | Interpola
 
 ImageUpload = Annotated[bytes, Depends(image_upload)]
 InterpolateSource = Annotated[InterpolateRequest | InterpolateUpload, Depends(interpolate_source)]
-Decoder = Annotated[PhotoDecoder, Depends(photo_decoder)]
+PhotoDecoderDep = Annotated[PhotoDecoder, Depends(photo_decoder)]
 DecodeBody = Annotated[DecodeRequest, Depends(decode_body)]
 EditSource = Annotated[EditRequest | EditUpload, Depends(edit_source)]

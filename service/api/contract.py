@@ -1,6 +1,6 @@
 """The OpenAPI schema with the loaded model's real limits, and examples that succeed as given.
 
-The schema models in `service.schemas` are written before any model is loaded, so they mark where a limit of the
+The schema models in `service.api.schemas` are written before any model is loaded, so they mark where a limit of the
 loaded model belongs (latent length, batch size, strength range); once the model is loaded the marks become
 minItems/maxItems/minimum/maximum, and the placeholder example latent becomes the bundle's mean latent, which
 `/docs`' "Try it out" can send unchanged.
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.runtime import FaceModel
-from service.schemas import BATCH_MARK, EXAMPLE_LATENT, LATENT_MARK, LATENTS_MARK, STRENGTH_MARK
+from service.api.schemas import BATCH_MARK, EXAMPLE_LATENT, LATENT_MARK, LATENTS_MARK, STRENGTH_MARK
+from service.core.runtime import FaceModel
 
 
 def with_model_limits(schema: dict[str, Any], model: FaceModel) -> dict[str, Any]:

@@ -21,6 +21,8 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 FORMAT_VERSION = 4
+#: The bundle the lead trains and commits; resolved from the package, so any working directory finds it.
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "celeba-64"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 LATENT_STATS_FILE = "latent_stats.json"
@@ -82,7 +84,7 @@ class Preprocess(BaseModel):
     )
     landmark_detector: str | None = Field(
         None,
-        description="The detector that measured `landmarks` (service.detection.DETECTOR_NAME): photos are aligned "
+        description="The detector that measured `landmarks` (service.core.detection.DETECTOR_NAME): photos are aligned "
         "to a template only by the detector that measured it, since detectors place landmarks differently",
     )
 

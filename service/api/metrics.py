@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Scope
 
-from service.middleware import RequestObserver
+from service.api.middleware import RequestObserver
 
 #: Request latency buckets, seconds: from a health check (1 ms) to a 12-megapixel photo edit (seconds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -66,7 +66,7 @@ class Metrics:
         )
 
     def reject(self, reason: str) -> None:
-        """One request refused by `service.admission` (its `on_reject`)."""
+        """One request refused by `service.api.admission` (its `on_reject`)."""
         self.rejected.labels(reason).inc()
 
     def observe_run(self, network: str, batch: int, seconds: float) -> None:

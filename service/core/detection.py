@@ -1,14 +1,14 @@
 """Face detection: where the faces are in a photo, with five landmarks each, on the CPU.
 
-Google MediaPipe's networks, run under onnxruntime from ONNX files committed in `service/face_models` (Apache-2.0;
+Google MediaPipe's networks, run under onnxruntime from ONNX files committed in `service/core/face_models` (Apache-2.0;
 see that package for where they come from): BlazeFace (full-range, or short-range for faces that fill the photo)
 finds the faces, and Face Mesh places 468 landmarks on each, from which the five the service aligns with are taken.
 Nothing is downloaded, no other runtime is needed, and it runs wherever onnxruntime does. It replaced YuNet
 (libfacedetection, through `yuface`), which took five times as long and placed landmarks less consistently;
 `bench/bench_detection.py` compares the two and MTCNN (docs/benchmarks.md, "Real photos").
 
-Landmark order, used everywhere in the service (`service.bundle.LANDMARKS`): as the viewer sees the photo, left eye,
-right eye, nose tip, left mouth corner, right mouth corner. "Left" is the viewer's left, i.e. the person's right.
+Landmark order, used everywhere in the service (`service.core.bundle.LANDMARKS`): as the viewer sees the photo, left
+eye, right eye, nose tip, left mouth corner, right mouth corner. "Left" is the viewer's left, i.e. the person's right.
 Coordinates are continuous pixel coordinates of the photo: pixel (i, j) covers [i, i + 1) x [j, j + 1), so its
 centre is (i + 0.5, j + 0.5), as in Pillow's `resize(box=...)` and `transform`.
 """
@@ -18,14 +18,19 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
-from service.alignment import apply
-from service.bundle import sha256_file
-from service.face_models import FILES, MANIFEST_FILE, MODELS_DIR
+from service.core.alignment import apply
+from service.core.bundle import sha256_file
+from service.core.defaults import MESH_PASSES
+from service.core.face_models import FILES, MANIFEST_FILE, MODELS_DIR
+from service.core.sessions import open_session
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 #: Recorded in a bundle's manifest with the landmark template it measured (`preprocess.landmark_detector`): a
 #: template belongs to the detector that measured it, and a photo is aligned only with its own detector's template.
@@ -40,14 +45,12 @@ _MAX_REDUCE = 16
 #: MediaPipe's region for Face Mesh: the face's box (detector's, or the landmarks' own once there are some) grown
 #: 1.5x, square, rotated so the eyes are level.
 ROI_SCALE = 1.5
-#: Face Mesh runs at most: the first on the detector's region, each further one on the region of the last one's
-#: landmarks (MediaPipe's tracking loop). Measured on 200 phone-style photos (docs/benchmarks.md): one pass frames
-#: 95 % within 5 % of the aligned crop's framing, two 98 % (three were no better than two on 60 photos).
-MESH_PASSES = 2
-#: A further pass runs only while the region still moves: its centre by more than this share of its side, its side
-#: by more than this share, or its angle by more than this many radians (3.4 degrees). On 600 phone-style photos
-#: (2026-12-03) always two passes frame 97.7 % within 5 % (median 0.8 %); 0.04, 97.7 % (1.1 %) with 1.7 passes a
-#: face; 0.06, 97.3 % (1.3 %) with 1.45, detection and alignment 0.86x the time of 0.04; 0.08, 97.2 % (1.4 %).
+#: Face Mesh runs at most `MESH_PASSES` times a face (`service.core.defaults`): the first on the detector's region,
+#: each further one on the region of the last one's landmarks (MediaPipe's tracking loop). A further pass runs only
+#: while the region still moves: its centre by more than this share of its side, its side by more than this share,
+#: or its angle by more than this many radians (3.4 degrees). Below it another pass places the same landmarks within
+#: the framing's own spread, so it would cost time for nothing (the tolerances measured: docs/benchmarks.md,
+#: "Real photos: face detection and alignment", the settle tolerance).
 MESH_SETTLED = 0.06
 #: Faces beyond the largest few keep the detector's keypoints (see `_unrefined_landmarks`): a crowd photo should not
 #: cost a Face Mesh pass per face.
@@ -69,7 +72,8 @@ _MOUTH_CORNER_OFFSET = 0.42
 
 
 class DetectorUnavailable(RuntimeError):
-    """The detector's networks cannot be loaded (a file of service/face_models is missing or not what it should be)."""
+    """The detector's networks cannot be loaded (a file of service/core/face_models is missing or not what it should
+    be)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -268,7 +272,7 @@ def _square_pixels(rgb: Image.Image, to_square: np.ndarray, side: int) -> np.nda
 
 
 def _session(name: str, threads: int) -> ort.InferenceSession:
-    """One of service/face_models's networks, its sha256 checked against the folder's manifest."""
+    """One of service/core/face_models's networks, its sha256 checked against the folder's manifest."""
     path = MODELS_DIR / name
     try:
         expected = json.loads((MODELS_DIR / MANIFEST_FILE).read_text(encoding="utf-8"))["files"][name]
@@ -277,10 +281,7 @@ def _session(name: str, threads: int) -> ort.InferenceSession:
         raise DetectorUnavailable(f"the face detector's network {name} cannot be read ({exc})") from exc
     if actual != expected:
         raise DetectorUnavailable(f"{path}: sha256 {actual} is not the manifest's {expected}")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return open_session(path, threads=threads)
 
 
 class _BlazeFace:

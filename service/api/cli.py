@@ -13,8 +13,8 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
-from service.bundle import BundleError, ModelBundle
-from service.settings import ENV_PREFIX, Settings
+from service.api.settings import ENV_PREFIX, Settings
+from service.core.bundle import BundleError, ModelBundle
 
 
 def _env_name(field: str) -> str:
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(2) from None
     os.environ.update({_env_name(name): str(value) for name, value in flags.items()})
     uvicorn.run(
-        "service.app:create_app",
+        "service.api.app:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,

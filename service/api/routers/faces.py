@@ -1,36 +1,32 @@
 """The face endpoints: find faces in a photo, encode one, decode latents, sample random faces, edit attributes.
 
-Path operations are plain `def`, so FastAPI runs them (and `session.run`) in its thread pool, off the event loop;
-only the async dependencies that read request bodies run on the loop.
+Each path operation parses its request, calls the core's function for the operation (`service.core.operations`) and
+renders the answer; the work itself is not written here. Path operations are plain `def`, so FastAPI runs them (and
+`session.run`) in its thread pool, off the event loop; only the async dependencies that read request bodies run on
+the loop.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from PIL import Image
 from pydantic import BaseModel
 
-from service.compositing import Output, compose
-from service.dependencies import (
+from service.api.dependencies import (
     MULTIPART,
     AcceptHeader,
     DecodeBody,
-    Decoder,
     EditSource,
     ImageUpload,
     InterpolateSource,
+    PhotoDecoderDep,
     ReadyFramer,
     ReadyModel,
 )
-from service.framing import FRAMING_SIDE, FaceFramer, Framed
-from service.imaging import PhotoDecoder, photo_scale
-from service.rendering import FACES_CONTENT, JSON, choose_media_type, error_responses, negotiate, render_faces
-from service.runtime import draw_seed
-from service.schemas import (
+from service.api.rendering import FACES_CONTENT, JSON, choose_media_type, error_responses, negotiate, render_faces
+from service.api.schemas import (
     DecodeParams,
     DecodeRequest,
     DetectResponse,
@@ -47,6 +43,9 @@ from service.schemas import (
     InterpolateUpload,
     SampleParams,
 )
+from service.core import operations
+from service.core.imaging import ImageFormat
+from service.core.operations import Faces, Framing
 
 router = APIRouter(tags=["faces"], responses=error_responses(406, 503))
 
@@ -62,12 +61,14 @@ def _request_body(content: dict[str, type[BaseModel] | None]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": schemas}}
 
 
-def _framed(
-    decoder: PhotoDecoder, framer: FaceFramer, data: bytes, params: FramingParams, whole: bool = False
-) -> tuple[Image.Image, Framed]:
-    """An uploaded photo (decoded whole, or only as large as framing needs) and its face framed as `params` say."""
-    photo = decoder.decode(data, None if whole else FRAMING_SIDE)
-    return photo, framer.frame(photo, params.align, params.face)
+def _framing(params: FramingParams) -> Framing:
+    return Framing(params.align, params.face)
+
+
+def _render(media_type: str, result: Faces, image_format: ImageFormat | None) -> Response:
+    return render_faces(
+        media_type, result.faces, result.latents, seed=result.seed, image_format=image_format, columns=result.columns
+    )
 
 
 @router.post(
@@ -75,15 +76,14 @@ def _framed(
     responses=error_responses(400, 413, 415, 501),
     openapi_extra=_request_body({MULTIPART: EncodeUpload, "image/*": None}),
 )
-def detect(framer: ReadyFramer, decoder: Decoder, data: ImageUpload, accept: AcceptHeader = None) -> DetectResponse:
+def detect(
+    framer: ReadyFramer, photo_decoder: PhotoDecoderDep, data: ImageUpload, accept: AcceptHeader = None
+) -> DetectResponse:
     """Every face in a photo, largest first, with its box, five landmarks and score (none found: an empty list)."""
     negotiate(accept, [JSON])
-    photo = decoder.decode(data, FRAMING_SIDE)
-    scale = photo_scale(photo)
+    found = operations.detect(photo_decoder, framer, data)
     return DetectResponse(
-        width=round(photo.width * scale),
-        height=round(photo.height * scale),
-        faces=[FaceInfo.of(face, scale) for face in framer.detect(photo)],
+        width=found.width, height=found.height, faces=[FaceInfo.of(face, found.scale) for face in found.faces]
     )
 
 
@@ -95,7 +95,7 @@ def detect(framer: ReadyFramer, decoder: Decoder, data: ImageUpload, accept: Acc
 def encode(
     model: ReadyModel,
     framer: ReadyFramer,
-    decoder: Decoder,
+    photo_decoder: PhotoDecoderDep,
     data: ImageUpload,
     params: Annotated[EncodeParams, Query()],
     accept: AcceptHeader = None,
@@ -107,17 +107,15 @@ def encode(
     one was used; align=none crops the bundle's box, as training framed the CelebA crops.
     """
     negotiate(accept, [JSON])
-    photo, framed = _framed(decoder, framer, data, params)
-    encoding = model.encode_pixels(framed.pixels[np.newaxis])
-    seed = draw_seed() if params.seed is None else params.seed
-    z = encoding.sample(np.random.default_rng(seed))
+    result = operations.encode_photo(model, framer, photo_decoder, data, _framing(params), params.seed)
+    encoding = result.encoding
     return EncodeResponse(
         code=encoding.code[0].tolist(),
         z_mean=encoding.z_mean[0].tolist(),
         z_log_var=encoding.z_log_var[0].tolist(),
-        z=z[0].tolist(),
-        seed=seed,
-        face=None if framed.face is None else FaceInfo.of(framed.face, photo_scale(photo)),
+        z=result.z[0].tolist(),
+        seed=result.seed,
+        face=None if result.face is None else FaceInfo.of(result.face, result.scale),
     )
 
 
@@ -132,17 +130,15 @@ def decode(
 ) -> Response:
     """Latents to faces: one latent gives an image; several give a JSON list, or one grid image with grid=true."""
     media_type = choose_media_type(accept, params.format, one_picture=not body.several or params.grid)
-    z = model.latents(body.latents)
-    return render_faces(media_type, model.decode(z), z, seed=None, image_format=params.format)
+    return _render(media_type, operations.decode(model, body.latents), params.format)
 
 
 @router.get("/sample", response_class=Response, responses=FACES_CONTENT)
 def sample(model: ReadyModel, params: Annotated[SampleParams, Query()], accept: AcceptHeader = None) -> Response:
     """Random faces; the same seed gives the same bytes. n > 1 gives a grid unless grid=false."""
     media_type = choose_media_type(accept, params.format, one_picture=params.n == 1 or params.grid)
-    seed = draw_seed() if params.seed is None else params.seed
-    z = model.sample_latents(params.n, np.random.default_rng(seed), params.mode, params.temperature)
-    return render_faces(media_type, model.decode(z), z, seed=seed, image_format=params.format)
+    result = operations.sample(model, params.n, params.seed, params.mode, params.temperature)
+    return _render(media_type, result, params.format)
 
 
 @router.post(
@@ -154,7 +150,7 @@ def sample(model: ReadyModel, params: Annotated[SampleParams, Query()], accept: 
 def interpolate(
     model: ReadyModel,
     framer: ReadyFramer,
-    decoder: Decoder,
+    photo_decoder: PhotoDecoderDep,
     source: InterpolateSource,
     params: Annotated[InterpolateParams, Query()],
     accept: AcceptHeader = None,
@@ -163,13 +159,12 @@ def interpolate(
     latent. `method=slerp` (default) keeps every step as far from the codes' mean as its ends."""
     media_type = choose_media_type(accept, params.format, one_picture=True)
     if isinstance(source, InterpolateUpload):
-        pixels = np.stack([_framed(decoder, framer, data, params)[1].pixels for data in (source.start, source.end)])
-        start, end = model.encode_pixels(pixels).code
+        result = operations.interpolate_photos(
+            model, framer, photo_decoder, source.start, source.end, params.steps, params.method, _framing(params)
+        )
     else:
-        start, end = (model.latents([z], name)[0] for name, z in (("start", source.start), ("end", source.end)))
-    path = model.interpolate(start, end, params.steps, params.method)
-    faces = model.decode(path)
-    return render_faces(media_type, faces, path, seed=None, image_format=params.format, columns=len(faces))
+        result = operations.interpolate_latents(model, source.start, source.end, params.steps, params.method)
+    return _render(media_type, result, params.format)
 
 
 @router.post(
@@ -181,7 +176,7 @@ def interpolate(
 def edit(
     model: ReadyModel,
     framer: ReadyFramer,
-    decoder: Decoder,
+    photo_decoder: PhotoDecoderDep,
     source: EditSource,
     params: Annotated[EditParams, Query()],
     accept: AcceptHeader = None,
@@ -196,12 +191,18 @@ def edit(
     """
     media_type = choose_media_type(accept, params.format, one_picture=True)
     if isinstance(source, EditUpload):
-        photo, framed = _framed(decoder, framer, source.image, params, whole=params.output is Output.PHOTO)
-        z = model.encode_pixels(framed.pixels[np.newaxis]).code[0]
-        edited = model.edit(z, source.attributes, params.steps, source.keep)
-        before = model.decode(z[np.newaxis])[0]
-        faces = compose(photo, framed.alignment, before, model.decode(edited), params.output, params.detail)
+        result = operations.edit_photo(
+            model,
+            framer,
+            photo_decoder,
+            source.image,
+            source.attributes,
+            params.steps,
+            source.keep,
+            _framing(params),
+            params.output,
+            params.detail,
+        )
     else:
-        edited = model.edit(model.latents([source.z])[0], source.attributes, params.steps, source.keep)
-        faces = model.decode(edited)
-    return render_faces(media_type, faces, edited, seed=None, image_format=params.format, columns=len(faces))
+        result = operations.edit_latent(model, source.z, source.attributes, params.steps, source.keep)
+    return _render(media_type, result, params.format)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import CLIENT_CLOSED_REQUEST
+from service.api.errors import CLIENT_CLOSED_REQUEST
 
 #: Body bytes read from a request while it waits for a slot (to hear its client leave); the rest waits unread.
 LISTEN_BYTES = 256 * 1024
