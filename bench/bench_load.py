@@ -37,7 +37,6 @@ from bench.common import (
     FIGURES_DIR,
     REPO_ROOT,
     RESULTS_DIR,
-    Backend,
     EndpointWork,
     Table,
     face_files,
@@ -49,7 +48,9 @@ from bench.common import (
     write_report,
 )
 from bench.loadgen import Cell, Plan, RequestTemplate
-from service.api.settings import DEFAULT_MODEL, Settings
+from service.core.bundle import DEFAULT_MODEL
+from service.core.defaults import session_threads
+from service.core.operations import Networks
 from service.core.runtime import Encoding, FaceModel, refined_codes
 
 #: `live` (GET /health/live, no model work) is the floor: what HTTP, uvicorn and the load generator cost alone.
@@ -64,7 +65,7 @@ HEADLINE_CONCURRENCY = 16
 LOADGEN_SLACK_S = 120
 
 
-class KerasBackend:
+class KerasNetworks:
     """The textbook's way to run the model: eager calls on the Keras encoder and decoder, training=False."""
 
     def __init__(self, vae: Any, refine_steps: int) -> None:
@@ -87,7 +88,7 @@ class KerasBackend:
         return np.asarray(self.vae.decoder(z, training=False))
 
 
-def load_keras(run_dir: Path, model: FaceModel) -> tuple[KerasBackend | None, str]:
+def load_keras(run_dir: Path, model: FaceModel) -> tuple[KerasNetworks | None, str]:
     """The run's Keras VAE, or None and why the TensorFlow baseline is skipped."""
     try:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -105,7 +106,7 @@ def load_keras(run_dir: Path, model: FaceModel) -> tuple[KerasBackend | None, st
         )
     import tensorflow as tf
 
-    backend = KerasBackend(vae, model.refine_steps)
+    backend = KerasNetworks(vae, model.refine_steps)
     z = np.random.default_rng(0).standard_normal((BATCH, model.z_dim), dtype=np.float32)
     # The anchor must run the bundle's network: a run folder from other code or weights would time something else.
     worst = int(np.abs(backend.decode(z).astype(np.int16) - model.decode(z).astype(np.int16)).max())
@@ -151,7 +152,7 @@ def work_calls(work: EndpointWork, attribute: str) -> dict[str, Callable[[int], 
     }
 
 
-def network_calls(model: FaceModel, backend: Backend) -> dict[str, Callable[[int], object]]:
+def network_calls(model: FaceModel, backend: Networks) -> dict[str, Callable[[int], object]]:
     """The networks alone (plus the uint8 conversion both backends do), for the onnxruntime/TensorFlow ratio."""
     rng = np.random.default_rng(0)
     z = {batch: rng.standard_normal((batch, model.z_dim), dtype=np.float32) for batch in (1, BATCH)}
@@ -476,8 +477,8 @@ def anchors(model: FaceModel, photos: list[Path], attribute: str, args: argparse
 
 def main() -> None:
     args = parse_args()
-    settings = Settings(model=args.model, workers=args.workers, intra_op_threads=args.threads)
-    model = FaceModel.from_settings(settings)  # the same providers and threads as one server worker
+    threads = session_threads(args.workers, args.threads)  # the same providers and threads as one server worker
+    model = FaceModel.load(args.model, threads=threads, warm_up=True)
     attribute = "Smiling" if "Smiling" in model.bundle.attributes else model.bundle.attributes.names[0]
     photos = face_files(args.data, PHOTOS)
     all_templates = templates(model, photos, attribute)
@@ -502,7 +503,7 @@ def main() -> None:
     report: dict[str, Any] = {
         "machine": machine(),
         "bundle": {"name": model.bundle.name, "path": str(args.model), "image_size": model.image_size},
-        "server": {"workers": args.workers, "threads": args.threads, "session_threads": settings.session_threads},
+        "server": {"workers": args.workers, "threads": args.threads, "session_threads": threads},
         "providers": model.providers,
         "cases": args.cases,
         "concurrency": args.concurrency,

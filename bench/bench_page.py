@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 
 from bench.common import FIGURES_DIR, RESULTS_DIR, Table, fmt, latency_summary, machine, running_server, write_report
-from service.api.settings import DEFAULT_MODEL
+from service.core.bundle import DEFAULT_MODEL
 from testkit.browser import chromium, missing_browser
 
 DEFAULT_OUT = RESULTS_DIR / "page.json"

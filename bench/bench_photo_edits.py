@@ -33,22 +33,24 @@ import numpy as np
 from PIL import Image
 
 from bench.common import DEFAULT_DATA, FIGURES_DIR, RESULTS_DIR, Table, fmt, machine, write_report
-from service.api.settings import DEFAULT_MODEL
+from service.core import operations
 from service.core.alignment import RESAMPLE, SUPERSAMPLE, warp
+from service.core.bundle import DEFAULT_MODEL
 from service.core.compositing import Detail, Output, compose
-from service.core.framing import FRAMING_SIDE, Align, FaceFramer, Framed
-from service.core.imaging import ImageFormat, decode_upload, encode_image, make_grid
+from service.core.framing import Align, FaceFramer, Framed
+from service.core.imaging import ImageFormat, PhotoDecoder, decode_upload, encode_image, make_grid, picture
 from service.core.runtime import FaceModel
 from testkit.phone_photos import enlarged, phone_photo
 from training.card import EDIT_ATTRIBUTES
 from training.classifier import AttributeClassifier, default_out
-from training.cli import DEFAULT_CACHE
 from training.config import TrainConfig
-from training.prepared import prepare_data
+from training.prepared import DEFAULT_CACHE, prepare_data
 
 MODES = [(output, detail) for output in Output for detail in Detail]
 STRENGTH = 2.0
 SHOWN = 4
+#: Uploads decoded as a server with the default settings decodes them.
+PHOTO_DECODER = PhotoDecoder()
 
 
 def label(mode: tuple[Output, Detail]) -> str:
@@ -71,13 +73,11 @@ def edit_once(
     mode: Any,
     image_format: ImageFormat = ImageFormat.PNG,
 ) -> bytes:
-    """What photo /edit does for one request, without HTTP: the bytes it would answer with."""
-    photo = decode_upload(jpeg, None if mode[0] is Output.PHOTO else FRAMING_SIDE)  # as the router decodes
-    framed = framer.frame(photo, Align.AUTO)
-    z = model.encode_pixels(framed.pixels[np.newaxis]).code[0]
-    before = model.decode(z[np.newaxis])[0]
-    result = compose(photo, framed.alignment, before, model.decode(model.edit(z, strengths)), *mode)
-    return encode_image(result[0], image_format)
+    """What photo /edit does for one request, without HTTP (the core's operation the router calls): the bytes it
+    would answer with."""
+    output, detail = mode
+    result = operations.edit_photo(model, framer, PHOTO_DECODER, jpeg, strengths, output=output, detail=detail)
+    return encode_image(picture(result.faces), image_format)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:

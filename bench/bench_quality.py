@@ -62,14 +62,13 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-import onnxruntime as ort
 import scipy.linalg
 
 from bench.common import DEFAULT_DATA, FIGURES_DIR, REPO_ROOT, RESULTS_DIR, Table, fmt, machine, write_report
-from service.api.settings import DEFAULT_MODEL
 from service.core.bundle import (
     ATTRIBUTES_FILE,
     DECODER_FILE,
+    DEFAULT_MODEL,
     ENCODER_FILE,
     LATENT_STATS_FILE,
     MANIFEST_FILE,
@@ -80,13 +79,13 @@ from service.core.bundle import (
     Preprocess,
 )
 from service.core.runtime import REFINE_STEPS, FaceModel, SamplingMode
+from service.core.sessions import open_session
 from training.card import EDIT_ATTRIBUTES, grid, sharpness
 from training.classifier import AttributeClassifier, ClassifierConfig, default_out, train_classifier
-from training.cli import DEFAULT_CACHE
 from training.config import TrainConfig
 from training.export import encode
 from training.latents import DIRECTION_METHODS, aggregate_posterior, attribute_vectors
-from training.prepared import PreparedData, prepare_data
+from training.prepared import DEFAULT_CACHE, PreparedData, prepare_data
 
 TEMPERATURES = (0.5, 0.75, 1.0, 1.25)
 STRENGTHS = (1.0, 2.0, 3.0)
@@ -186,10 +185,8 @@ def open_old_bundle(
     manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
     old_stats = json.loads((folder / LATENT_STATS_FILE).read_text(encoding="utf-8"))
     old_vectors = json.loads((folder / ATTRIBUTES_FILE).read_text(encoding="utf-8"))
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    encoder = ort.InferenceSession(str(folder / ENCODER_FILE), options, providers=["CPUExecutionProvider"])
-    decoder = ort.InferenceSession(str(folder / DECODER_FILE), options, providers=["CPUExecutionProvider"])
+    encoder = open_session(folder / ENCODER_FILE, spin=False)
+    decoder = open_session(folder / DECODER_FILE, spin=False)
 
     data = data_for(manifest["training"])
     z_train, z_log_var = encode(encoder, data.images[data.train])

@@ -32,7 +32,8 @@ from bench.common import (
     running_server,
     time_calls,
 )
-from service.api.settings import DEFAULT_MODEL, Settings
+from service.core.bundle import DEFAULT_MODEL
+from service.core.defaults import session_threads
 from service.core.runtime import FaceModel
 
 DEFAULT_OUT = RESULTS_DIR / "service_latency.json"
@@ -51,7 +52,8 @@ class Case:
 
 
 def _cases(model: FaceModel, photos: list[bytes]) -> list[Case]:
-    """The endpoints to time; the in-process side is `EndpointWork`, which repeats what the routers do minus HTTP."""
+    """The endpoints to time; the in-process side is `EndpointWork`, which runs the core's operations the routers
+    call, minus HTTP."""
     work = EndpointWork(model, model, photos)
     z = model.bundle.latent_stats.mean
     attribute = model.bundle.attributes.names[0]
@@ -122,8 +124,8 @@ def main() -> None:
     args = parser.parse_args()
 
     photos = [path.read_bytes() for path in face_files(args.data, 8)]
-    settings = Settings(model=args.model)  # the same providers and thread count the server picks for itself
-    model = FaceModel.from_settings(settings)
+    threads = session_threads()  # the same providers and thread count the server picks for itself
+    model = FaceModel.load(args.model, threads=threads, warm_up=True)
     cases = _cases(model, photos)
 
     results: dict[str, dict[str, Any]] = {}
@@ -146,7 +148,7 @@ def main() -> None:
         "image_size": model.image_size,
         "z_dim": model.z_dim,
         "providers": model.providers,
-        "session_threads": settings.session_threads,
+        "session_threads": threads,
         "requests": args.requests,
         "warmup": args.warmup,
         "machine": machine(),

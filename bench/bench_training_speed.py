@@ -22,10 +22,9 @@ import numpy as np
 import tensorflow as tf
 
 from training.classifier import ClassifierConfig, build_classifier
-from training.cli import DEFAULT_CACHE
 from training.config import TrainConfig
 from training.data import as_tf_dataset
-from training.prepared import prepare_data
+from training.prepared import DEFAULT_CACHE, prepare_data
 from training.train import build_vae
 
 ROOT = Path(__file__).resolve().parents[1]

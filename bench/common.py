@@ -8,9 +8,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,26 +15,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 
-from service.core.compositing import Detail, Output, compose
-from service.core.framing import FRAMING_SIDE, FaceFramer, Framed
-from service.core.imaging import ImageFormat, decode_upload, encode_image, make_grid
+from service.core import operations
+from service.core.framing import FaceFramer
+from service.core.imaging import ImageFormat, PhotoDecoder, encode_image, picture
+from service.core.operations import Networks
 from service.core.runtime import Encoding, FaceModel
+from testkit.servers import serving
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The shared CelebA subset (CelebA layout: img_align_celeba/ + list_attr_celeba.txt), read in place.
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "celeba_subset"
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 FIGURES_DIR = REPO_ROOT / "docs" / "figures"
-STARTUP_TIMEOUT_S = 120
-STOP_TIMEOUT_S = 30
-#: Uvicorn logs this once per worker after the lifespan (model load and warm-up) has finished.
-WORKER_READY_LINE = "Application startup complete."
 
 
 # ---- data ---------------------------------------------------------------------------------------------------------
@@ -55,119 +49,69 @@ def face_files(data_dir: Path, count: int) -> list[Path]:
 # ---- the server under test ----------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def is_ready(base_url: str) -> bool:
-    try:
-        return httpx.get(f"{base_url}/health/ready", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 @contextmanager
 def running_server(model: Path, log_path: Path, *, workers: int = 1, threads: int = 0) -> Iterator[str]:
-    """`python -m service` on a free loopback port; yields its base URL once every worker is ready.
-
-    The server runs in its own process group, so stopping it also stops uvicorn's worker processes.
-    """
-    port = free_port()
-    command = [sys.executable, "-m", "service", "--model", str(model), "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--workers", str(workers), "--intra-op-threads", str(threads)]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        # /health/ready answers as soon as one worker is up; the others may still be loading the model.
-        while not (is_ready(base_url) and log_path.read_text().count(WORKER_READY_LINE) >= workers):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not become ready:\n{log_path.read_text()}")
-            time.sleep(0.2)
-        yield base_url
-    finally:
-        _stop(process)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group, SIGKILL it if it does not exit in time."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    """`python -m service` on a free loopback port (`testkit.servers.serving`); yields its base URL once every
+    worker is ready."""
+    with serving(model, log_path, workers=workers, threads=threads) as server:
+        yield server.base_url
 
 
 # ---- the endpoints' work without HTTP -----------------------------------------------------------------------------
 
 
-class Backend(Protocol):
-    """Runs the two networks; `FaceModel` (onnxruntime) is one, an eager Keras wrapper another."""
-
-    def encode_pixels(self, pixels: np.ndarray) -> Encoding: ...
-
-    def decode(self, z: np.ndarray) -> np.ndarray: ...
-
-
 @dataclass(frozen=True)
 class EndpointWork:
-    """What each face endpoint does besides HTTP, as the routers do it, with the networks run by `backend`.
+    """What each face endpoint does besides HTTP: the core's operation (`service.core.operations`, which the routers
+    call too) and the image encoding, with the networks run by `backend`.
 
-    `model` supplies the latent math, the limits and the framing; the anchors time this work, so it must
-    stay in step with service/api/routers/faces.py.
+    `model` supplies the latent math, the limits and the framing.
     """
 
     model: FaceModel
-    backend: Backend
+    backend: Networks
     photos: Sequence[bytes]
     image_format: ImageFormat = ImageFormat.PNG
     framer: FaceFramer = field(init=False)
+    photo_decoder: PhotoDecoder = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "framer", FaceFramer(self.model.bundle.preprocess))
+        object.__setattr__(self, "photo_decoder", PhotoDecoder())
 
     def photo(self, i: int) -> bytes:
         return self.photos[i % len(self.photos)]
 
+    def _picture(self, result: operations.Faces) -> bytes:
+        return encode_image(picture(result.faces, result.columns), self.image_format)
+
     def sample(self, seed: int, n: int) -> bytes:
-        z = self.model.sample_latents(n, np.random.default_rng(seed))  # /sample's default mode
-        faces = self.backend.decode(z)
-        return encode_image(faces[0] if n == 1 else make_grid(faces), self.image_format)
+        return self._picture(operations.sample(self.model, n, seed, networks=self.backend))
 
     def decode(self, z: Sequence[float]) -> bytes:
-        return encode_image(self.backend.decode(self.model.latents([z]))[0], self.image_format)
+        return self._picture(operations.decode(self.model, [z], networks=self.backend))
 
     def encode_posterior(self, i: int) -> Encoding:
         """/encode's framing (align=auto: detect and align) and encoding."""
-        return self._encode(self.framer.frame(decode_upload(self.photo(i), FRAMING_SIDE)))
+        return self._encode(i).encoding
 
-    def _encode(self, framed: Framed) -> Encoding:
-        return self.backend.encode_pixels(framed.pixels[np.newaxis])
+    def _encode(self, i: int) -> operations.PhotoEncoding:
+        return operations.encode_photo(
+            self.model, self.framer, self.photo_decoder, self.photo(i), seed=i, networks=self.backend
+        )
 
     def encode(self, i: int) -> np.ndarray:
-        return self.encode_posterior(i).sample(np.random.default_rng(i))
+        return self._encode(i).z
 
     def edit(self, z: Sequence[float], strengths: Mapping[str, float], steps: int | None = None) -> bytes:
-        return self._edit(self.model.latents([z])[0], strengths, steps)
+        return self._picture(operations.edit_latent(self.model, z, strengths, steps, networks=self.backend))
 
     def edit_photo(self, i: int, strengths: Mapping[str, float]) -> bytes:
         """Photo /edit with its defaults: align=auto, output=face, detail=keep."""
-        photo = decode_upload(self.photo(i), FRAMING_SIDE)
-        framed = self.framer.frame(photo)
-        z = self._encode(framed).code[0]
-        before = self.backend.decode(z[np.newaxis])[0]
-        edited = self.backend.decode(self.model.edit(z, strengths))
-        faces = compose(photo, framed.alignment, before, edited, Output.FACE, Detail.KEEP)
-        return encode_image(faces[0], self.image_format)
-
-    def _edit(self, z: np.ndarray, strengths: Mapping[str, float], steps: int | None) -> bytes:
-        faces = self.backend.decode(self.model.edit(z, strengths, steps))
-        return encode_image(faces[0] if steps is None else make_grid(faces, steps), self.image_format)
+        result = operations.edit_photo(
+            self.model, self.framer, self.photo_decoder, self.photo(i), strengths, networks=self.backend
+        )
+        return self._picture(result)
 
 
 # ---- timing -------------------------------------------------------------------------------------------------------

@@ -10,9 +10,8 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from service.api.settings import DEFAULT_MODEL
 from service.core.alignment import frame_face
-from service.core.bundle import ModelBundle
+from service.core.bundle import DEFAULT_MODEL, ModelBundle
 from service.core.framing import Align, FaceFramer
 from service.core.runtime import FaceModel, InputError, SamplingMode
 from service.core.sessions import CPU, CUDA, select_providers

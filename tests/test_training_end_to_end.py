@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from service.core.bundle import (
@@ -23,6 +22,7 @@ from service.core.bundle import (
     sha256_file,
 )
 from service.core.detection import DETECTOR_NAME
+from service.core.sessions import open_session
 from testkit.phone_photos import SUBSET
 from tests.tiny_training import TINY
 from training import export
@@ -81,8 +81,8 @@ def test_bundle_loads_and_runs_at_batch_1_and_16(trained: tuple[Path, Path]) -> 
     assert "/" not in json.dumps(manifest.dataset)  # no machine paths
     assert 0 < manifest.metrics["val_reconstruction_mse"] < 0.2
     assert len(bundle.attributes) + len(manifest.attributes_left_out) == 40
-    encoder = ort.InferenceSession(str(bundle.encoder_path), providers=["CPUExecutionProvider"])
-    decoder = ort.InferenceSession(str(bundle.decoder_path), providers=["CPUExecutionProvider"])
+    encoder = open_session(bundle.encoder_path)
+    decoder = open_session(bundle.decoder_path)
     for batch in (1, 16):
         images = np.random.default_rng(batch).random((batch, 32, 32, 3), dtype=np.float32)
         z_mean, z_log_var = encoder.run(None, {"image": images})
@@ -149,7 +149,7 @@ def test_rewrite_turns_an_export_without_the_graph_rewrites_into_this_version_s(
         return {node.op_type for node in onnx.load(copy / DECODER_FILE).graph.node}
 
     def decoded() -> np.ndarray:
-        session = ort.InferenceSession(str(copy / DECODER_FILE), providers=["CPUExecutionProvider"])
+        session = open_session(copy / DECODER_FILE)
         z = np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32)
         return session.run(None, {DECODER_INPUT: z})[0]
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from service.api.settings import DEFAULT_MODEL
-from service.core.bundle import ModelBundle
+from service.core.bundle import DEFAULT_MODEL, ModelBundle
 from service.core.face_models import FILES, MODELS_DIR
+from service.core.sessions import open_session
 from training.face_models import OPSET
 from training.onnx_graph import (
     CHANNEL_BLOCK,
@@ -91,7 +90,7 @@ def _bottleneck(width: int) -> onnx.ModelProto:
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = open_session(model.SerializeToString())
     return session.run(None, {"x": x})[0]
 
 

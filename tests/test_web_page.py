@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api.settings import DEFAULT_MODEL
 from service.api.web import CONTENT_SECURITY_POLICY
+from service.core.bundle import DEFAULT_MODEL
 from testkit.browser import PHONE_WINDOW, chromium, missing_browser
 from testkit.phone_photos import IMAGE_DIR, face_files, phone_photo
 from testkit.servers import RunningServer, serving

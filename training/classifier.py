@@ -33,10 +33,9 @@ from keras import layers, ops
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sklearn.metrics import roc_auc_score
 
-from training.cli import DEFAULT_CACHE
 from training.config import TrainConfig
 from training.data import CELEBA_CROP
-from training.prepared import PreparedData, prepare_data
+from training.prepared import DEFAULT_CACHE, PreparedData, prepare_data
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import STRATEGIES, TrainConfig
-
-DEFAULT_CACHE = Path(os.environ.get("FACEVAE_CACHE_DIR", Path.home() / ".cache" / "facevae"))
+from training.prepared import DEFAULT_CACHE
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:

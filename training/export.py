@@ -42,6 +42,7 @@ from service.core.bundle import (
     write_json,
 )
 from service.core.detection import DETECTOR_NAME
+from service.core.sessions import open_session
 from training import template
 from training.config import TrainConfig
 from training.latents import aggregate_posterior, attribute_vectors
@@ -103,7 +104,7 @@ def rewrite_graphs(bundle: Path) -> list[str]:
         onnx.checker.check_model(proto)
         staging = path.with_name(path.name + ".partial")
         onnx.save(proto, str(staging))
-        before, after = _session(path), _session(staging)
+        before, after = open_session(path), open_session(staging)
         source = before.get_inputs()[0]
         for batch in PARITY_BATCHES:
             x = rng.standard_normal((batch, *source.shape[1:])).astype(np.float32)
@@ -124,10 +125,6 @@ def rewrite_graphs(bundle: Path) -> list[str]:
         write_json(manifest_path, manifest)
     ModelBundle.load(bundle)
     return rewritten
-
-
-def _session(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def encode(session: ort.InferenceSession, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -196,7 +193,7 @@ def build_bundle(config: TrainConfig, vae: VAE, data: PreparedData, training_sum
     log.info("exporting to ONNX (opset %d)", OPSET)
     keras_to_onnx(vae.encoder, ENCODER_INPUT, ENCODER_OUTPUTS, staging / ENCODER_FILE)
     keras_to_onnx(vae.decoder, DECODER_INPUT, (DECODER_OUTPUT,), staging / DECODER_FILE)
-    encoder, decoder = _session(staging / ENCODER_FILE), _session(staging / DECODER_FILE)
+    encoder, decoder = open_session(staging / ENCODER_FILE), open_session(staging / DECODER_FILE)
     val_faces = data.images[data.val]
     parity = check_parity(vae, encoder, decoder, val_faces)
     log.info("parity ORT vs TF: max abs diff %.2e", parity["max_abs_diff"])

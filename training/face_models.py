@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
 from service.core.bundle import sha256_file, write_json
 from service.core.face_models import FILES, MANIFEST_FILE, MODELS_DIR, SOURCE
+from service.core.sessions import open_session
 from training.onnx_graph import prelu_as_relu, split_channel_padding, widen_bottlenecks
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def convert(tflite: Path, out: Path, any_side: bool = False) -> float:
     interpreter.set_tensor(source["index"], x)
     interpreter.invoke()
     expected = sorted((interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()), key=np.size)
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    session = open_session(out)
     actual = sorted(session.run(None, {session.get_inputs()[0].name: x}), key=np.size)
     return max(float(np.abs(a.reshape(e.shape) - e).max()) for a, e in zip(actual, expected, strict=True))
 

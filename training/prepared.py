@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import numpy as np
 from service.core.bundle import Preprocess
 from training.config import TrainConfig
 from training.data import FaceDataset, discover, load_images, split
+
+#: Where decoded faces are cached between runs (`prepare_data`), shared by training, the judge and the benchmarks.
+DEFAULT_CACHE = Path(os.environ.get("FACEVAE_CACHE_DIR", Path.home() / ".cache" / "facevae"))
 
 log = logging.getLogger(__name__)
 

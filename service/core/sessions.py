@@ -32,10 +32,10 @@ def select_providers(requested: Sequence[str]) -> list[str]:
 
 
 def open_session(
-    path: str | Path, providers: Sequence[str] = (CPU,), threads: int = 0, *, spin: bool = True
+    model: str | Path | bytes, providers: Sequence[str] = (CPU,), threads: int = 0, *, spin: bool = True
 ) -> ort.InferenceSession:
-    """A session for the ONNX file at `path`, run sequentially on `threads` intra-op threads (0: onnxruntime's
-    choice, one per core).
+    """A session for an ONNX model (a file's path, or the serialized model), run sequentially on `threads`
+    intra-op threads (0: onnxruntime's choice, one per core).
 
     `spin=False` keeps idle threads from busy-waiting: the service's sessions share their cores with the HTTP
     server and other workers. The face detector's networks keep onnxruntime's default (spinning), as they always had.
@@ -47,4 +47,5 @@ def open_session(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=options, providers=list(providers))
