@@ -4,7 +4,7 @@ Every candidate importable here is measured the same way, through `service.core.
 
 1. A landmark template is measured with the candidate on `--template-faces` aligned CelebA training crops
    (`alignment.measure_template`): a detector is only ever aligned to its own template.
-2. `--photos` phone-style photos (tests/phone_photos.py: a CelebA face enlarged 2-4x, tilted up to +-20 degrees,
+2. `--photos` phone-style photos (testkit/phone_photos.py: a CelebA face enlarged 2-4x, tilted up to +-20 degrees,
    anywhere in a 640x480 scene over smooth noise or another photo's blurred strip, JPEG quality 85) are detected
    and aligned. *Detected*: the largest face found is the one placed. *Framing error*: the largest corner distance
    between the aligned square, mapped back into the original face through the ground truth, and the CelebA crop box

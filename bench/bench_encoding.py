@@ -3,7 +3,7 @@
 A photo `/edit` with `output=photo` answers with the whole photo, so its PNG encoding is most of that request's time
 at Pillow's default level (6). This measures PNG at each level against level 6 on the images the service returns:
 a 64x64 face (a CelebA face resized), a 4x4 grid of them, a 640x480 phone-style photo and the same scene at
-4000x3000 (tests/phone_photos.py: a CelebA face in a scene; the large one is an enlarged scene, so smoother than a
+4000x3000 (testkit/phone_photos.py: a CelebA face in a scene; the large one is an enlarged scene, so smoother than a
 real 12-megapixel photo, which compresses worse). Rounds interleave the levels; medians are reported.
 
     python -m bench.bench_encoding                 # from the repository root

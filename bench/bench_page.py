@@ -11,7 +11,7 @@ README.
     python -m bench.bench_page                       # 40 rounds; writes bench/results/page.json and the screenshot
     python -m bench.bench_page --rounds 10 --screenshot /tmp/page.png
 
-Needs Chromium, chromedriver and Selenium (tests/browser.py says how to get them). Run it as a module from the
+Needs Chromium, chromedriver and Selenium (testkit/browser.py says how to get them). Run it as a module from the
 repository root: it imports `bench.common` and `testkit.browser`.
 """
 

@@ -1,7 +1,7 @@
 """Photo edits per output mode: edit success at +2, identity, and /edit latency, on phone-style photos.
 
 Each of `--photos` validation faces of the bundle's split (new to the VAE and to the judge) is placed in a 640x480
-scene the way a phone holds it (tests/phone_photos.py: enlarged 2-4x, tilted up to 20 degrees, JPEG), then framed
+scene the way a phone holds it (testkit/phone_photos.py: enlarged 2-4x, tilted up to 20 degrees, JPEG), then framed
 with align=auto and edited as photo /edit does (`service.core.compositing.compose`) in each of the four modes
 (output=face|photo x detail=model|keep). The judge is training/classifier.py's blur-robust CNN at p >= 0.5:
 

@@ -5,7 +5,7 @@ split of the training package (`training.prepared.prepare_data` with the bundle'
 new to the VAE and to the judge: training/classifier.py's CNN, trained on the training split with blur and noise
 augmentation so that a soft VAE face is judged on its content, not on its blur. Every verdict is p >= 0.5.
 
-The table of issue 8, per bundle:
+The quality table, per bundle:
 
 1. Reconstruction sharpness: mean over faces of the variance of the Laplacian (grey, 3x3 kernel
    [[0,1,0],[1,-4,1],[0,1,0]]) of faces decoded from their codes (what /encode gives: z_mean refined
@@ -98,7 +98,7 @@ OLD_BUNDLE_PATH = "models/celeba-64"
 OLD_BUNDLE_FILES = (MANIFEST_FILE, ENCODER_FILE, DECODER_FILE, LATENT_STATS_FILE, ATTRIBUTES_FILE)
 #: (attribute, strength, attribute kept, label of the faces edited: -1 = faces without the kept attribute).
 CONDITIONAL_EDITS = (("Mustache", 2.0, "Male", -1),)
-#: Issue 8's targets, shown next to the measurements.
+#: The model's quality targets, shown next to the measurements.
 TARGETS = {
     "reconstruction_sharpness": 0.30,
     "sample_sharpness": 0.25,
@@ -541,8 +541,8 @@ def directions(subject: Subject, judging: EditJudging) -> dict[str, Any]:
     return result
 
 
-def issue_table(section: Mapping[str, Any]) -> dict[str, Any]:
-    """The issue-8 figures of one bundle, from its sections."""
+def quality_table(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The quality table's figures of one bundle, from its sections."""
     rec, samp, ed = section["reconstruction"], section["sampling"], section["edits"]
     fd = {row["setting"]: row["fd_mean"] for row in samp["rows"]}
     adds = {r["attribute"]: r["strengths"].get("+2") for r in ed["rows"] if r["direction"] == "add"}
@@ -582,48 +582,48 @@ def span(pair: Sequence[float] | None) -> str | None:
 
 def side_by_side(report: dict[str, Any]) -> Table:
     labels = [section["label"] for section in report["bundles"]]
-    issue = [section["issue8"] for section in report["bundles"]]
+    summaries = [section["quality"] for section in report["bundles"]]
     attributes = list(TARGETS["success"])
     modes = report["bundles"][0]["sampling"]["modes"]
     rows: list[list[object]] = [
-        ["reconstruction sharpness (vs photos)", *(fmt(i["reconstruction_sharpness"], 2) for i in issue), "≥ 0.30"],
+        ["reconstruction sharpness (vs photos)", *(fmt(i["reconstruction_sharpness"], 2) for i in summaries), "≥ 0.30"],
         [
             "sample sharpness, default mode",
-            *(f"{fmt(i['sample_sharpness'], 2)} ({i['default_mode']})" for i in issue),
+            *(f"{fmt(i['sample_sharpness'], 2)} ({i['default_mode']})" for i in summaries),
             "≥ 0.25",
         ],
         *(
-            [f"sample sharpness, {mode}", *(fmt(i["sample_sharpness_by_mode"].get(mode), 2) for i in issue), None]
+            [f"sample sharpness, {mode}", *(fmt(i["sample_sharpness_by_mode"].get(mode), 2) for i in summaries), None]
             for mode in modes
         ),
-        ["reconstruction keeps the Male verdict", *(pct(i["male_kept"], 1) for i in issue), "≥ 95 %"],
-        ["reconstruction keeps all 40 verdicts", *(fmt(100 * i["all_kept"], 1) + " %" for i in issue), "≥ 93 %"],
-        *([f"FD at T = 1, {mode}", *(fmt(i["fd_t1"].get(mode), 1) for i in issue), None] for mode in modes),
+        ["reconstruction keeps the Male verdict", *(pct(i["male_kept"], 1) for i in summaries), "≥ 95 %"],
+        ["reconstruction keeps all 40 verdicts", *(fmt(100 * i["all_kept"], 1) + " %" for i in summaries), "≥ 93 %"],
+        *([f"FD at T = 1, {mode}", *(fmt(i["fd_t1"].get(mode), 1) for i in summaries), None] for mode in modes),
         [
             "FD at T = 1, default mode / prior",
-            *(fmt(ratio(i["fd_t1"].get(i["default_mode"]), i["fd_t1"].get("prior")), 2) for i in issue),
+            *(fmt(ratio(i["fd_t1"].get(i["default_mode"]), i["fd_t1"].get("prior")), 2) for i in summaries),
             "≤ 1",
         ],
         [
             "/edit +2 success, " + " / ".join(attributes),
-            *(" / ".join(fmt(i["success_plus2"].get(a), 2) or "-" for a in attributes) for i in issue),
+            *(" / ".join(fmt(i["success_plus2"].get(a), 2) or "-" for a in attributes) for i in summaries),
             "≥ " + " / ".join(f"{TARGETS['success'][a]:g}" for a in attributes),
         ],
         [
             "side effects at +2 (min-max over the five)",
-            *(span(i["side_effects_plus2"]) for i in issue),
+            *(span(i["side_effects_plus2"]) for i in summaries),
             "≤ 0.06",
         ],
         [
             "the same for a random move as long as the +2 edit (the judge's floor)",
-            *(span(i.get("random_side_effects_plus2")) for i in issue),
+            *(span(i.get("random_side_effects_plus2")) for i in summaries),
             None,
         ],
-        ["identity drift at +2 (mean abs. Δpixel, 0-255)", *(fmt(i["drift_plus2"], 1) for i in issue), None],
-        ["validation reconstruction MSE", *(fmt(i["mse"], 5) for i in issue), "≤ 0.0105"],
+        ["identity drift at +2 (mean abs. Δpixel, 0-255)", *(fmt(i["drift_plus2"], 1) for i in summaries), None],
+        ["validation reconstruction MSE", *(fmt(i["mse"], 5) for i in summaries), "≤ 0.0105"],
     ]
     return Table(
-        "Issue 8: what a user gets, side by side (judge at p ≥ 0.5)",
+        "Quality: what a user gets, side by side (judge at p ≥ 0.5)",
         ["measure", *labels, "target"],
         rows,
         "Sharpness: mean per-face variance of the 3x3 Laplacian (grey) over the same mean on the real validation "
@@ -739,7 +739,7 @@ def tables(report: dict[str, Any]) -> list[Table]:
 def headline(report: dict[str, Any]) -> str:
     parts = []
     for section in report["bundles"]:
-        i = section["issue8"]
+        i = section["quality"]
         success = ", ".join(f"{a} {fmt(v, 2)}" for a, v in i["success_plus2"].items())
         fd = ", ".join(f"{mode} {fmt(v, 1)}" for mode, v in i["fd_t1"].items())
         parts.append(
@@ -824,20 +824,20 @@ def chart_figures(report: dict[str, Any], figures: Path) -> list[Path]:
 
     sections = report["bundles"]
     labels = [s["label"] for s in sections]
-    issue = [s["issue8"] for s in sections]
+    summaries = [s["quality"] for s in sections]
     panels: list[tuple[str, list[float | None], float | None]] = [
         (
             "reconstruction sharpness",
-            [i["reconstruction_sharpness"] for i in issue],
+            [i["reconstruction_sharpness"] for i in summaries],
             TARGETS["reconstruction_sharpness"],
         ),
-        ("sample sharpness (default)", [i["sample_sharpness"] for i in issue], TARGETS["sample_sharpness"]),
-        ("Male kept", [i["male_kept"] for i in issue], TARGETS["male_kept"]),
-        ("all 40 kept", [i["all_kept"] for i in issue], TARGETS["all_kept"]),
-        ("validation MSE", [i["mse"] for i in issue], TARGETS["mse"]),
+        ("sample sharpness (default)", [i["sample_sharpness"] for i in summaries], TARGETS["sample_sharpness"]),
+        ("Male kept", [i["male_kept"] for i in summaries], TARGETS["male_kept"]),
+        ("all 40 kept", [i["all_kept"] for i in summaries], TARGETS["all_kept"]),
+        ("validation MSE", [i["mse"] for i in summaries], TARGETS["mse"]),
         (
             "side effects at +2 (max)",
-            [None if i["side_effects_plus2"] is None else i["side_effects_plus2"][1] for i in issue],
+            [None if i["side_effects_plus2"] is None else i["side_effects_plus2"][1] for i in summaries],
             TARGETS["side_effects"],
         ),
     ]
@@ -853,13 +853,13 @@ def chart_figures(report: dict[str, Any], figures: Path) -> list[Path]:
         ax.tick_params(axis="x", labelsize=7, rotation=15)
     width = 0.8 / len(labels)
     ax = flat[len(panels)]
-    for k, i in enumerate(issue):
+    for k, i in enumerate(summaries):
         ax.bar(np.arange(len(modes)) + k * width, [i["fd_t1"].get(m) or np.nan for m in modes], width, label=labels[k])
     ax.set_xticks(np.arange(len(modes)) + width * (len(labels) - 1) / 2, modes)
     ax.set_title("FD at T = 1 (lower is better)", fontsize=10)
     ax.legend(fontsize=7)
     ax = flat[len(panels) + 1]
-    for k, i in enumerate(issue):
+    for k, i in enumerate(summaries):
         values = [i["success_plus2"].get(a) for a in attributes]
         ax.bar(
             np.arange(len(attributes)) + k * width, [np.nan if v is None else v for v in values], width, label=labels[k]
@@ -1086,7 +1086,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             section["edits"] = edits(subject, subject.model, judging)
             if not args.skip_directions:
                 section["directions"] = directions(subject, judging)
-            section["issue8"] = issue_table(section)
+            section["quality"] = quality_table(section)
             report["bundles"].append(section)
         report["headline"] = headline(report)
         args.figures.mkdir(parents=True, exist_ok=True)

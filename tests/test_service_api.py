@@ -597,7 +597,7 @@ def test_each_request_is_logged_with_status_and_duration(client: TestClient, cap
     assert lines[1].startswith("GET /sample 422 ")
 
 
-# ---- issue 10's wrong answers: each now a clear 4xx -------------------------------------------------------------
+# ---- requests once answered wrongly: each now a clear 4xx ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("path", ["/decode", "/edit"])

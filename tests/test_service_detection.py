@@ -1,6 +1,6 @@
 """Face detection and alignment: the similarity fit, phone-style photos framed like training, odd inputs.
 
-The photo tests build phone-style scenes from the shared CelebA subset at test time (tests/phone_photos.py) and
+The photo tests build phone-style scenes from the shared CelebA subset at test time (testkit/phone_photos.py) and
 skip when it is missing.
 
 Two framing errors are measured, both as the largest corner distance over the training crop box's side:

@@ -1,6 +1,6 @@
 """Real photos over HTTP: /detect, and /encode and /edit with align=auto (find the face, align it like training).
 
-The photos are built at test time from the shared CelebA subset the way a phone holds them (tests/phone_photos.py);
+The photos are built at test time from the shared CelebA subset the way a phone holds them (testkit/phone_photos.py);
 the tests skip when the subset or the detector's package is missing.
 """
 
