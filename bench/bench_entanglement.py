@@ -36,7 +36,7 @@ from bench.common import DEFAULT_DATA, RESULTS_DIR, Table, fmt, machine, write_r
 from service.core.bundle import DEFAULT_MODEL, AttributeVector
 from training.prepared import DEFAULT_CACHE, PreparedData, prepare_data
 
-VARIANTS = ("shipped", "projected", "full length")
+VARIANTS = ("learned", "shipped", "projected", "full length")
 #: Changes to a real photo that keep the person and every attribute: what the judge's verdicts do under them.
 SAME_FACE = ("mirrored", "shifted 1 px", "JPEG q75", "reconstructed")
 JPEG_QUALITY = 75
@@ -127,11 +127,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     judging = quality.EditJudging(
         classifier, args.attributes, args.edit_faces, quality.unrelated_columns(subject, classifier)
     )
-    rows = []
     variants = projected_vectors(data.dataset.attribute_names, data.labels[data.train], subject.z_train, vectors)
-    for variant, variant_vectors in variants.items():
+    models = {name: quality.with_vectors(subject.model, found) for name, found in variants.items()}
+    if subject.model.editor is not None:
+        models = {"learned": subject.model, **models}
+    rows = []
+    for variant, model in models.items():
         print(f"{variant} ...")
-        section = quality.edits(subject, quality.with_vectors(subject.model, variant_vectors), judging)
+        section = quality.edits(subject, model, judging)
         rows += [{"variant": variant, **row} for row in section["rows"]]
     print("the judge on the same faces ...")
     return {"machine": machine(), "model": str(args.model), "rows": rows, "floor": judge_floor(subject, judging)}
@@ -147,7 +150,9 @@ def tables(report: dict[str, Any]) -> list[Table]:
                 quality.pct(row["strengths"][strength]["success"]),
                 fmt(row["strengths"][strength]["side_effects"], 3),
                 fmt(row["strengths"][strength]["random_side_effects"], 3),
-                fmt(row["strengths"][strength]["drift"]),
+                fmt(row["strengths"][strength]["side_ratio"], 2),
+                fmt(row["strengths"][strength]["person"], 2),
+                fmt(row["strengths"][strength]["move_length"], 2),
             ]
             for row in sorted(report["rows"], key=lambda r: (r["attribute"], VARIANTS.index(r["variant"])))
             if row["direction"] == direction
@@ -155,11 +160,14 @@ def tables(report: dict[str, Any]) -> list[Table]:
         result.append(
             Table(
                 f"{report['model']}: {direction} at {strength}, unrelated attributes projected out",
-                ["attribute", "vector", "success", "side effects", "random move (floor)", "drift"],
+                ["attribute", "edit", "success", "side effects", "random move (floor)", "ratio", "person", "length"],
                 rows,
-                "shipped: the bundle's vectors; projected: unrelated attributes' directions projected out, strength "
-                "1 = the class-mean gap along what is left; full length: the same direction, moved as far as the "
-                "shipped vector. Floor: a random move as long as the edit.",
+                "learned: the bundle's editor (what /edit serves); shipped: the bundle's vectors alone; "
+                "projected: unrelated attributes' directions projected out, strength 1 = the class-mean gap along "
+                "what is left; full length: the same direction, moved as far as the shipped vector. Floor: a random "
+                "move as long as each face's edit; ratio: side effects over the floor; person: distance in the "
+                "judge's features from the unedited face, over the random move's; length: the mean latent distance "
+                "moved.",
             )
         )
     result.append(
@@ -185,13 +193,10 @@ def headline(report: dict[str, Any]) -> str:
         ]
         return f"{min(values):.2f}-{max(values):.2f}"
 
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in report["rows"])]
     return (
-        "+2 success / side effects: shipped "
-        + " / ".join(span("shipped", k) for k in ("success", "side_effects"))
-        + ", projected "
-        + " / ".join(span("projected", k) for k in ("success", "side_effects"))
-        + ", full length "
-        + " / ".join(span("full length", k) for k in ("success", "side_effects"))
+        "+2 success / side effects ÷ random move: "
+        + ", ".join(f"{v} " + " / ".join(span(v, k) for k in ("success", "side_ratio")) for v in variants)
         + "; the judge on the same real face, mirrored "
         + f"{min(r['mirrored'] for r in report['floor']):.3f}-{max(r['mirrored'] for r in report['floor']):.3f}"
     )

@@ -7,7 +7,9 @@ import io
 import json
 import logging
 import re
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,7 @@ from service.core.runtime import FaceModel
 from service.core.sessions import CUDA
 from tests.conftest import TEST_MAX_BATCH, TEST_MAX_BODY_BYTES
 from tests.images import face_photo, image_bytes, png_claiming_size
-from tests.tiny_bundle import ATTRIBUTES, IMAGE_SIZE, Z_DIM
+from tests.tiny_bundle import ATTRIBUTES, IMAGE_SIZE, Z_DIM, add_tiny_editor
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 Z = [0.1 * i for i in range(Z_DIM)]
@@ -127,6 +129,7 @@ def test_attributes(client: TestClient, face_model: FaceModel) -> None:
         "negatives": smiling.negatives,
         "strength_min": -5.0,
         "strength_max": 5.0,
+        "learned": False,
     }
 
 
@@ -792,3 +795,35 @@ def test_interpolate_between_two_photos_and_a_wrong_content_type(client: TestCli
     assert response.content.startswith(PNG_MAGIC)
     refused = client.post("/interpolate", content=b"{}", headers={"content-type": "text/plain"})
     assert refused.status_code == 415
+
+
+@pytest.fixture(scope="module")
+def editor_client(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """An app serving the tiny bundle with a learned editor for Smiling and Eyeglasses."""
+    path = tmp_path_factory.mktemp("editor") / "bundle"
+    shutil.copytree(tiny_bundle, path)
+    settings = Settings(model=add_tiny_editor(path), intra_op_threads=1, max_batch=TEST_MAX_BATCH)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def test_attributes_say_which_the_editor_learned(editor_client: TestClient) -> None:
+    listed = {item["name"]: item["learned"] for item in editor_client.get("/attributes").json()["attributes"]}
+    assert listed == {"Smiling": True, "Male": False, "Eyeglasses": True}
+
+
+def test_edit_of_a_latent_and_its_strip_go_through_the_editor(editor_client: TestClient) -> None:
+    model: FaceModel = editor_client.app.state.model_state.model
+    z = np.random.default_rng(8).normal(size=Z_DIM).astype(np.float32)
+    body = {"z": z.tolist(), "attributes": {"smiling": 2.0, "Male": 1.0}, "keep": ["Eyeglasses"]}
+    response = editor_client.post("/edit", json=body, headers={"Accept": "application/json"})
+    assert response.status_code == 200, response.text
+    expected = model.edit_codes(z[np.newaxis], {"smiling": 2.0, "Male": 1.0}, ["Eyeglasses"])
+    np.testing.assert_allclose(response.json()["z"], expected.tolist(), atol=1e-5)
+    vectors_alone = FaceModel(model.bundle, model.encoder, model.decoder, max_batch=9, max_strength=5.0)
+    assert not np.allclose(expected, vectors_alone.edit_codes(z[np.newaxis], {"smiling": 2.0, "Male": 1.0}))
+
+    strip = editor_client.post("/edit?steps=3", json=body, headers={"Accept": "application/json"})
+    assert strip.status_code == 200, strip.text
+    np.testing.assert_allclose(strip.json()["z"][1], z, atol=1e-6)
+    np.testing.assert_allclose(strip.json()["z"][2], expected[0], atol=1e-5)

@@ -13,6 +13,8 @@ import pytest
 
 from service.core.bundle import (
     ATTRIBUTES_FILE,
+    EDITOR_FILE,
+    FORMAT_VERSION,
     LATENT_STATS_FILE,
     MANIFEST_FILE,
     BundleError,
@@ -20,7 +22,7 @@ from service.core.bundle import (
     sha256_file,
     write_json,
 )
-from tests.tiny_bundle import Z_DIM
+from tests.tiny_bundle import Z_DIM, add_tiny_editor, editor_graph, save_graph
 
 
 def _altered(source: Path, target: Path, file: str, change: Callable[[Any], None]) -> Path:
@@ -95,7 +97,7 @@ def test_an_older_format_is_refused_with_the_version(tiny_bundle: Path, tmp_path
     manifest["format_version"] = 3
     del manifest["preprocess"]["landmark_detector"]  # a format-3 manifest: refused for its version, not the field
     write_json(tmp_path / "bundle" / MANIFEST_FILE, manifest)
-    with pytest.raises(BundleError, match="format_version 3 is not supported \\(expected 4\\)"):
+    with pytest.raises(BundleError, match=f"format_version 3 is not supported \\(expected {FORMAT_VERSION}\\)"):
         ModelBundle.load(tmp_path / "bundle")
 
 
@@ -136,3 +138,53 @@ def test_the_tiny_bundle_s_statistics_load_as_arrays(tiny_bundle: Path) -> None:
     assert stats.cholesky_array.shape == (Z_DIM, Z_DIM)
     assert stats.cholesky_array.dtype == np.float32
     assert stats.check(Z_DIM) is None
+
+
+@pytest.fixture
+def with_editor(tiny_bundle: Path, tmp_path: Path) -> Path:
+    shutil.copytree(tiny_bundle, tmp_path / "with-editor")
+    return add_tiny_editor(tmp_path / "with-editor")
+
+
+def test_a_bundle_with_an_editor_loads_and_names_what_it_edits(with_editor: Path) -> None:
+    bundle = ModelBundle.load(with_editor)
+    assert bundle.edited_by_editor == ["Smiling", "Eyeglasses"]
+    assert bundle.editor_path == with_editor / EDITOR_FILE
+
+
+def test_a_manifest_that_names_an_editor_needs_the_file_and_its_sum(with_editor: Path) -> None:
+    (with_editor / EDITOR_FILE).write_bytes(b"not the editor")
+    with pytest.raises(BundleError, match=f"{EDITOR_FILE}: sha256 does not match"):
+        ModelBundle.load(with_editor)
+    (with_editor / EDITOR_FILE).unlink()
+    with pytest.raises(BundleError, match=f"{EDITOR_FILE}: missing from bundle"):
+        ModelBundle.load(with_editor)
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        (["Smiling", "Beard"], r"editor\.attributes must be distinct attributes of the bundle \(not \['Beard'\]\)"),
+        (["Smiling", "Smiling"], r"editor\.attributes must be distinct"),
+        (["Smiling", "Eyeglasses", "Male"], r"tensor 'strengths' has shape \['batch', 2\], manifest implies"),
+    ],
+)
+def test_an_editor_must_edit_distinct_attributes_of_the_bundle_one_column_each(
+    with_editor: Path, attributes: list[str], message: str
+) -> None:
+    manifest = json.loads((with_editor / MANIFEST_FILE).read_text())
+    manifest["editor"]["attributes"] = attributes
+    write_json(with_editor / MANIFEST_FILE, manifest)
+    with pytest.raises(BundleError, match=message):
+        ModelBundle.load(with_editor)
+
+
+def test_an_editor_of_another_latent_size_is_refused(with_editor: Path) -> None:
+    graph = editor_graph(2)
+    graph.input[0].type.tensor_type.shape.dim[1].dim_value = Z_DIM + 1
+    save_graph(graph, with_editor / EDITOR_FILE, check=False)
+    manifest = json.loads((with_editor / MANIFEST_FILE).read_text())
+    manifest["files"][EDITOR_FILE] = sha256_file(with_editor / EDITOR_FILE)
+    write_json(with_editor / MANIFEST_FILE, manifest)
+    with pytest.raises(BundleError, match=f"{EDITOR_FILE}: tensor 'z' has shape"):
+        ModelBundle.load(with_editor)

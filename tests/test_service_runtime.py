@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from onnx import numpy_helper
 from PIL import Image
 
 from service.core.alignment import frame_face
@@ -17,7 +20,7 @@ from service.core.runtime import FaceModel, InputError, SamplingMode
 from service.core.sessions import CPU, CUDA, select_providers
 from testkit.phone_photos import IMAGE_DIR, face_files
 from tests.images import face_photo
-from tests.tiny_bundle import IMAGE_SIZE, Z_DIM
+from tests.tiny_bundle import IMAGE_SIZE, Z_DIM, add_tiny_editor, editor_graph
 
 MAX_BATCH = 9
 
@@ -135,16 +138,21 @@ def test_sampling_more_than_max_batch_is_refused(model: FaceModel) -> None:
     assert caught.value.field == "n"
 
 
-def test_attribute_offset_is_strength_times_step_along_the_unit_vector(model: FaceModel) -> None:
+def _change(model: FaceModel, strengths: dict[str, float], keep: Sequence[str] = ()) -> np.ndarray:
+    """What an edit adds to the zero code [Z_DIM]."""
+    return model.edit_codes(np.zeros((1, Z_DIM), dtype=np.float32), strengths, keep)[0]
+
+
+def test_without_an_editor_an_edit_is_strength_times_step_along_the_unit_vector(model: FaceModel) -> None:
     smiling, male = model.bundle.attributes["Smiling"], model.bundle.attributes["Male"]
     expected = 1.5 * smiling.step * smiling.unit - 2.0 * male.step * male.unit
-    np.testing.assert_allclose(model.attribute_offset({"smiling": 1.5, "MALE": -2.0}), expected, rtol=1e-5)
+    np.testing.assert_allclose(_change(model, {"smiling": 1.5, "MALE": -2.0}), expected, rtol=1e-5)
 
 
 def test_keep_projects_the_kept_directions_out_of_the_edit(model: FaceModel) -> None:
     male, glasses = model.bundle.attributes["Male"], model.bundle.attributes["Eyeglasses"]
-    plain = model.attribute_offset({"Smiling": 2.0})
-    kept = model.attribute_offset({"Smiling": 2.0}, keep=["male", "Eyeglasses"])
+    plain = _change(model, {"Smiling": 2.0})
+    kept = _change(model, {"Smiling": 2.0}, keep=["male", "Eyeglasses"])
     assert abs(plain @ male.unit) > 0.05  # random test vectors overlap, so there is something to remove
     assert kept @ male.unit == pytest.approx(0.0, abs=1e-5)
     assert kept @ glasses.unit == pytest.approx(0.0, abs=1e-5)
@@ -156,25 +164,73 @@ def test_keep_projects_the_kept_directions_out_of_the_edit(model: FaceModel) -> 
 
 def test_keep_rejects_unknown_and_edited_attributes(model: FaceModel) -> None:
     with pytest.raises(InputError, match="unknown attribute 'Beard'") as caught:
-        model.attribute_offset({"Smiling": 1.0}, keep=["Beard"])
+        _change(model, {"Smiling": 1.0}, keep=["Beard"])
     assert caught.value.field == "keep"
     with pytest.raises(InputError, match="cannot both edit and keep Smiling"):
-        model.attribute_offset({"Smiling": 1.0}, keep=["SMILING"])
+        _change(model, {"Smiling": 1.0}, keep=["SMILING"])
 
 
 def test_the_same_attribute_twice_in_other_cases_is_refused(model: FaceModel) -> None:
     with pytest.raises(InputError, match="'Smiling' is given more than once"):
-        model.attribute_offset({"Smiling": 5.0, "smiling": 5.0})
+        _change(model, {"Smiling": 5.0, "smiling": 5.0})
 
 
 def test_edit_strip_runs_from_minus_to_plus_strength_around_z(model: FaceModel) -> None:
     z = np.arange(Z_DIM, dtype=np.float32)
-    offset = model.attribute_offset({"Eyeglasses": 2.0})
+    offset = _change(model, {"Eyeglasses": 2.0})
     strip = model.edit(z, {"Eyeglasses": 2.0}, steps=5)
     assert strip.shape == (5, Z_DIM)
     np.testing.assert_allclose(strip[0], z - offset, rtol=1e-6)
     np.testing.assert_array_equal(strip[2], z)
     np.testing.assert_allclose(strip[4], z + offset, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def edited_by_editor(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> FaceModel:
+    """The tiny bundle with a learned editor for Smiling and Eyeglasses (Male keeps its vector)."""
+    path = tmp_path_factory.mktemp("editor") / "bundle"
+    shutil.copytree(tiny_bundle, path)
+    return FaceModel.load(add_tiny_editor(path), threads=1, max_batch=MAX_BATCH, max_strength=5.0)
+
+
+def _editor_output(z: np.ndarray, strengths: np.ndarray) -> np.ndarray:
+    """The tiny editor's function, computed here from its weights."""
+    graph = editor_graph(strengths.shape[1])
+    w, b, c = (numpy_helper.to_array(t) for t in graph.initializer)
+    return z + strengths @ w + np.tanh(strengths @ b) @ c
+
+
+def test_learned_attributes_move_by_the_editor_and_the_others_by_their_vector(edited_by_editor: FaceModel) -> None:
+    model = edited_by_editor
+    z = np.random.default_rng(3).normal(size=(4, Z_DIM)).astype(np.float32)
+    male = model.bundle.attributes["Male"]
+    # Male first (its vector), then the editor's columns one at a time: Smiling is column 0, Eyeglasses column 1.
+    expected = z - 1.0 * male.step * male.unit
+    expected = _editor_output(expected, np.tile([[2.0, 0.0]], (4, 1)))
+    expected = _editor_output(expected, np.tile([[0.0, -1.5]], (4, 1)))
+    edited = model.edit_codes(z, {"eyeglasses": -1.5, "Male": -1.0, "Smiling": 2.0})
+    np.testing.assert_allclose(edited, expected, atol=1e-5)
+
+
+def test_a_learned_strip_has_z_itself_in_the_middle_and_each_row_at_its_own_strength(
+    edited_by_editor: FaceModel,
+) -> None:
+    z = np.random.default_rng(4).normal(size=Z_DIM).astype(np.float32)
+    strip = edited_by_editor.edit(z, {"Smiling": 3.0}, steps=5)
+    np.testing.assert_array_equal(strip[2], z)
+    for row, strength in zip(strip, (-3.0, -1.5, 0.0, 1.5, 3.0), strict=True):
+        np.testing.assert_allclose(row, _editor_output(z[np.newaxis], np.array([[strength, 0.0]]))[0], atol=1e-5)
+
+
+def test_keep_projects_the_kept_directions_out_of_a_learned_edit(edited_by_editor: FaceModel) -> None:
+    model = edited_by_editor
+    z = np.random.default_rng(5).normal(size=(3, Z_DIM)).astype(np.float32)
+    male = model.bundle.attributes["Male"]
+    plain = model.edit_codes(z, {"Smiling": 2.0}) - z
+    kept = model.edit_codes(z, {"Smiling": 2.0}, keep=["Male"]) - z
+    assert np.abs(plain @ male.unit).min() > 0.01
+    np.testing.assert_allclose(kept @ male.unit, 0.0, atol=1e-5)
+    np.testing.assert_allclose(plain - kept, np.outer(plain @ male.unit, male.unit), atol=1e-5)
 
 
 def test_edit_rejects_unknown_attributes_listing_valid_names(model: FaceModel) -> None:

@@ -127,7 +127,7 @@ def test_upgrade_measures_the_landmark_template_again_into_a_format_3_bundle(
     assert upgraded.landmark_detector == DETECTOR_NAME
     manifest["format_version"] = 1
     (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="upgrade takes 3 or 4"):
+    with pytest.raises(ValueError, match="upgrade takes 3, 4, 5"):
         main(["upgrade", "--bundle", str(copy), "--data", str(SUBSET), "--no-cache"])
 
 
@@ -140,7 +140,7 @@ def test_rewrite_turns_an_export_without_the_graph_rewrites_into_this_version_s(
     _, vae = load_run(run)
     with monkeypatch.context() as patched:
         patched.setattr(export, "optimize_graph", lambda proto: 0)
-        export.keras_to_onnx(vae.decoder, DECODER_INPUT, (DECODER_OUTPUT,), copy / DECODER_FILE)
+        export.keras_to_onnx(vae.decoder, (DECODER_INPUT,), (DECODER_OUTPUT,), copy / DECODER_FILE)
     manifest = json.loads((copy / MANIFEST_FILE).read_text())
     manifest["files"][DECODER_FILE] = sha256_file(copy / DECODER_FILE)
     (copy / MANIFEST_FILE).write_text(json.dumps(manifest))

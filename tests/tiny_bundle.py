@@ -6,6 +6,7 @@ meaningless faces, but every tensor name, shape and JSON file is what `ModelBund
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,9 @@ from service.core.bundle import (
     DECODER_FILE,
     DECODER_INPUT,
     DECODER_OUTPUT,
+    EDITOR_FILE,
+    EDITOR_INPUTS,
+    EDITOR_OUTPUT,
     ENCODER_FILE,
     ENCODER_INPUT,
     ENCODER_OUTPUTS,
@@ -27,6 +31,7 @@ from service.core.bundle import (
     LATENT_STATS_FILE,
     MANIFEST_FILE,
     REPORT_FILE,
+    ModelBundle,
     sha256_file,
     write_json,
 )
@@ -45,9 +50,11 @@ def _tensor(name: str, shape: list[int | str]) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
-def _save(graph: onnx.GraphProto, path: Path) -> None:
+def save_graph(graph: onnx.GraphProto, path: Path, check: bool = True) -> None:
+    """Save `graph` as a model; `check=False` for graphs that are wrong on purpose."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8)
-    onnx.checker.check_model(model, full_check=True)
+    if check:
+        onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
 
 
@@ -118,8 +125,8 @@ def build_tiny_bundle(path: Path) -> Path:
     """Write the bundle into `path` (created if needed) and return it."""
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    _save(_encoder(rng), path / ENCODER_FILE)
-    _save(_decoder(rng), path / DECODER_FILE)
+    save_graph(_encoder(rng), path / ENCODER_FILE)
+    save_graph(_decoder(rng), path / DECODER_FILE)
     cholesky = np.tril(rng.normal(0.0, 0.2, (Z_DIM, Z_DIM)), -1) + np.diag(rng.uniform(0.5, 1.0, Z_DIM))
     write_json(
         path / LATENT_STATS_FILE,
@@ -159,4 +166,41 @@ def build_tiny_bundle(path: Path) -> Path:
             "files": {file: sha256_file(path / file) for file in HASHED_FILES},
         },
     )
+    return path
+
+
+def editor_graph(attributes: int, seed: int = 1) -> onnx.GraphProto:
+    """z + S @ W + tanh(S @ B) @ C for strengths S [N, attributes]: z itself at S = 0, and not a straight line."""
+    rng = np.random.default_rng(seed)
+    weights = {
+        "w": rng.normal(0.0, 0.5, (attributes, Z_DIM)).astype(np.float32),
+        "b": rng.normal(0.0, 0.5, (attributes, 4)).astype(np.float32),
+        "c": rng.normal(0.0, 0.5, (4, Z_DIM)).astype(np.float32),
+    }
+    z, strengths = EDITOR_INPUTS
+    nodes = [
+        helper.make_node("MatMul", [strengths, "w"], ["straight"]),
+        helper.make_node("MatMul", [strengths, "b"], ["hidden"]),
+        helper.make_node("Tanh", ["hidden"], ["bent"]),
+        helper.make_node("MatMul", ["bent", "c"], ["correction"]),
+        helper.make_node("Add", [z, "straight"], ["moved"]),
+        helper.make_node("Add", ["moved", "correction"], [EDITOR_OUTPUT]),
+    ]
+    return helper.make_graph(
+        nodes,
+        "tiny_editor",
+        [_tensor(z, [BATCH_DIM, Z_DIM]), _tensor(strengths, [BATCH_DIM, attributes])],
+        [_tensor(EDITOR_OUTPUT, [BATCH_DIM, Z_DIM])],
+        [numpy_helper.from_array(value, name) for name, value in weights.items()],
+    )
+
+
+def add_tiny_editor(path: Path, attributes: tuple[str, ...] = ("Smiling", "Eyeglasses")) -> Path:
+    """Give the bundle at `path` an `editor.onnx` (`editor_graph`) for `attributes`, recorded in its manifest."""
+    save_graph(editor_graph(len(attributes)), path / EDITOR_FILE)
+    manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest["editor"] = {"attributes": list(attributes), "parity_max_abs_diff": 0.0, "training": {}}
+    manifest["files"][EDITOR_FILE] = sha256_file(path / EDITOR_FILE)
+    write_json(path / MANIFEST_FILE, manifest)
+    ModelBundle.load(path)
     return path

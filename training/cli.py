@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from training.config import STRATEGIES, TrainConfig
+from training.config import STRATEGIES, EditConfig, TrainConfig
 from training.prepared import DEFAULT_CACHE
 
 
@@ -96,10 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(card)
     card.add_argument("--bundle", type=Path, required=True, help="bundle folder written by train or export")
 
+    edits = commands.add_parser(
+        "edits",
+        help="train learned attribute edits through a bundle's decoder (minutes) and add them to it (editor.onnx)",
+    )
+    _add_data_flags(edits)
+    edits.add_argument("--bundle", type=Path, required=True, help="bundle folder to add the editor to, in place")
+    edits.add_argument(
+        "--guide-dir",
+        type=Path,
+        help="the guide classifier edits are trained against (default: runs/edit-guide-<image size>; trained there "
+        "first when missing)",
+    )
+    edits.add_argument("--steps", type=int, help=f"training steps (default: {EditConfig().steps})")
+    edits.add_argument(
+        "--attributes", nargs="+", help=f"attributes to learn (default: {' '.join(EditConfig().attributes)})"
+    )
+
     upgrade = commands.add_parser(
         "upgrade",
         help="measure a bundle's landmark template again with this detector (format 3, or another detector's) and "
-        "make it format 4",
+        "make it the current format",
     )
     _add_data_flags(upgrade)
     upgrade.add_argument("--bundle", type=Path, required=True, help="bundle folder to upgrade in place")
@@ -150,6 +167,17 @@ def main(argv: list[str] | None = None) -> int:
         bundle = ModelBundle.load(args.bundle)
         config = TrainConfig.from_manifest(bundle.manifest.training)
         write_card_figures(args.bundle, prepare_data(config, args.data, cache, args.skip_bad_images))
+        return 0
+    if args.command == "edits":
+        from service.core.bundle import ModelBundle
+        from training.edits import fit_edits
+
+        bundle = ModelBundle.load(args.bundle)
+        config = TrainConfig.from_manifest(bundle.manifest.training)
+        given = {"steps": args.steps, "attributes": args.attributes}
+        settings = EditConfig(**{key: value for key, value in given.items() if value is not None})
+        guide_dir = args.guide_dir or Path("runs") / f"edit-guide-{bundle.image_size}"
+        fit_edits(args.bundle, prepare_data(config, args.data, cache, args.skip_bad_images), settings, guide_dir)
         return 0
     if args.command == "upgrade":
         from service.core.bundle import MANIFEST_FILE

@@ -73,3 +73,31 @@ class TrainConfig(BaseModel):
     def from_manifest(cls, training: dict[str, Any]) -> TrainConfig:
         """The configuration a bundle was trained with (its manifest's `training` section)."""
         return cls.model_validate({k: v for k, v in training.items() if k in cls.model_fields})
+
+
+#: The attributes the API's documentation and the explorer page edit most; the editor covers these by default.
+DEFAULT_EDIT_ATTRIBUTES = ("Smiling", "Male", "Eyeglasses", "Mustache", "Chubby", "Young", "Blond_Hair", "Pale_Skin")
+
+
+class EditConfig(BaseModel):
+    """How the editor is built and trained."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attributes: tuple[str, ...] = Field(DEFAULT_EDIT_ATTRIBUTES, description="attributes the editor learns")
+    steps: int = Field(1200, gt=0, description="training steps")
+    batch_size: int = Field(32, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    hidden: int = Field(256, gt=0, description="width of the correction network's two hidden layers")
+    min_strength: float = Field(0.5, gt=0, description="strengths are drawn from [min, max] in absolute value")
+    max_strength: float = Field(3.0, gt=0)
+    toward_label: float = Field(
+        0.8, ge=0, le=1, description="share of edits that move a face toward the attribute it lacks (else any way)"
+    )
+    target_weight: float = Field(1.0, ge=0)
+    keep_weight: float = Field(4.0, ge=0)
+    identity_weight: float = Field(1.0, ge=0)
+    latent_weight: float = Field(0.05, ge=0)
+    guide_epochs: int = Field(8, gt=0, description="epochs of the guide classifier when it must be trained")
+    guide_seed: int = Field(7, description="the guide's seed: not the judge's (0)")
+    seed: int = 0

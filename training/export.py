@@ -63,11 +63,13 @@ class ParityError(RuntimeError):
     """onnxruntime and TensorFlow disagree beyond the tolerance."""
 
 
-def keras_to_onnx(model: keras.Model, input_name: str, output_names: tuple[str, ...], path: Path) -> None:
-    """Convert a functional Keras model; name the outputs and the dynamic batch dimension, and rewrite what
+def keras_to_onnx(model: keras.Model, input_names: tuple[str, ...], output_names: tuple[str, ...], path: Path) -> None:
+    """Convert a functional Keras model; name the inputs, outputs and the dynamic batch dimension, and rewrite what
     onnxruntime runs slowly into the same function (`optimize_graph`)."""
-    shape = (None, *model.inputs[0].shape[1:])
-    spec = (tf.TensorSpec(shape, tf.float32, name=input_name),)
+    spec = tuple(
+        tf.TensorSpec((None, *tensor.shape[1:]), tf.float32, name=name)
+        for tensor, name in zip(model.inputs, input_names, strict=True)
+    )
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
     graph = proto.graph
     renames = {out.name: name for out, name in zip(graph.output, output_names, strict=True)}
@@ -191,8 +193,8 @@ def build_bundle(config: TrainConfig, vae: VAE, data: PreparedData, training_sum
     staging.mkdir(parents=True)
 
     log.info("exporting to ONNX (opset %d)", OPSET)
-    keras_to_onnx(vae.encoder, ENCODER_INPUT, ENCODER_OUTPUTS, staging / ENCODER_FILE)
-    keras_to_onnx(vae.decoder, DECODER_INPUT, (DECODER_OUTPUT,), staging / DECODER_FILE)
+    keras_to_onnx(vae.encoder, (ENCODER_INPUT,), ENCODER_OUTPUTS, staging / ENCODER_FILE)
+    keras_to_onnx(vae.decoder, (DECODER_INPUT,), (DECODER_OUTPUT,), staging / DECODER_FILE)
     encoder, decoder = open_session(staging / ENCODER_FILE), open_session(staging / DECODER_FILE)
     val_faces = data.images[data.val]
     parity = check_parity(vae, encoder, decoder, val_faces)

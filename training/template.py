@@ -45,15 +45,19 @@ def measure(data: PreparedData, preprocess: Preprocess, count: int = TEMPLATE_FA
     return template.tolist()
 
 
+#: Formats the template upgrade turns into this one: 3 (YuNet's template), 4 (no editor, which stays optional).
+UPGRADABLE = (3, 4, FORMAT_VERSION)
+
+
 def upgrade(bundle: Path, data: PreparedData) -> ModelBundle:
-    """Measure the template again with this detector, write it into the bundle's manifest (format 3, or this format
-    with another detector's template) and mark it this format; verify the result."""
+    """Measure the template again with this detector, write it into the bundle's manifest (an `UPGRADABLE` format,
+    or this format with another detector's template) and mark it this format; verify the result."""
     path = bundle / MANIFEST_FILE
     manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format_version") not in (FORMAT_VERSION - 1, FORMAT_VERSION):
+    if manifest.get("format_version") not in UPGRADABLE:
         raise ValueError(
-            f"{path}: format_version {manifest.get('format_version')}, upgrade takes {FORMAT_VERSION - 1} or "
-            f"{FORMAT_VERSION}"
+            f"{path}: format_version {manifest.get('format_version')}, upgrade takes "
+            + ", ".join(str(version) for version in UPGRADABLE)
         )
     preprocess = Preprocess.model_validate(
         {k: v for k, v in manifest["preprocess"].items() if k not in ("landmarks", "landmark_detector")}

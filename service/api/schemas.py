@@ -305,6 +305,10 @@ class AttributeInfo(Schema):
     negatives: int
     strength_min: float
     strength_max: float
+    learned: bool = Field(
+        description="Whether /edit moves it with the bundle's learned editor (the vector's move plus a correction "
+        "that keeps the face's other attributes) rather than along the vector alone."
+    )
 
 
 class AttributeList(Schema):

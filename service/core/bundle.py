@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 #: The bundle the lead trains and commits; resolved from the package, so any working directory finds it.
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "celeba-64"
 ENCODER_FILE = "encoder.onnx"
@@ -29,6 +29,7 @@ LATENT_STATS_FILE = "latent_stats.json"
 ATTRIBUTES_FILE = "attributes.json"
 MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "report.png"
+EDITOR_FILE = "editor.onnx"
 #: Files whose sha256 the manifest must list (everything but the manifest itself).
 HASHED_FILES = (ENCODER_FILE, DECODER_FILE, LATENT_STATS_FILE, ATTRIBUTES_FILE, REPORT_FILE)
 
@@ -37,6 +38,9 @@ ENCODER_OUTPUTS = ("z_mean", "z_log_var")
 DECODER_INPUT = "z"
 DECODER_OUTPUT = "image"
 BATCH_DIM = "batch"
+#: The learned editor: codes and one strength column per edited attribute in, edited codes out.
+EDITOR_INPUTS = ("z", "strengths")
+EDITOR_OUTPUT = "z_edited"
 
 
 class SamplingMode(StrEnum):
@@ -116,6 +120,17 @@ class Preprocess(BaseModel):
         return crop
 
 
+class Editor(BaseModel):
+    """The manifest's `editor` section: `editor.onnx` edits these attributes (one strength column each, in this
+    order); the bundle's other attributes are edited by their vectors alone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attributes: list[str] = Field(min_length=1)
+    parity_max_abs_diff: float = Field(ge=0, description="onnxruntime against the Keras editor it was exported from")
+    training: dict[str, Any] = Field(description="how it was trained (training/edits.py's report)")
+
+
 class Manifest(BaseModel):
     """`manifest.json`. Free-form sections (training, dataset, ...) are kept as plain dicts."""
 
@@ -134,7 +149,13 @@ class Manifest(BaseModel):
     parity: dict[str, Any]
     versions: dict[str, str]
     opset: int
+    editor: Editor | None = Field(None, description="the learned editor, when the bundle has one")
     files: dict[str, str] = Field(description="sha256 hex digest of every other bundle file")
+
+    @property
+    def hashed_files(self) -> tuple[str, ...]:
+        """The files this bundle has besides the manifest, each listed in `files` with its sha256."""
+        return (*HASHED_FILES, EDITOR_FILE) if self.editor is not None else HASHED_FILES
 
 
 class LatentStats(BaseModel):
@@ -300,6 +321,15 @@ class ModelBundle:
         return self.path / DECODER_FILE
 
     @property
+    def editor_path(self) -> Path | None:
+        return None if self.manifest.editor is None else self.path / EDITOR_FILE
+
+    @property
+    def edited_by_editor(self) -> list[str]:
+        """The attributes `editor.onnx` edits, in its strength columns' order (none without an editor)."""
+        return [] if self.manifest.editor is None else self.manifest.editor.attributes
+
+    @property
     def name(self) -> str:
         return self.manifest.name
 
@@ -337,8 +367,10 @@ class ModelBundle:
                 MANIFEST_FILE,
                 "preprocess.landmarks (the template photos are aligned to) or preprocess.landmark_detector is missing",
             )
-        for file in HASHED_FILES:
+        for file in manifest.hashed_files:
             expected = manifest.files.get(file)
+            if not (root / file).is_file():
+                raise BundleError(file, f"missing from bundle {root} (the manifest lists it)")
             if expected is None:
                 raise BundleError(MANIFEST_FILE, f"lists no sha256 for {file}")
             if sha256_file(root / file) != expected:
@@ -356,6 +388,21 @@ class ModelBundle:
             root / DECODER_FILE,
             {DECODER_INPUT: [BATCH_DIM, z_dim], DECODER_OUTPUT: [BATCH_DIM, size, size, 3]},
         )
+        if manifest.editor is not None:
+            edited = manifest.editor.attributes
+            strangers = sorted(set(edited) - set(manifest.attributes))
+            if strangers or len(set(edited)) != len(edited):
+                raise BundleError(
+                    MANIFEST_FILE, f"editor.attributes must be distinct attributes of the bundle (not {strangers})"
+                )
+            _check_signature(
+                root / EDITOR_FILE,
+                {
+                    EDITOR_INPUTS[0]: [BATCH_DIM, z_dim],
+                    EDITOR_INPUTS[1]: [BATCH_DIM, len(edited)],
+                    EDITOR_OUTPUT: [BATCH_DIM, z_dim],
+                },
+            )
 
         stats = _parse(LatentStats, root / LATENT_STATS_FILE, _read_json(root / LATENT_STATS_FILE))
         problem = stats.check(z_dim)

@@ -19,6 +19,8 @@ import numpy as np
 from service.core.bundle import (
     DECODER_INPUT,
     DECODER_OUTPUT,
+    EDITOR_INPUTS,
+    EDITOR_OUTPUT,
     ENCODER_INPUT,
     ENCODER_OUTPUTS,
     AttributeVector,
@@ -26,7 +28,7 @@ from service.core.bundle import (
     SamplingMode,
 )
 from service.core.defaults import MAX_BATCH, MAX_STRENGTH, REFINE_STEPS
-from service.core.sessions import CUDA, open_session, select_providers
+from service.core.sessions import CPU, CUDA, open_session, select_providers
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -105,12 +107,15 @@ class FaceModel:
         max_batch: int,
         max_strength: float,
         refine_steps: int = REFINE_STEPS,
+        editor: ort.InferenceSession | None = None,
     ) -> None:
         if refine_steps < 0:
             raise ValueError(f"refine_steps must be at least 0, got {refine_steps}")
         self.bundle = bundle
         self.encoder = encoder
         self.decoder = decoder
+        #: The bundle's learned editor (`editor.onnx`), or None: then every attribute moves along its vector alone.
+        self.editor = editor
         self.max_batch = max_batch
         self.max_strength = max_strength
         self.refine_steps = refine_steps
@@ -140,6 +145,8 @@ class FaceModel:
             max_batch=max_batch,
             max_strength=max_strength,
             refine_steps=refine_steps,
+            # A two-layer MLP: a GPU launch would cost more than it computes, so it runs on one CPU thread.
+            editor=None if bundle.editor_path is None else open_session(bundle.editor_path, [CPU], 1, spin=False),
         )
         logger.info(
             "loaded bundle %r from %s: encoder on %s, decoder on %s (%d threads each)",
@@ -171,10 +178,13 @@ class FaceModel:
         return all(CUDA in names for names in self.providers.values())
 
     def warm_up(self) -> None:
-        """Run both graphs once so the first request does not pay for lazy allocation and kernel selection."""
+        """Run every graph once so the first request does not pay for lazy allocation and kernel selection."""
         size = self.image_size
         self.encode_pixels(np.zeros((1, size, size, 3), dtype=np.uint8))
-        self.decode(np.zeros((1, self.z_dim), dtype=np.float32))
+        z = np.zeros((1, self.z_dim), dtype=np.float32)
+        self.decode(z)
+        if self.editor is not None:
+            self.edit_codes(z, {self.bundle.edited_by_editor[0]: 1.0})
 
     def check_batch(self, field: str, count: int) -> None:
         if count > self.max_batch:
@@ -252,48 +262,73 @@ class FaceModel:
             raise InputError(field, f"unknown attribute {name!r}; valid names: {valid}")
         return self.bundle.attributes[name]
 
-    def attribute_offset(self, strengths: Mapping[str, float], keep: Sequence[str] = ()) -> np.ndarray:
-        """Sum of strength * step * unit vector, with the directions of the `keep` attributes projected out.
-
-        Strength 1 moves a face by the average difference between training faces with and without the
-        attribute. Projecting out the kept attributes' directions (InterFaceGAN's conditional manipulation)
-        makes the edit orthogonal to them, so "Mustache +2, keep Male" leaves the Male projection unchanged.
-        """
-        offset = np.zeros(self.z_dim, dtype=np.float32)
-        edited: set[str] = set()
+    def _strengths(self, strengths: Mapping[str, float]) -> list[tuple[AttributeVector, float]]:
+        """The requested edits as (vector, strength), each name known, given once and within `max_strength`."""
+        named: dict[str, tuple[AttributeVector, float]] = {}
         for name, strength in strengths.items():
             vector = self.attribute(name)
-            if vector.name in edited:
+            if vector.name in named:
                 raise InputError("attributes", f"{vector.name!r} is given more than once (names ignore case)")
-            edited.add(vector.name)
             if abs(strength) > self.max_strength:
                 raise InputError(
                     "attributes",
                     f"strength {strength} for {vector.name!r} is outside [-{self.max_strength}, {self.max_strength}]",
                 )
-            offset += np.float32(strength * vector.step) * vector.unit
+            named[vector.name] = (vector, strength)
+        return list(named.values())
+
+    def edit_codes(
+        self,
+        codes: np.ndarray,
+        strengths: Mapping[str, float],
+        keep: Sequence[str] = (),
+        scales: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Edited codes [N, z_dim] of `codes` [N, z_dim]; row i is edited at `scales[i]` (default 1) times `strengths`.
+
+        Strength 1 is the average difference between training faces with and without the attribute. Attributes
+        the bundle's editor learned (training/edits.py) are moved by it, one after another: that move plus a
+        correction, learned through the decoder, that keeps the face's other attributes. The others move by their
+        vector alone (strength * step * unit). With `keep`, the kept attributes' directions are projected out of
+        each row's whole change (InterFaceGAN's conditional manipulation), so "Mustache +2, keep Male" leaves the
+        Male projection unchanged.
+        """
+        named = self._strengths(strengths)
         kept = [self.attribute(name, "keep") for name in keep]
-        clash = sorted(edited & {v.name for v in kept})
+        clash = sorted({vector.name for vector, _ in named} & {v.name for v in kept})
         if clash:
             raise InputError("keep", f"cannot both edit and keep {', '.join(clash)}")
+        scales = np.ones(len(codes), np.float32) if scales is None else scales.astype(np.float32)
+        learned = self.bundle.edited_by_editor if self.editor is not None else []
+        straight = np.zeros(self.z_dim, dtype=np.float32)
+        for vector, strength in named:
+            if vector.name not in learned:
+                straight += np.float32(strength * vector.step) * vector.unit
+        edited = (codes + scales[:, np.newaxis] * straight).astype(np.float32)
+        for vector, strength in named:
+            if vector.name in learned:
+                columns = np.zeros((len(codes), len(learned)), dtype=np.float32)
+                columns[:, learned.index(vector.name)] = scales * np.float32(strength)
+                feed = dict(zip(EDITOR_INPUTS, (edited, columns), strict=True))
+                (edited,) = self._run("editor", self.editor, [EDITOR_OUTPUT], feed)
         if kept:
             basis, _ = np.linalg.qr(np.stack([v.unit for v in kept], axis=1))
-            offset -= basis @ (basis.T @ offset)
-        return offset.astype(np.float32)
+            change = edited - codes
+            edited = codes + (change - (change @ basis) @ basis.T)
+        return edited.astype(np.float32)
 
     def edit(
         self, z: np.ndarray, strengths: Mapping[str, float], steps: int | None = None, keep: Sequence[str] = ()
     ) -> np.ndarray:
-        """Edited latents for one z [z_dim]: [1, z_dim], or with `steps` a strip [steps, z_dim].
+        """Edited latents for one z [z_dim] (`edit_codes`): [1, z_dim], or with `steps` a strip [steps, z_dim].
 
         The strip runs from -strength to +strength; with an odd number of steps its middle is z itself.
         """
-        offset = self.attribute_offset(strengths, keep)
         if steps is None:
-            return (z + offset)[np.newaxis]
+            return self.edit_codes(z[np.newaxis], strengths, keep)
         self.check_batch("steps", steps)
-        scales = np.linspace(-1.0, 1.0, steps, dtype=np.float32)[:, np.newaxis]
-        return z + scales * offset
+        scales = np.linspace(-1.0, 1.0, steps, dtype=np.float32)
+        return self.edit_codes(np.repeat(z[np.newaxis], steps, axis=0), strengths, keep, scales)
 
     def interpolate(self, start: np.ndarray, end: np.ndarray, steps: int, method: Interpolation) -> np.ndarray:
         """`steps` latents [steps, z_dim] from `start` to `end`, both included.

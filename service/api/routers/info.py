@@ -30,7 +30,9 @@ async def metadata(model: LoadedModel, state: StateDep) -> Metadata:
 
 @router.get("/attributes")
 async def attributes(model: LoadedModel) -> AttributeList:
-    """Every attribute vector /edit accepts, with its quality (AUC) and the allowed strength range."""
+    """Every attribute vector /edit accepts, with its quality (AUC), the allowed strength range and whether the
+    bundle's learned editor moves it."""
+    learned = set(model.bundle.edited_by_editor) if model.editor is not None else set()
     return AttributeList(
         attributes=[
             AttributeInfo(
@@ -44,6 +46,7 @@ async def attributes(model: LoadedModel) -> AttributeList:
                 negatives=vector.negatives,
                 strength_min=-model.max_strength,
                 strength_max=model.max_strength,
+                learned=vector.name in learned,
             )
             for vector in model.bundle.attributes.values()
         ]

@@ -1,0 +1,285 @@
+"""Learned latent edits: a small network that moves a code so the decoded face gains (or loses) the asked attribute
+and keeps the others, trained through the bundle's frozen decoder against an image classifier.
+
+After the Latent Transformer (Yao et al., ICCV 2021), with the attributes read from the decoded image instead of
+from the code: a classifier on codes is satisfied by moves the picture does not show. The edit is the shipped
+class-mean move plus a learned correction,
+
+    z' = z + sum_k s_k * step_k * unit_k + M([z, s]) - M([z, 0])
+
+so strength keeps its meaning (1 = the average difference between faces with and without the attribute), s = 0
+is exactly z, and M only learns what the straight move gets wrong. Trained with three named losses on the training
+split's codes, each batch editing one attribute per face at a random strength:
+
+- `target`: the guide classifier's logit of the edited attribute moves by at least |s| times its gap between
+  training faces with and without it (a hinge: reaching further is not rewarded);
+- `keep`: every other attribute's verdict stays (Bernoulli KL from the unedited face's probabilities), weighted by
+  how independent the two attributes are in the labels (1 - |phi|), so an edit may move what naturally goes with it;
+- `identity`: the guide's penultimate features stay (the person), and `latent`: the correction stays small.
+
+The guide is a classifier of its own (training.classifier, blur- and noise-augmented, another seed), never the
+judge that bench_quality scores with. The network is exported as `editor.onnx` in the bundle (docs/bundle-format.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+
+from service.core.bundle import (
+    EDITOR_FILE,
+    EDITOR_INPUTS,
+    EDITOR_OUTPUT,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    AttributeVector,
+    ModelBundle,
+    sha256_file,
+    write_json,
+)
+from service.core.runtime import FaceModel
+from service.core.sessions import open_session
+from training.classifier import AttributeClassifier, ClassifierConfig, fit_classifier
+from training.config import EditConfig
+from training.export import PARITY_BATCHES, PARITY_TOLERANCE, ParityError, keras_to_onnx
+from training.onnx_tf import OnnxFunction
+from training.prepared import PreparedData
+
+log = logging.getLogger(__name__)
+
+#: The attributes the API's documentation and the explorer page edit most; the editor covers these by default.
+#: Faces per onnxruntime call while encoding the training split.
+BATCH = 256
+
+
+def build_correction(z_dim: int, attributes: int, hidden: int) -> keras.Model:
+    """M([z, s]): two hidden layers, no activation on the output (a latent offset)."""
+    z = keras.Input(shape=(z_dim,), name="z")
+    strengths = keras.Input(shape=(attributes,), name="strengths")
+    x = layers.Concatenate()([z, strengths])
+    x = layers.Dense(hidden, activation="gelu")(x)
+    x = layers.Dense(hidden, activation="gelu")(x)
+    offset = layers.Dense(z_dim, kernel_initializer="zeros")(x)
+    return keras.Model([z, strengths], offset, name="correction")
+
+
+def straight_moves(vectors: Sequence[AttributeVector]) -> np.ndarray:
+    """[K, z_dim]: the class-mean move of strength 1 of each vector (what /edit did before learned edits)."""
+    return np.stack([v.step * v.unit for v in vectors]).astype(np.float32)
+
+
+def build_editor(moves: np.ndarray, correction: keras.Model) -> keras.Model:
+    """z, strengths [N, K] -> z': the straight moves [K, z_dim] (one per strength column) plus the correction's
+    change from s = 0."""
+    z_dim = moves.shape[1]
+    z = keras.Input(shape=(z_dim,), name=EDITOR_INPUTS[0])
+    strengths = keras.Input(shape=(len(moves),), name=EDITOR_INPUTS[1])
+    straight = ops.matmul(strengths, ops.convert_to_tensor(moves))
+    learned = correction([z, strengths]) - correction([z, ops.zeros_like(strengths)])
+    edited = layers.Add(name=EDITOR_OUTPUT)([z, straight, learned])
+    return keras.Model([z, strengths], edited, name="editor")
+
+
+#: Reported per step: the weighted sum, the four named losses, and the share of edits whose target logit moved far
+#: enough.
+LOSSES = ("loss", "target", "keep", "identity", "latent", "reached")
+
+
+def label_independence(labels: np.ndarray) -> np.ndarray:
+    """1 - |phi| between every pair of attributes on +-1 labels [N, A]: how freely an edit of one may move another."""
+    positive = (labels > 0).astype(np.float64)
+    phi = np.nan_to_num(np.corrcoef(positive, rowvar=False))
+    return (1.0 - np.abs(phi)).astype(np.float32)
+
+
+class EditTrainer(keras.Model):
+    """The editor trained through the frozen decoder against the guide; each loss named and reported."""
+
+    def __init__(
+        self,
+        editor: keras.Model,
+        moves: np.ndarray,
+        decoder: OnnxFunction,
+        guide: AttributeClassifier,
+        columns: np.ndarray,
+        gaps: np.ndarray,
+        independence: np.ndarray,
+        config: EditConfig,
+    ) -> None:
+        super().__init__()
+        self.editor, self.decoder, self.config = editor, decoder, config
+        self.moves = tf.constant(moves, tf.float32)  # [K, z_dim] the class-mean move of strength 1
+        # The guide up to its features, and its last layer as a matrix: logits stay finite where p saturates.
+        self.features = keras.Model(guide.model.input, guide.model.outputs[1])
+        kernel, bias = guide.model.get_layer("attributes").get_weights()
+        self.kernel, self.bias = tf.constant(kernel), tf.constant(bias)
+        self.columns = tf.constant(columns, tf.int32)  # [K] guide columns of the edited attributes
+        self.gaps = tf.constant(gaps, tf.float32)  # [K] logit gap per unit strength
+        self.independence = tf.constant(independence, tf.float32)  # [K, A] keep weights, 0 on the edited column
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSSES}
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        return list(self.trackers.values())
+
+    def _strengths(self, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """One edited attribute per face, its signed strength, and the [B, K] strength matrix."""
+        batch, k = tf.shape(labels)[0], len(self.config.attributes)
+        chosen = tf.random.uniform([batch], 0, k, dtype=tf.int32)
+        magnitude = tf.random.uniform([batch], self.config.min_strength, self.config.max_strength)
+        has = tf.gather(tf.gather(labels, self.columns, axis=1), chosen, axis=1, batch_dims=1) > 0
+        toward = tf.where(has, -1.0, 1.0)
+        anyway = tf.where(tf.random.uniform([batch]) < 0.5, -1.0, 1.0)
+        sign = tf.where(tf.random.uniform([batch]) < self.config.toward_label, toward, anyway)
+        strength = sign * magnitude
+        return chosen, strength, tf.one_hot(chosen, k) * strength[:, None]
+
+    def train_step(self, batch: tuple[tf.Tensor, ...]) -> dict[str, tf.Tensor]:
+        z, labels, logits0, features0 = batch
+        chosen, strength, matrix = self._strengths(labels)
+        with tf.GradientTape() as tape:
+            edited = self.editor([z, matrix], training=True)
+            features1 = self.features(self.decoder(edited) * 255.0, training=False)
+            logits1 = tf.matmul(features1, self.kernel) + self.bias
+            column = tf.gather(self.columns, chosen)
+            moved = tf.gather(logits1 - logits0, column, axis=1, batch_dims=1) * tf.sign(strength)
+            wanted = tf.abs(strength) * tf.gather(self.gaps, chosen)
+            target = tf.reduce_mean(tf.nn.softplus(wanted - moved))
+            p0 = tf.sigmoid(logits0)
+            kl = p0 * (tf.math.log_sigmoid(logits0) - tf.math.log_sigmoid(logits1)) + (1 - p0) * (
+                tf.math.log_sigmoid(-logits0) - tf.math.log_sigmoid(-logits1)
+            )
+            weights = tf.gather(self.independence, chosen)
+            keep = tf.reduce_mean(tf.reduce_sum(weights * kl, axis=1) / tf.reduce_sum(weights, axis=1))
+            identity = tf.reduce_mean(tf.square(features1 - features0)) / (tf.reduce_mean(tf.square(features0)) + 1e-6)
+            latent = tf.reduce_mean(tf.square(edited - z - tf.matmul(matrix, self.moves)))
+            loss = (
+                self.config.target_weight * target
+                + self.config.keep_weight * keep
+                + self.config.identity_weight * identity
+                + self.config.latent_weight * latent
+            )
+        variables = self.editor.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        reached = tf.reduce_mean(tf.cast(moved >= wanted, tf.float32))
+        values = {"loss": loss, "target": target, "keep": keep, "identity": identity, "latent": latent}
+        for name, value in {**values, "reached": reached}.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+
+def guide_classifier(folder: Path, data: PreparedData, image_size: int, config: EditConfig) -> AttributeClassifier:
+    """The classifier edits are trained against: loaded from `folder`, or trained there first (training split
+    only, blur- and noise-augmented like the judge, from another seed)."""
+    if (folder / "classifier.json").is_file():
+        return AttributeClassifier.load(folder)
+    settings = ClassifierConfig(image_size=image_size, epochs=config.guide_epochs, seed=config.guide_seed)
+    log.info("training the edits' guide classifier (%d epochs) into %s", settings.epochs, folder)
+    return fit_classifier(settings, data, folder)
+
+
+def train_editor(
+    bundle: ModelBundle,
+    codes: np.ndarray,
+    decoded: np.ndarray,
+    labels: np.ndarray,
+    attribute_names: list[str],
+    guide: AttributeClassifier,
+    config: EditConfig,
+) -> tuple[keras.Model, dict[str, Any]]:
+    """Train the editor on training-split `codes` [N, z_dim] (what /encode gives), their decoded faces uint8
+    [N, size, size, 3] and labels [N, A] (+-1, columns `attribute_names`). Returns the editor and a report."""
+    keras.utils.set_random_seed(config.seed)
+    moves = straight_moves([bundle.attributes[name] for name in config.attributes])
+    _, features = guide.predict(decoded)
+    kernel, bias = guide.model.get_layer("attributes").get_weights()
+    logits0 = features @ kernel + bias  # as the trainer computes them
+    guide_columns = np.array([guide.column(name) for name in config.attributes])
+    label_columns = [attribute_names.index(name) for name in guide.attributes]
+    guide_labels = labels[:, label_columns]  # labels in the guide's column order
+    gaps = np.array(
+        [logits0[guide_labels[:, c] > 0, c].mean() - logits0[guide_labels[:, c] < 0, c].mean() for c in guide_columns]
+    )
+    independence = label_independence(guide_labels)[guide_columns]
+    independence[np.arange(len(guide_columns)), guide_columns] = 0.0
+    editor = build_editor(moves, build_correction(bundle.z_dim, len(moves), config.hidden))
+    trainer = EditTrainer(
+        editor, moves, OnnxFunction(bundle.decoder_path), guide, guide_columns, gaps, independence, config
+    )
+    trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(
+            (codes.astype(np.float32), guide_labels.astype(np.float32), logits0.astype(np.float32), features)
+        )
+        .shuffle(len(codes), seed=config.seed)
+        .repeat()
+        .batch(config.batch_size, drop_remainder=True)
+    )
+    started = time.perf_counter()
+    epochs = 10
+    history = trainer.fit(dataset, epochs=epochs, steps_per_epoch=max(config.steps // epochs, 1), verbose=2)
+    report = {
+        "config": config.model_dump(),
+        "gaps": dict(zip(config.attributes, gaps.round(3).tolist(), strict=True)),
+        "seconds": round(time.perf_counter() - started, 1),
+        "history": {key: [round(float(v), 5) for v in values] for key, values in history.history.items()},
+    }
+    return editor, report
+
+
+def add_editor(bundle_dir: Path, editor: keras.Model, attributes: Sequence[str], report: dict[str, Any]) -> None:
+    """Export `editor` into the bundle as `editor.onnx`, check onnxruntime against Keras, and record it in the
+    manifest (format 5: its attributes, its training report and its sha256); the bundle is verified afterwards."""
+    path = bundle_dir / EDITOR_FILE
+    staging = path.with_name(path.name + ".partial")
+    keras_to_onnx(editor, EDITOR_INPUTS, (EDITOR_OUTPUT,), staging)
+    session = open_session(staging)
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for batch in PARITY_BATCHES:
+        z = rng.standard_normal((batch, editor.inputs[0].shape[1])).astype(np.float32)
+        strengths = rng.uniform(-3, 3, (batch, len(attributes))).astype(np.float32)
+        (exported,) = session.run([EDITOR_OUTPUT], dict(zip(EDITOR_INPUTS, (z, strengths), strict=True)))
+        worst = max(worst, float(np.abs(exported - editor.predict([z, strengths], verbose=0)).max()))
+    if not worst <= PARITY_TOLERANCE:
+        staging.unlink()
+        raise ParityError(f"{path.name}: onnxruntime differs from Keras by {worst:.3g}")
+    staging.replace(path)
+    manifest_path = bundle_dir / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["format_version"] = FORMAT_VERSION
+    manifest["editor"] = {"attributes": list(attributes), "parity_max_abs_diff": worst, "training": report}
+    manifest["files"][EDITOR_FILE] = sha256_file(path)
+    write_json(manifest_path, manifest)
+    ModelBundle.load(bundle_dir)
+    log.info("%s: %d attributes, parity %.1e, written to %s", EDITOR_FILE, len(attributes), worst, bundle_dir)
+
+
+def fit_edits(bundle_dir: Path, data: PreparedData, config: EditConfig, guide_dir: Path) -> dict[str, Any]:
+    """The whole job on a finished bundle: encode the training split as /encode does (refined codes), decode them,
+    load or train the guide, train the editor and add it to the bundle. Returns the training report."""
+    if data.labels is None:
+        raise ValueError(f"{data.dataset.root} has no attribute labels; learned edits need them")
+    model = FaceModel.load(bundle_dir, threads=0)
+    missing = [name for name in config.attributes if name not in model.bundle.attributes]
+    if missing:
+        raise ValueError(f"the bundle has no vector for {missing}: learned edits start from the attribute vectors")
+    log.info("encoding %d training faces as /encode does", len(data.train))
+    faces = data.images[data.train]
+    codes = np.concatenate([model.encode_pixels(faces[i : i + BATCH]).code for i in range(0, len(faces), BATCH)])
+    decoded = np.concatenate([model.decode(codes[i : i + BATCH]) for i in range(0, len(codes), BATCH)])
+    guide = guide_classifier(guide_dir, data, model.image_size, config)
+    editor, report = train_editor(
+        model.bundle, codes, decoded, data.labels[data.train], data.dataset.attribute_names, guide, config
+    )
+    add_editor(bundle_dir, editor, config.attributes, report)
+    return report
