@@ -108,7 +108,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         real, _ = judge.predict(framed.pixels[np.newaxis])
         lacking = [a for a in args.attributes if data.labels[index, names.index(a)] < 0]
         edits = [("unedited", 0.0), *((a, STRENGTH) for a in lacking)]
-        decoded = model.decode(np.stack([z + model.attribute_offset({a: s}) if s else z for a, s in edits]))
+        decoded = model.decode(np.stack([model.edit_codes(z[np.newaxis], {a: s})[0] if s else z for a, s in edits]))
         row = [framed.pixels]
         for mode in MODES:
             outputs = compose(photo, framed.alignment, before[0], decoded, *mode)

@@ -65,15 +65,37 @@ def _faces_by(data: PreparedData, attribute: str, sign: int, count: int, skip: i
     return data.images[np.roll(candidates, -skip)[:count]]
 
 
-def _conditional_edit_figure(model: FaceModel, data: PreparedData, path: Path) -> None:
-    """Women given Mustache +2 alone and with keep=["Male"]: the conditional edit should not change the sex."""
+def _conditional_edit_figure(models: dict[str, FaceModel], data: PreparedData, path: Path) -> None:
+    """Women given Mustache +2 alone and with keep=["Male"], by each of `models` (label: model): the conditional
+    edit should add a moustache without changing the sex."""
+    model = next(iter(models.values()))
     women = _faces_by(data, "Male", -1, 8)
     if women is None or not {"Mustache", "Male"} <= set(model.bundle.attributes):
         return
     z = model.encode_pixels(women).code
-    plain = model.decode(np.concatenate([model.edit(row, {"Mustache": 2}) for row in z]))
-    kept = model.decode(np.concatenate([model.edit(row, {"Mustache": 2}, keep=["Male"]) for row in z]))
-    grid([women, model.decode(z), plain, kept], ["photo", "reconstructed", "Mustache +2", "+ keep Male"]).save(path)
+    rows, labels = [women, model.decode(z)], ["photo", "reconstructed"]
+    for label, editing in models.items():
+        rows += [
+            editing.decode(editing.edit_codes(z, {"Mustache": 2})),
+            editing.decode(editing.edit_codes(z, {"Mustache": 2}, keep=["Male"])),
+        ]
+        labels += [f"{label}: Mustache +2", f"{label}: + keep Male"]
+    grid(rows, labels).save(path)
+
+
+def _edit_strips(model: FaceModel, data: PreparedData) -> tuple[list[np.ndarray], list[str]]:
+    """Two validation faces without each of EDIT_ATTRIBUTES: the photo, then the edit at every EDIT_STRENGTHS."""
+    rows, labels = [], []
+    for i, name in enumerate(EDIT_ATTRIBUTES):
+        faces = _faces_by(data, name, -1, 2, skip=2 * i)
+        if faces is None or name not in model.bundle.attributes:
+            continue
+        for face in faces:  # faces without the attribute, so +edits have something to add
+            z = model.encode_pixels(face[np.newaxis]).code[0]
+            latents = np.concatenate([model.edit(z, {name: s}) for s in EDIT_STRENGTHS])
+            rows.append(np.concatenate([face[np.newaxis], model.decode(latents)]))
+            labels.append(name)
+    return rows, labels
 
 
 def write_card_figures(bundle_dir: Path, data: PreparedData, seed: int = 0) -> dict[str, object]:
@@ -101,19 +123,19 @@ def write_card_figures(bundle_dir: Path, data: PreparedData, seed: int = 0) -> d
         labels += [mode.value, mode.value]
     grid(rows, labels).save(out / "samples.png")
 
-    rows, labels = [], []
-    for i, name in enumerate(EDIT_ATTRIBUTES):
-        faces = _faces_by(data, name, -1, 2, skip=2 * i)
-        if faces is None or name not in model.bundle.attributes:
-            continue
-        for face in faces:  # faces without the attribute, so +edits have something to add
-            z = model.encode_pixels(face[np.newaxis]).code[0]
-            latents = np.stack([model.edit(z, {name: s})[0] for s in EDIT_STRENGTHS])
-            rows.append(np.concatenate([face[np.newaxis], model.decode(latents)]))
-            labels.append(name)
+    rows, labels = _edit_strips(model, data)
     if rows:
         grid(rows, labels).save(out / "edits.png")
-    _conditional_edit_figure(model, data, out / "conditional_edits.png")
+    models = {"served": model}
+    if model.editor is not None:  # the same faces along the attribute vectors alone, as before the editor
+        vectors_alone = FaceModel(
+            model.bundle, model.encoder, model.decoder, max_batch=model.max_batch, max_strength=model.max_strength
+        )
+        rows, labels = _edit_strips(vectors_alone, data)
+        if rows:
+            grid(rows, labels).save(out / "edits_vectors.png")
+        models = {"learned": model, "vectors": vectors_alone}
+    _conditional_edit_figure(models, data, out / "conditional_edits.png")
 
     all_reconstructions = np.concatenate(
         [model.decode(model.encode_pixels(val[i : i + 256]).code) for i in range(0, len(val), 256)]

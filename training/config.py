@@ -94,10 +94,13 @@ class EditConfig(BaseModel):
     toward_label: float = Field(
         0.8, ge=0, le=1, description="share of edits that move a face toward the attribute it lacks (else any way)"
     )
+    target_logit: float = Field(
+        1.5, gt=0, description="the guide's logit of the edited attribute must reach strength times this (signed)"
+    )
     target_weight: float = Field(1.0, ge=0)
     keep_weight: float = Field(4.0, ge=0)
     identity_weight: float = Field(1.0, ge=0)
-    latent_weight: float = Field(0.05, ge=0)
+    turn_weight: float = Field(0.1, ge=0, description="weight of 1 - cos(edit, straight move)")
     guide_epochs: int = Field(8, gt=0, description="epochs of the guide classifier when it must be trained")
     guide_seed: int = Field(7, description="the guide's seed: not the judge's (0)")
     seed: int = 0

@@ -1,21 +1,24 @@
-"""Learned latent edits: a small network that moves a code so the decoded face gains (or loses) the asked attribute
-and keeps the others, trained through the bundle's frozen decoder against an image classifier.
+"""Learned latent edits: a small network that turns a code's move so the decoded face gains (or loses) the asked
+attribute and keeps the others, trained through the bundle's frozen decoder against an image classifier.
 
 After the Latent Transformer (Yao et al., ICCV 2021), with the attributes read from the decoded image instead of
-from the code: a classifier on codes is satisfied by moves the picture does not show. The edit is the shipped
-class-mean move plus a learned correction,
+from the code: a classifier on codes is satisfied by moves the picture does not show. The edit moves a code exactly
+as far as the shipped class-mean move of the same strength, in a direction the network chooses per face:
 
-    z' = z + sum_k s_k * step_k * unit_k + M([z, s]) - M([z, 0])
+    d = S @ M + C([z, S]) - C([z, 0]),     z' = z + |S @ M| * d / |d|
 
-so strength keeps its meaning (1 = the average difference between faces with and without the attribute), s = 0
-is exactly z, and M only learns what the straight move gets wrong. Trained with three named losses on the training
-split's codes, each batch editing one attribute per face at a random strength:
+(M: the class-mean moves of strength 1, C: a two-layer network), so strength keeps its meaning (1 = the average
+difference between faces with and without the attribute, as a distance in latent space), S = 0 is exactly z, and
+the network can only choose where to go, not go further: its edits are compared with a random move of the same
+length, and a longer move would buy a higher floor, not a cleaner edit. Trained on the training split's codes,
+each batch editing one attribute per face at a random strength, with four named losses:
 
-- `target`: the guide classifier's logit of the edited attribute moves by at least |s| times its gap between
-  training faces with and without it (a hinge: reaching further is not rewarded);
+- `target`: the guide classifier's logit of the edited attribute reaches |s| * `target_logit` on the requested side
+  (a hinge: reaching further is not rewarded);
 - `keep`: every other attribute's verdict stays (Bernoulli KL from the unedited face's probabilities), weighted by
   how independent the two attributes are in the labels (1 - |phi|), so an edit may move what naturally goes with it;
-- `identity`: the guide's penultimate features stay (the person), and `latent`: the correction stays small.
+- `identity`: the guide's penultimate features stay (the person);
+- `turn`: 1 - cos(edit, class-mean move), a light pull towards the shipped direction.
 
 The guide is a classifier of its own (training.classifier, blur- and noise-augmented, another seed), never the
 judge that bench_quality scores with. The network is exported as `editor.onnx` in the bundle (docs/bundle-format.md).
@@ -78,20 +81,22 @@ def straight_moves(vectors: Sequence[AttributeVector]) -> np.ndarray:
 
 
 def build_editor(moves: np.ndarray, correction: keras.Model) -> keras.Model:
-    """z, strengths [N, K] -> z': the straight moves [K, z_dim] (one per strength column) plus the correction's
-    change from s = 0."""
+    """z, strengths [N, K] -> z': z moved as far as the straight moves [K, z_dim] (one per strength column) would
+    move it, in the direction of the straight move plus the correction's change from s = 0."""
     z_dim = moves.shape[1]
     z = keras.Input(shape=(z_dim,), name=EDITOR_INPUTS[0])
     strengths = keras.Input(shape=(len(moves),), name=EDITOR_INPUTS[1])
     straight = ops.matmul(strengths, ops.convert_to_tensor(moves))
-    learned = correction([z, strengths]) - correction([z, ops.zeros_like(strengths)])
-    edited = layers.Add(name=EDITOR_OUTPUT)([z, straight, learned])
+    turned = straight + correction([z, strengths]) - correction([z, ops.zeros_like(strengths)])
+    length = ops.sqrt(ops.sum(ops.square(straight), axis=1, keepdims=True))
+    scale = length / (ops.sqrt(ops.sum(ops.square(turned), axis=1, keepdims=True)) + 1e-6)
+    edited = layers.Add(name=EDITOR_OUTPUT)([z, turned * scale])
     return keras.Model([z, strengths], edited, name="editor")
 
 
 #: Reported per step: the weighted sum, the four named losses, and the share of edits whose target logit moved far
 #: enough.
-LOSSES = ("loss", "target", "keep", "identity", "latent", "reached")
+LOSSES = ("loss", "target", "keep", "identity", "turn", "reached")
 
 
 def label_independence(labels: np.ndarray) -> np.ndarray:
@@ -111,7 +116,6 @@ class EditTrainer(keras.Model):
         decoder: OnnxFunction,
         guide: AttributeClassifier,
         columns: np.ndarray,
-        gaps: np.ndarray,
         independence: np.ndarray,
         config: EditConfig,
     ) -> None:
@@ -123,7 +127,6 @@ class EditTrainer(keras.Model):
         kernel, bias = guide.model.get_layer("attributes").get_weights()
         self.kernel, self.bias = tf.constant(kernel), tf.constant(bias)
         self.columns = tf.constant(columns, tf.int32)  # [K] guide columns of the edited attributes
-        self.gaps = tf.constant(gaps, tf.float32)  # [K] logit gap per unit strength
         self.independence = tf.constant(independence, tf.float32)  # [K, A] keep weights, 0 on the edited column
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSSES}
 
@@ -151,8 +154,8 @@ class EditTrainer(keras.Model):
             features1 = self.features(self.decoder(edited) * 255.0, training=False)
             logits1 = tf.matmul(features1, self.kernel) + self.bias
             column = tf.gather(self.columns, chosen)
-            moved = tf.gather(logits1 - logits0, column, axis=1, batch_dims=1) * tf.sign(strength)
-            wanted = tf.abs(strength) * tf.gather(self.gaps, chosen)
+            moved = tf.gather(logits1, column, axis=1, batch_dims=1) * tf.sign(strength)
+            wanted = tf.abs(strength) * self.config.target_logit
             target = tf.reduce_mean(tf.nn.softplus(wanted - moved))
             p0 = tf.sigmoid(logits0)
             kl = p0 * (tf.math.log_sigmoid(logits0) - tf.math.log_sigmoid(logits1)) + (1 - p0) * (
@@ -161,17 +164,18 @@ class EditTrainer(keras.Model):
             weights = tf.gather(self.independence, chosen)
             keep = tf.reduce_mean(tf.reduce_sum(weights * kl, axis=1) / tf.reduce_sum(weights, axis=1))
             identity = tf.reduce_mean(tf.square(features1 - features0)) / (tf.reduce_mean(tf.square(features0)) + 1e-6)
-            latent = tf.reduce_mean(tf.square(edited - z - tf.matmul(matrix, self.moves)))
+            straight = tf.math.l2_normalize(tf.matmul(matrix, self.moves), axis=1)
+            turn = tf.reduce_mean(1.0 - tf.reduce_sum(straight * tf.math.l2_normalize(edited - z, axis=1), axis=1))
             loss = (
                 self.config.target_weight * target
                 + self.config.keep_weight * keep
                 + self.config.identity_weight * identity
-                + self.config.latent_weight * latent
+                + self.config.turn_weight * turn
             )
         variables = self.editor.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         reached = tf.reduce_mean(tf.cast(moved >= wanted, tf.float32))
-        values = {"loss": loss, "target": target, "keep": keep, "identity": identity, "latent": latent}
+        values = {"loss": loss, "target": target, "keep": keep, "identity": identity, "turn": turn}
         for name, value in {**values, "reached": reached}.items():
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
@@ -206,14 +210,11 @@ def train_editor(
     guide_columns = np.array([guide.column(name) for name in config.attributes])
     label_columns = [attribute_names.index(name) for name in guide.attributes]
     guide_labels = labels[:, label_columns]  # labels in the guide's column order
-    gaps = np.array(
-        [logits0[guide_labels[:, c] > 0, c].mean() - logits0[guide_labels[:, c] < 0, c].mean() for c in guide_columns]
-    )
     independence = label_independence(guide_labels)[guide_columns]
     independence[np.arange(len(guide_columns)), guide_columns] = 0.0
     editor = build_editor(moves, build_correction(bundle.z_dim, len(moves), config.hidden))
     trainer = EditTrainer(
-        editor, moves, OnnxFunction(bundle.decoder_path), guide, guide_columns, gaps, independence, config
+        editor, moves, OnnxFunction(bundle.decoder_path), guide, guide_columns, independence, config
     )
     trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     dataset = (
@@ -229,7 +230,6 @@ def train_editor(
     history = trainer.fit(dataset, epochs=epochs, steps_per_epoch=max(config.steps // epochs, 1), verbose=2)
     report = {
         "config": config.model_dump(),
-        "gaps": dict(zip(config.attributes, gaps.round(3).tolist(), strict=True)),
         "seconds": round(time.perf_counter() - started, 1),
         "history": {key: [round(float(v), 5) for v in values] for key, values in history.history.items()},
     }
