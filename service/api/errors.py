@@ -91,9 +91,7 @@ async def _method_not_allowed(request: Request, exc: StarletteHTTPException) -> 
     if path in _WHAT_TO_SEND:
         detail += f" with {_WHAT_TO_SEND[path]}"
     detail += " (the operations and their bodies are at /docs)"
-    # The Open Inference Protocol's routes answer errors in its own shape.
-    body = {"error": detail} if path.startswith("/v2/") else {"detail": detail}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 def add_exception_handlers(app: FastAPI) -> None:
