@@ -19,12 +19,83 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.bundle import DECODER_INPUT, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUTS
 from service.dependencies import LoadedModel, ReadyModel, StateDep
 from service.runtime import FaceModel
+
+
+class ProtocolErrorMessage(BaseModel):
+    error: str = Field(examples=["unknown model 'vae'; this server has 'encoder' and 'decoder'"])
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str = Field(examples=["FP32"])
+    shape: list[int] = Field(description="-1 is the batch dimension.", examples=[[-1, 128]])
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class InferInputSchema(BaseModel):
+    name: str = Field(examples=["z"])
+    datatype: str = Field(examples=["FP32"])
+    shape: list[int] = Field(examples=[[1, 128]])
+    data: list[Any] | None = Field(None, description="Row-major values, flat or nested (or binary, see parameters).")
+    parameters: dict[str, Any] | None = Field(None, description='{"binary_data_size": bytes} for binary data.')
+
+
+class InferRequestSchema(BaseModel):
+    """The protocol's inference request (documentation: the body is parsed by hand, as JSON may be followed by
+    binary tensors)."""
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description='e.g. {"binary_data_output": true}')
+    inputs: list[InferInputSchema]
+    outputs: list[dict[str, Any]] | None = Field(
+        None, description='[{"name": ..., "parameters": {"binary_data": ...}}]'
+    )
+
+
+class InferResponseSchema(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[dict[str, Any]]
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        400: "A bad inference request; error says what is wrong.",
+        404: "Unknown model or version.",
+        405: "Another method is needed.",
+        408: "The request body stalled.",
+        413: "The body is over the size limit.",
+        503: "Not ready, or busy (with Retry-After).",
+        504: "The request ran longer than the request timeout.",
+    }
+    return {code: {"model": ProtocolErrorMessage, "description": descriptions[code]} for code in codes}
+
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
@@ -235,20 +306,23 @@ def render(
 
 
 @router.get("")
-async def server_metadata() -> dict[str, Any]:
+async def server_metadata() -> ServerMetadata:
     """The server's name, version and the protocol extensions it supports."""
-    return {"name": "facevae", "version": __version__, "extensions": ["binary_tensor_data"]}
+    return ServerMetadata(name="facevae", version=__version__, extensions=["binary_tensor_data"])
 
 
-@router.get("/models/{name}")
-@router.get("/models/{name}/versions/{version}")
-async def model_metadata(model: LoadedModel, name: str, version: str | None = None) -> dict[str, Any]:
+@router.get("/models/{name}", responses=_errors(404, 503))
+@router.get("/models/{name}/versions/{version}", responses=_errors(404, 503))
+async def model_metadata(model: LoadedModel, name: str, version: str | None = None) -> ModelMetadata:
     """A model's platform, versions, and its inputs and outputs (name, datatype, shape; -1 is the batch)."""
-    return _network(model, name, version).metadata(name)
+    return ModelMetadata.model_validate(_network(model, name, version).metadata(name))
 
 
-@router.get("/models/{name}/ready")
-@router.get("/models/{name}/versions/{version}/ready")
+_READY = {200: {"model": ModelReady}, 503: {"model": ModelReady, "description": "Not ready."}, **_errors(404)}
+
+
+@router.get("/models/{name}/ready", responses=_READY)
+@router.get("/models/{name}/versions/{version}/ready", responses=_READY)
 async def model_ready(state: StateDep, name: str, version: str | None = None) -> Response:
     """200 with ready true once the bundle is loaded and ready (as /health/ready), else 503 with ready false."""
     if state.model is not None:
@@ -261,8 +335,48 @@ async def _body(request: Request) -> tuple[bytes, str | None]:
     return await request.body(), request.headers.get(HEADER_LENGTH)
 
 
-@router.post("/models/{name}/infer")
-@router.post("/models/{name}/versions/{version}/infer")
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its `$defs` put in place of their `$ref`s: inside an OpenAPI document a
+    "#/$defs/..." reference would point at the document's root, where there are none."""
+    definitions = schema.pop("$defs", {})
+
+    def visit(node: Any) -> Any:
+        if isinstance(node, dict):
+            reference = node.get("$ref", "")
+            if reference.startswith("#/$defs/"):
+                return visit(definitions[reference.removeprefix("#/$defs/")])
+            return {key: visit(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [visit(item) for item in node]
+        return node
+
+    return visit(schema)
+
+
+_INFER: dict[str, Any] = {
+    "responses": {
+        200: {
+            "model": InferResponseSchema,
+            "description": "The outputs as JSON, or (binary outputs) a JSON header of Inference-Header-Content-Length "
+            "bytes followed by the tensors.",
+            "content": {BINARY: {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **_errors(400, 404, 408, 413, 503, 504),
+    },
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _inlined(InferRequestSchema.model_json_schema())},
+                BINARY: {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+}
+
+
+@router.post("/models/{name}/infer", **_INFER)
+@router.post("/models/{name}/versions/{version}/infer", **_INFER)
 def infer(
     model: ReadyModel,
     body: Annotated[tuple[bytes, str | None], Depends(_body)],
