@@ -436,9 +436,12 @@ def _as_protocol_error(body: bytes) -> bytes:
     """`{"detail": ...}` as `{"error": "..."}` (pydantic's 422 list as one line, "loc: msg; ..."); other bodies as
     they are."""
     try:
-        detail = json.loads(body)["detail"]
-    except (ValueError, KeyError, TypeError):
+        parsed = json.loads(body)
+    except ValueError:
         return body
+    if not isinstance(parsed, dict) or parsed.keys() != {"detail"}:
+        return body  # not the generic error (e.g. /v2/health/ready's {"ready": false, "detail": ...}): as it is
+    detail = parsed["detail"]
     if isinstance(detail, list):
         detail = "; ".join(
             f"{'.'.join(str(p) for p in item.get('loc', ()))}: {item.get('msg')}"
