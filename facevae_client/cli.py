@@ -102,13 +102,15 @@ def cmd_edit(client: Client, args: argparse.Namespace) -> None:
     else:
         source = args.source
         photo_options = {"align": args.align, "face": args.face, "detail": args.detail, "output": args.photo_output}
-    faces = client.edit(
-        source, strengths, keep=args.keep, steps=args.steps, image_format=image_format(args.output), **photo_options
-    )
+    # A whole photo comes in the output's format (PNG-encoding megapixels is slow); a 64x64 face comes lossless.
+    encoding = image_format(args.output) if args.photo_output == "photo" else None
+    faces = client.edit(source, strengths, keep=args.keep, steps=args.steps, image_format=encoding, **photo_options)
     save_faces(faces, args.output, columns=len(faces.images))
 
 
 def cmd_interpolate(client: Client, args: argparse.Namespace) -> None:
+    if is_latent_file(args.start) != is_latent_file(args.end):
+        raise SystemExit("facevae interpolate: give two photos or two latent files (.json), not one of each")
     start, end = (read_latent(p) if is_latent_file(p) else p for p in (args.start, args.end))
     faces = client.interpolate(start, end, steps=args.steps, method=args.method, align=args.align, face=args.face)
     save_faces(faces, args.output, columns=len(faces.images))

@@ -88,6 +88,12 @@ def test_an_error_is_explained_and_no_file_is_written(
     assert "expected NAME=STRENGTH" in capsys.readouterr().err
 
 
+def test_interpolate_refuses_a_photo_and_a_latent(server_url: str, photos: dict[str, Path], tmp_path: Path) -> None:
+    main(["encode", str(photos["photo.jpg"]), "-o", str(tmp_path / "face.json")])
+    with pytest.raises(SystemExit, match="two photos or two latent files"):
+        main(["interpolate", str(photos["bob.jpg"]), str(tmp_path / "face.json"), "-o", str(tmp_path / "w.png")])
+
+
 def test_url_flag_and_unreachable_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["--url", "http://127.0.0.1:9", "sample", "-o", str(tmp_path / "x.png")])
