@@ -3,6 +3,7 @@ in a subprocess as a new user runs it."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -104,7 +105,14 @@ def test_url_flag_and_unreachable_server(tmp_path: Path, capsys: pytest.CaptureF
 # ---- --help of every entry point ---------------------------------------------------------------------------------
 
 SCRIPTS = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-FACEVAE_COMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[str]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sorted(action.choices)
+
+
+FACEVAE_COMMANDS = _subcommands(build_parser())
 
 
 def _help(*command: str) -> str:
@@ -130,6 +138,17 @@ def test_every_python_m_entry_point_explains_itself(package: str) -> None:
 def test_service_help_lists_every_option_with_its_variable() -> None:
     text = _help(sys.executable, "-m", "service", "--help")
     assert "--mesh-passes" in text and "FACEVAE_MESH_PASSES" in text and "docs/benchmarks.md" in text
+
+
+def test_every_training_command_explains_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    """In this process (one TensorFlow import instead of one per command; `python -m training --help` runs above)."""
+    from training.cli import build_parser as build_training_parser
+
+    parser = build_training_parser()
+    for command in _subcommands(parser):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args([command, "--help"])
+        assert exit_.value.code == 0 and capsys.readouterr().out.startswith("usage:"), command
 
 
 @pytest.mark.parametrize("command", FACEVAE_COMMANDS)
