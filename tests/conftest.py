@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from service.api.app import create_app
+from service.api.app import create_app, load_model
 from service.api.settings import Settings
 from service.core.bundle import DEFAULT_MODEL
 from service.core.runtime import FaceModel
@@ -76,4 +76,4 @@ def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
 def default_model() -> FaceModel:
     """The committed bundle in this process, configured as the server is: the expected results of its answers."""
     settings = Settings(model=DEFAULT_MODEL, intra_op_threads=1)
-    return FaceModel.from_settings(settings)
+    return load_model(settings)

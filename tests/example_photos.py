@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.phone_photos import IMAGE_DIR, face_files, phone_photo, two_face_photo
+from testkit.phone_photos import IMAGE_DIR, face_files, phone_photo, two_face_photo
 
 GROUP_START = 7000 + 100  # test_service_detection.OTHER_START + 100: its two-face photo with seed 0
 

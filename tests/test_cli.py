@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from facevae_client.cli import build_parser, main
-from service.runtime import FaceModel
+from service.core.runtime import FaceModel
+from testkit.servers import REPO_ROOT, RunningServer, clean_env
 from tests.example_photos import write_example_photos
-from tests.servers import REPO_ROOT, RunningServer, clean_env
 
 
 @pytest.fixture(scope="module")

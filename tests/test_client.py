@@ -12,9 +12,9 @@ import pytest
 
 from facevae_client import AsyncClient, BadRequest, Client, ConnectionFailed, InvalidInput, ServiceUnavailable
 from facevae_client.errors import TooManyRequests
-from service.runtime import FaceModel, Interpolation
+from service.core.runtime import FaceModel, Interpolation
+from testkit.servers import RunningServer, free_port
 from tests.example_photos import write_example_photos
-from tests.servers import RunningServer, free_port
 
 
 @pytest.fixture(scope="module")

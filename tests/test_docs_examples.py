@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from testkit.servers import REPO_ROOT, RunningServer, clean_env
 from tests.example_photos import write_example_photos
-from tests.servers import REPO_ROOT, RunningServer, clean_env
 
 DOCUMENTS = ("README.md", "docs/api.md")
 DOCUMENTED_ADDRESS = "127.0.0.1:8000"

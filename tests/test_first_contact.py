@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.browser import chromium, missing_browser
-from tests.servers import RunningServer
+from testkit.browser import chromium, missing_browser
+from testkit.servers import RunningServer
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver

@@ -17,11 +17,11 @@ from fastapi.testclient import TestClient
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from tritonclient.utils import InferenceServerException
 
-from service.app import create_app
-from service.runtime import FaceModel
-from service.settings import Settings
+from service.api.app import create_app
+from service.api.settings import Settings
+from service.core.runtime import FaceModel
+from testkit.servers import RunningServer
 from tests.conftest import TEST_MAX_BATCH, TEST_MAX_BODY_BYTES
-from tests.servers import RunningServer
 
 
 @pytest.fixture(scope="module")

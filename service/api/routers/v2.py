@@ -23,9 +23,10 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
-from service.bundle import DECODER_INPUT, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUTS
-from service.dependencies import LoadedModel, ReadyModel, StateDep
-from service.runtime import FaceModel
+from service.api.dependencies import LoadedModel, ReadyModel, StateDep
+from service.core.bundle import DECODER_INPUT, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUTS
+from service.core.operations import run_network
+from service.core.runtime import FaceModel
 
 
 class ProtocolErrorMessage(BaseModel):
@@ -149,13 +150,6 @@ def networks(model: FaceModel) -> dict[str, Network]:
         "encoder": Network([image], [Tensor(name, [-1, model.z_dim]) for name in ENCODER_OUTPUTS]),
         "decoder": Network([Tensor(DECODER_INPUT, [-1, model.z_dim])], [Tensor(DECODER_OUTPUT, image.shape)]),
     }
-
-
-def run(model: FaceModel, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The network as it is: no face framing, no refinement, no clipping (what a protocol client expects)."""
-    if name == "encoder":
-        return dict(zip(ENCODER_OUTPUTS, model.encoder_outputs(inputs[ENCODER_INPUT]), strict=True))
-    return {DECODER_OUTPUT: model.decoder_output(inputs[DECODER_INPUT])}
 
 
 def _network(model: FaceModel, name: str, version: str | None) -> Network:
@@ -388,7 +382,7 @@ def infer(
     request, binary = _split_body(*body)
     inputs = read_inputs(request, binary, network, model.max_batch)
     outputs = requested_outputs(request, network)
-    return render(name, request, run(model, name, inputs), outputs)
+    return render(name, request, run_network(model, name, inputs), outputs)
 
 
 # ---- errors in the protocol's shape ---------------------------------------------------------------------------
