@@ -31,6 +31,7 @@ WORKDIR /src
 COPY pyproject.toml README* ./
 COPY service/ service/
 COPY training/ training/
+COPY facevae_client/ facevae_client/
 # pip builds the project's wheel here and installs it with its `cpu` extra; the check refuses an environment
 # holding the other onnxruntime or TensorFlow.
 RUN /opt/venv/bin/pip install ".[cpu]" \
@@ -50,6 +51,7 @@ WORKDIR /src
 COPY pyproject.toml README* ./
 COPY service/ service/
 COPY training/ training/
+COPY facevae_client/ facevae_client/
 RUN /opt/venv/bin/pip install ".[gpu]" \
     && /opt/venv/bin/pip check \
     && /opt/venv/bin/python -c "import importlib.metadata as m, sys; names = {(d.metadata['Name'] or '').lower().replace('_', '-') for d in m.distributions()}; bad = names & {'onnxruntime', 'tensorflow', 'tensorflow-cpu', 'keras', 'tf2onnx'}; sys.exit(f'unwanted packages: {sorted(bad)}' if bad else 0)"

@@ -5,6 +5,9 @@ timer of the in-process anchors nor with the server. It reads a plan (JSON: base
 and writes one result per cell (JSON): latencies of successful requests, throughput, and errors by kind.
 
     python -m bench.loadgen PLAN.json RESULTS.json
+
+It sends with bare httpx, not `facevae_client`: it measures the server, so every 503 must count as an error instead
+of being waited out, and decoding each answer's images in this process would slow the load it can generate.
 """
 
 from __future__ import annotations

@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from service.api.app import create_app
+from service.api.app import create_app, load_model
 from service.api.settings import Settings
+from service.core.bundle import DEFAULT_MODEL
 from service.core.runtime import FaceModel
+from testkit.servers import RunningServer, serving
 from tests.tiny_bundle import build_tiny_bundle
 
 if TYPE_CHECKING:  # imported in the fixture, after pytest_configure has filtered its import-time warning
@@ -58,3 +60,20 @@ def client(service_settings: Settings) -> Iterator[TestClient]:
 def face_model(client: TestClient) -> FaceModel:
     """The model instance the `client` app serves, to compute expected results without HTTP."""
     return client.app.state.model_state.model
+
+
+# ---- the default bundle served by a real uvicorn process, shared by the client, CLI, v2 and docs tests ----------
+
+
+@pytest.fixture(scope="session")
+def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """`python -m service` on the committed bundle, started once for every test that needs real HTTP."""
+    with serving(DEFAULT_MODEL, tmp_path_factory.mktemp("default-server") / "server.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def default_model() -> FaceModel:
+    """The committed bundle in this process, configured as the server is: the expected results of its answers."""
+    settings = Settings(model=DEFAULT_MODEL, intra_op_threads=1)
+    return load_model(settings)

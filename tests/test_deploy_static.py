@@ -320,7 +320,7 @@ def test_wheel_the_images_install_holds_every_module_and_the_page(tmp_path: Path
     source = tmp_path / "src"
     source.mkdir()
     shutil.copy(REPO_ROOT / "pyproject.toml", source)
-    for package in ("service", "training"):
+    for package in ("service", "training", "facevae_client"):
         shutil.copytree(REPO_ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
@@ -334,7 +334,7 @@ def test_wheel_the_images_install_holds_every_module_and_the_page(tmp_path: Path
     names = set(zipfile.ZipFile(wheel).namelist())
     copied = [
         path.relative_to(source).as_posix()
-        for package in ("service", "training")
+        for package in ("service", "training", "facevae_client")
         for path in (source / package).rglob("*")
         if path.is_file()
     ]

@@ -531,7 +531,7 @@ def test_edit_multipart_photo_edits_its_code(client: TestClient) -> None:
         ({"Beard": 1}, "unknown attribute 'Beard'; valid names: Smiling, Male, Eyeglasses"),
         ({"Smiling": 5.5}, "strength 5.5 for 'Smiling' is outside [-5.0, 5.0]"),
         ({"Smiling": -6}, "is outside [-5.0, 5.0]"),
-        ({}, "at least 1 item"),
+        ({}, "attributes is empty: name at least one attribute"),
         ({"Smiling": 5, "smiling": 5, "SMILING": 5}, "'Smiling' is given more than once"),
     ],
 )

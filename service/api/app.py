@@ -18,6 +18,7 @@ from service.api.errors import add_exception_handlers
 from service.api.metrics import Metrics, add_metrics
 from service.api.middleware import BodySizeLimitMiddleware, BodyTimeoutMiddleware, RequestLogMiddleware
 from service.api.routers import faces, health, info
+from service.api.routers.v2 import add_open_inference_protocol
 from service.api.settings import Settings
 from service.api.web import add_web_page
 from service.core.framing import FaceFramer
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         on_reject=app.state.metrics.reject,
     )
     add_metrics(app, app.state.metrics)  # around the admission limit and the body limit: their 503s and 413s count
+    add_open_inference_protocol(app)  # its middleware reshapes the errors of everything added before it
     app.add_middleware(RequestLogMiddleware)  # outermost, so it also logs the 413s
     for router in (health.router, info.router, faces.router):
         app.include_router(router)

@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facevae-serve", description="Serve a face VAE model bundle over HTTP.")
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)
-        help_text = f"{field.description} (env {_env_name(name)}, default: {default})"
+        # argparse %-formats help strings, so a literal "%" in a description must be doubled.
+        help_text = f"{field.description} (env {_env_name(name)}, default: {default})".replace("%", "%%")
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service.core.detection import DetectorUnavailable
@@ -70,7 +71,31 @@ async def _input_error(request: Request, exc: InputError) -> Response:
     return await _validation_error(request, RequestValidationError([error]))
 
 
+#: What each operation that takes a body wants, for the 405 a GET on it gets (a browser's first try).
+_WHAT_TO_SEND = {
+    "/detect": 'a photo: an image/* body, or multipart/form-data with the file "image"',
+    "/encode": 'a photo: an image/* body, or multipart/form-data with the file "image"',
+    "/decode": 'a JSON body {"z": [...]} with one latent (or a list of latents) from /encode or /sample',
+    "/edit": 'a JSON body {"z": [...], "attributes": {"Smiling": 2}}, or multipart/form-data with the file "image" '
+    "and the field attributes='{\"Smiling\": 2}' (optionally keep='[\"Male\"]'); GET /attributes lists the names",
+    "/interpolate": 'a JSON body {"start": [...], "end": [...]}, '
+    'or multipart/form-data with the files "start" and "end"',
+}
+
+
+async def _method_not_allowed(request: Request, exc: StarletteHTTPException) -> Response:
+    """Starlette's bare "Method Not Allowed", made to say which method to use and what to send (see /docs)."""
+    allowed = (exc.headers or {}).get("Allow", "")
+    path = request.url.path
+    detail = f"{request.method} {path} is not allowed; use {allowed or 'another method'}"
+    if path in _WHAT_TO_SEND:
+        detail += f" with {_WHAT_TO_SEND[path]}"
+    detail += " (the operations and their bodies are at /docs)"
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+
 def add_exception_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(status.HTTP_405_METHOD_NOT_ALLOWED, _method_not_allowed)
     app.add_exception_handler(InvalidImage, _invalid_image)
     app.add_exception_handler(ImageTooLarge, _image_too_large)
     app.add_exception_handler(RequestValidationError, _validation_error)

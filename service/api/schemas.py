@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Json, Tag, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Json,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from service.core.bundle import LANDMARKS
 from service.core.compositing import Detail, Output
@@ -21,14 +31,26 @@ Latent = Annotated[
     list[FiniteFloat],
     Field(min_length=1, description="One latent vector of z_dim numbers.", json_schema_extra={LATENT_MARK: True}),
 ]
+
+
+def _some_strength(strengths: dict[str, float]) -> dict[str, float]:
+    """An empty edit is a mistake, not a no-op: say what to send instead of pydantic's "at least 1 item"."""
+    if not strengths:
+        raise ValueError(
+            'attributes is empty: name at least one attribute with a strength, e.g. {"Smiling": 2} '
+            "(GET /attributes lists the names)"
+        )
+    return strengths
+
+
 Strengths = Annotated[
     dict[str, FiniteFloat],
+    AfterValidator(_some_strength),
     Field(
-        min_length=1,
         description="Attribute name (any case) to strength. Strength 1 moves a face by the average difference "
         "between training faces with and without the attribute, so +2 is a clear edit; several attributes add up.",
         examples=[{"Smiling": 1.5, "Eyeglasses": -1}],
-        json_schema_extra={STRENGTH_MARK: True},
+        json_schema_extra={STRENGTH_MARK: True, "minProperties": 1},
     ),
 ]
 Keep = Annotated[

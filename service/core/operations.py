@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from service.core.bundle import SamplingMode
+from service.core.bundle import DECODER_INPUT, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUTS, SamplingMode
 from service.core.compositing import Detail, Output, compose
 from service.core.detection import Face
 from service.core.framing import FRAMING_SIDE, Align, FaceFramer, Framed
@@ -209,3 +209,13 @@ def edit_photo(
     before = networks.decode(z[np.newaxis])[0]
     faces = compose(photo, framed.alignment, before, networks.decode(edited), output, detail)
     return Faces(faces, edited, columns=len(faces))
+
+
+def run_network(model: FaceModel, network: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The bundle's `encoder` (`image` -> `z_mean`, `z_log_var`) or `decoder` (`z` -> `image`) as it is: no face
+    framing, no refinement, no clipping, float32 in and out (the Open Inference Protocol's two models)."""
+    if network == "encoder":
+        return dict(zip(ENCODER_OUTPUTS, model.encoder_outputs(inputs[ENCODER_INPUT]), strict=True))
+    if network == "decoder":
+        return {DECODER_OUTPUT: model.decoder_output(inputs[DECODER_INPUT])}
+    raise ValueError(f"unknown network {network!r}")

@@ -217,6 +217,15 @@ class FaceModel:
         """Decode float32 [N, z_dim] latents to uint8 [N, size, size, 3] faces in one batch."""
         return np.clip(np.rint(self._decode(z) * 255.0), 0, 255).astype(np.uint8)
 
+    def encoder_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The encoder network as it is (z_mean, z_log_var of float32 images in [0, 1]), for the Open Inference
+        Protocol's `encoder` model."""
+        return self._encode(images)
+
+    def decoder_output(self, z: np.ndarray) -> np.ndarray:
+        """The decoder network as it is (float32 images, unclipped), for the protocol's `decoder` model."""
+        return self._decode(z)
+
     def _encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """z_mean and z_log_var of float32 [N, size, size, 3] images in [0, 1]."""
         z_mean, z_log_var = self._run("encoder", self.encoder, list(ENCODER_OUTPUTS), {ENCODER_INPUT: images})

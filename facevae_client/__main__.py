@@ -1,0 +1,3 @@
+from facevae_client.cli import main
+
+main()
