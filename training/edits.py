@@ -213,9 +213,7 @@ def train_editor(
     independence = label_independence(guide_labels)[guide_columns]
     independence[np.arange(len(guide_columns)), guide_columns] = 0.0
     editor = build_editor(moves, build_correction(bundle.z_dim, len(moves), config.hidden))
-    trainer = EditTrainer(
-        editor, moves, OnnxFunction(bundle.decoder_path), guide, guide_columns, independence, config
-    )
+    trainer = EditTrainer(editor, moves, OnnxFunction(bundle.decoder_path), guide, guide_columns, independence, config)
     trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     dataset = (
         tf.data.Dataset.from_tensor_slices(
