@@ -32,6 +32,7 @@ test: $(VENV)/.test-deps  ## lint, then the whole test suite
 
 train: $(VENV)/.test-deps  ## retrain the default bundle from scratch (about 45 min on 2 CPU cores), resumable
 	$(PY) -m training train --data $(DATA) --out models/celeba-64 --resume
+	$(PY) -m training edits --data $(DATA) --bundle models/celeba-64
 	$(PY) -m training card --data $(DATA) --bundle models/celeba-64
 
 bench: $(VENV)/.test-deps  ## every benchmark (about 30 min on 2 cores); results in bench/results/, see docs/benchmarks.md

@@ -22,6 +22,7 @@ from service.core.bundle import (
     sha256_file,
 )
 from service.core.detection import DETECTOR_NAME
+from service.core.runtime import FaceModel
 from service.core.sessions import open_session
 from testkit.phone_photos import SUBSET
 from tests.tiny_training import TINY
@@ -199,3 +200,27 @@ def test_card_figures_are_drawn_through_the_service_runtime(trained: tuple[Path,
     manifest_mse = ModelBundle.load(bundle).manifest.metrics["val_reconstruction_mse"]
     assert figures["val_reconstruction_mse"] == pytest.approx(manifest_mse, rel=0.05)
     assert figures["sharpness_real"] > figures["sharpness_reconstructions"] > 0
+
+
+def test_learned_edits_join_the_bundle_and_move_codes_as_far_as_the_vectors_do(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    copy = shutil.copytree(trained[1], tmp_path / "bundle")
+    guide = tmp_path / "guide"
+    common = ["--data", str(SUBSET), "--cache-dir", str(tmp_path / "cache"), "--guide-dir", str(guide)]
+    edits = ["--steps", "20", "--guide-epochs", "1", "--attributes", "Smiling", "Male"]
+    assert main(["edits", "--bundle", str(copy), *common, *edits]) == 0
+    assert (guide / "classifier.json").is_file()  # trained once, then reused
+    bundle = ModelBundle.load(copy)
+    assert bundle.edited_by_editor == ["Smiling", "Male"]
+    assert bundle.manifest.editor is not None and bundle.manifest.editor.parity_max_abs_diff <= export.PARITY_TOLERANCE
+
+    model = FaceModel.load(copy, threads=1)
+    z = np.random.default_rng(0).standard_normal((6, bundle.z_dim)).astype(np.float32)
+    smiling = bundle.attributes["Smiling"]
+    edited = model.edit_codes(z, {"Smiling": 2.0})
+    # Learned edits choose a direction per face but move as far as the class-mean move of the same strength.
+    np.testing.assert_allclose(np.linalg.norm(edited - z, axis=1), 2.0 * smiling.step, rtol=1e-4)
+    assert not np.allclose(edited, z + 2.0 * smiling.step * smiling.unit, atol=1e-3)
+    strip = model.edit(z[0], {"Male": 1.5}, steps=3)
+    np.testing.assert_array_equal(strip[1], z[0])

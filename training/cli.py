@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edits.add_argument("--steps", type=int, help=f"training steps (default: {EditConfig().steps})")
     edits.add_argument(
+        "--guide-epochs",
+        type=int,
+        help=f"epochs of the guide when it is trained (default: {EditConfig().guide_epochs})",
+    )
+    edits.add_argument(
         "--attributes", nargs="+", help=f"attributes to learn (default: {' '.join(EditConfig().attributes)})"
     )
 
@@ -174,10 +179,11 @@ def main(argv: list[str] | None = None) -> int:
 
         bundle = ModelBundle.load(args.bundle)
         config = TrainConfig.from_manifest(bundle.manifest.training)
-        given = {"steps": args.steps, "attributes": args.attributes}
+        given = {"steps": args.steps, "attributes": args.attributes, "guide_epochs": args.guide_epochs}
         settings = EditConfig(**{key: value for key, value in given.items() if value is not None})
         guide_dir = args.guide_dir or Path("runs") / f"edit-guide-{bundle.image_size}"
-        fit_edits(args.bundle, prepare_data(config, args.data, cache, args.skip_bad_images), settings, guide_dir)
+        data = prepare_data(config, args.data, cache, args.skip_bad_images)
+        fit_edits(args.bundle, config, data, settings, guide_dir)
         return 0
     if args.command == "upgrade":
         from service.core.bundle import MANIFEST_FILE

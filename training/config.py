@@ -85,7 +85,7 @@ class EditConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     attributes: tuple[str, ...] = Field(DEFAULT_EDIT_ATTRIBUTES, description="attributes the editor learns")
-    steps: int = Field(1200, gt=0, description="training steps")
+    steps: int = Field(1600, gt=0, description="training steps")
     batch_size: int = Field(32, gt=0)
     learning_rate: float = Field(1e-3, gt=0)
     hidden: int = Field(256, gt=0, description="width of the correction network's two hidden layers")
@@ -95,11 +95,11 @@ class EditConfig(BaseModel):
         0.8, ge=0, le=1, description="share of edits that move a face toward the attribute it lacks (else any way)"
     )
     target_logit: float = Field(
-        1.5, gt=0, description="the guide's logit of the edited attribute must reach strength times this (signed)"
+        2.0, gt=0, description="the guide's logit of the edited attribute must reach strength times this (signed)"
     )
     target_weight: float = Field(1.0, ge=0)
-    keep_weight: float = Field(4.0, ge=0)
-    identity_weight: float = Field(1.0, ge=0)
+    keep_weight: float = Field(8.0, ge=0)
+    identity_weight: float = Field(0.5, ge=0)
     turn_weight: float = Field(0.1, ge=0, description="weight of 1 - cos(edit, straight move)")
     guide_epochs: int = Field(8, gt=0, description="epochs of the guide classifier when it must be trained")
     guide_seed: int = Field(7, description="the guide's seed: not the judge's (0)")

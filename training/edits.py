@@ -16,7 +16,7 @@ each batch editing one attribute per face at a random strength, with four named 
 - `target`: the guide classifier's logit of the edited attribute reaches |s| * `target_logit` on the requested side
   (a hinge: reaching further is not rewarded);
 - `keep`: every other attribute's verdict stays (Bernoulli KL from the unedited face's probabilities), weighted by
-  how independent the two attributes are in the labels (1 - |phi|), so an edit may move what naturally goes with it;
+  how independent the two attributes are in the labels (`keep_weights`), so an edit may move what goes with it;
 - `identity`: the guide's penultimate features stay (the person);
 - `turn`: 1 - cos(edit, class-mean move), a light pull towards the shipped direction.
 
@@ -52,7 +52,7 @@ from service.core.bundle import (
 from service.core.runtime import FaceModel
 from service.core.sessions import open_session
 from training.classifier import AttributeClassifier, ClassifierConfig, fit_classifier
-from training.config import EditConfig
+from training.config import EditConfig, TrainConfig
 from training.export import PARITY_BATCHES, PARITY_TOLERANCE, ParityError, keras_to_onnx
 from training.onnx_tf import OnnxFunction
 from training.prepared import PreparedData
@@ -99,11 +99,13 @@ def build_editor(moves: np.ndarray, correction: keras.Model) -> keras.Model:
 LOSSES = ("loss", "target", "keep", "identity", "turn", "reached")
 
 
-def label_independence(labels: np.ndarray) -> np.ndarray:
-    """1 - |phi| between every pair of attributes on +-1 labels [N, A]: how freely an edit of one may move another."""
+def keep_weights(labels: np.ndarray, free: float = 0.2, loose: float = 0.4) -> np.ndarray:
+    """[A, A]: how firmly an edit of one attribute must keep another, from |phi| of their +-1 labels [N, A]: 1 up to
+    `free` (unrelated: the judge counts it as a side effect), 0 from `loose` on (Mustache may bring Goatee), linear
+    between."""
     positive = (labels > 0).astype(np.float64)
-    phi = np.nan_to_num(np.corrcoef(positive, rowvar=False))
-    return (1.0 - np.abs(phi)).astype(np.float32)
+    phi = np.abs(np.nan_to_num(np.corrcoef(positive, rowvar=False)))
+    return np.clip((loose - phi) / (loose - free), 0.0, 1.0).astype(np.float32)
 
 
 class EditTrainer(keras.Model):
@@ -181,12 +183,21 @@ class EditTrainer(keras.Model):
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
 
-def guide_classifier(folder: Path, data: PreparedData, image_size: int, config: EditConfig) -> AttributeClassifier:
-    """The classifier edits are trained against: loaded from `folder`, or trained there first (training split
-    only, blur- and noise-augmented like the judge, from another seed)."""
+def guide_classifier(
+    folder: Path, training: TrainConfig, data: PreparedData, config: EditConfig
+) -> AttributeClassifier:
+    """The classifier edits are trained against: loaded from `folder`, or trained there first on the bundle's own
+    framing and training split (blur- and noise-augmented like the judge, from another seed)."""
     if (folder / "classifier.json").is_file():
         return AttributeClassifier.load(folder)
-    settings = ClassifierConfig(image_size=image_size, epochs=config.guide_epochs, seed=config.guide_seed)
+    settings = ClassifierConfig(
+        image_size=training.image_size,
+        crop=training.crop,
+        val_fraction=training.val_fraction,
+        max_images=training.max_images,
+        epochs=config.guide_epochs,
+        seed=config.guide_seed,
+    )
     log.info("training the edits' guide classifier (%d epochs) into %s", settings.epochs, folder)
     return fit_classifier(settings, data, folder)
 
@@ -210,7 +221,7 @@ def train_editor(
     guide_columns = np.array([guide.column(name) for name in config.attributes])
     label_columns = [attribute_names.index(name) for name in guide.attributes]
     guide_labels = labels[:, label_columns]  # labels in the guide's column order
-    independence = label_independence(guide_labels)[guide_columns]
+    independence = keep_weights(guide_labels)[guide_columns]
     independence[np.arange(len(guide_columns)), guide_columns] = 0.0
     editor = build_editor(moves, build_correction(bundle.z_dim, len(moves), config.hidden))
     trainer = EditTrainer(editor, moves, OnnxFunction(bundle.decoder_path), guide, guide_columns, independence, config)
@@ -262,9 +273,12 @@ def add_editor(bundle_dir: Path, editor: keras.Model, attributes: Sequence[str],
     log.info("%s: %d attributes, parity %.1e, written to %s", EDITOR_FILE, len(attributes), worst, bundle_dir)
 
 
-def fit_edits(bundle_dir: Path, data: PreparedData, config: EditConfig, guide_dir: Path) -> dict[str, Any]:
-    """The whole job on a finished bundle: encode the training split as /encode does (refined codes), decode them,
-    load or train the guide, train the editor and add it to the bundle. Returns the training report."""
+def fit_edits(
+    bundle_dir: Path, training: TrainConfig, data: PreparedData, config: EditConfig, guide_dir: Path
+) -> dict[str, Any]:
+    """The whole job on a finished bundle (trained with `training`, whose faces `data` are): encode the training
+    split as /encode does (refined codes), decode them, load or train the guide, train the editor and add it to the
+    bundle. Returns the training report."""
     if data.labels is None:
         raise ValueError(f"{data.dataset.root} has no attribute labels; learned edits need them")
     model = FaceModel.load(bundle_dir, threads=0)
@@ -275,7 +289,7 @@ def fit_edits(bundle_dir: Path, data: PreparedData, config: EditConfig, guide_di
     faces = data.images[data.train]
     codes = np.concatenate([model.encode_pixels(faces[i : i + BATCH]).code for i in range(0, len(faces), BATCH)])
     decoded = np.concatenate([model.decode(codes[i : i + BATCH]) for i in range(0, len(codes), BATCH)])
-    guide = guide_classifier(guide_dir, data, model.image_size, config)
+    guide = guide_classifier(guide_dir, training, data, config)
     editor, report = train_editor(
         model.bundle, codes, decoded, data.labels[data.train], data.dataset.attribute_names, guide, config
     )
