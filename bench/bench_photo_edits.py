@@ -32,6 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 from PIL import Image
 
+from bench import bench_quality as quality
 from bench.common import DEFAULT_DATA, FIGURES_DIR, RESULTS_DIR, Table, fmt, machine, write_report
 from service.core import operations
 from service.core.alignment import RESAMPLE, SUPERSAMPLE, warp
@@ -124,6 +125,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             shown.append(row)
         print(f"  {count + 1}/{args.photos} photos", end="\r", flush=True)
 
+    print()
     timing = latency(model, framer, data, args)
     figure = strips(shown, args.figures)
     return {
@@ -142,7 +144,66 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         },
         "latency_ms": timing,
         "figure": str(figure),
+        "learned_vs_vectors": learned_vs_vectors(model, framer, judge, data, args),
     }
+
+
+def learned_vs_vectors(
+    model: FaceModel, framer: FaceFramer, judge: AttributeClassifier, data: Any, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The default photo edit (output=face, detail=keep) at +2 by the bundle's editor and by the attribute vectors
+    alone, on the same phone photos: success, side effects (unrelated verdicts changed against the unedited output)
+    and the same for a random move as long as each edit (`bench_quality.random_moves`), and their ratio."""
+    if model.editor is None:
+        return {}
+    names = data.dataset.attribute_names
+    phi = quality.phi_correlations(data.labels[data.train])
+    unrelated = {
+        a: [
+            judge.column(o)
+            for j, o in enumerate(names)
+            if o != a and abs(phi[names.index(a), j]) < quality.UNRELATED_PHI
+        ]
+        for a in args.attributes
+    }
+    editors = {"learned": model, "vectors": quality.with_vectors(model, list(model.bundle.attributes.values()))}
+    counts = {(v, a): np.zeros(3) for v in editors for a in args.attributes}  # success, side, random side
+    faces = dict.fromkeys(args.attributes, 0)
+    for count, index in enumerate(data.val[: args.photos]):
+        photo = decode_upload(phone_photo(data.dataset.image_dir / data.dataset.files[index], seed=count).jpeg)
+        if not framer.detect(photo):
+            continue
+        framed = framer.frame(photo, Align.AUTO)
+        z = model.encode_pixels(framed.pixels[np.newaxis]).code
+        before = model.decode(z)[0]
+        lacking = [a for a in args.attributes if data.labels[index, names.index(a)] < 0]
+        for a in lacking:
+            faces[a] += 1
+        for variant, editing in editors.items():
+            codes = np.concatenate([editing.edit_codes(z, {a: STRENGTH}) for a in lacking])
+            moved = z + quality.random_moves(model, np.linalg.norm(codes - z, axis=1), count)
+            decoded = model.decode(np.concatenate([z, codes, moved]))
+            outputs = compose(photo, framed.alignment, before, decoded, Output.FACE, Detail.KEEP)
+            verdicts = judge.predict(outputs)[0] >= 0.5
+            edited, random = verdicts[1 : 1 + len(lacking)], verdicts[1 + len(lacking) :]
+            for i, a in enumerate(lacking):
+                columns = unrelated[a]
+                counts[(variant, a)] += [
+                    edited[i, judge.column(a)],
+                    np.mean(edited[i, columns] != verdicts[0, columns]),
+                    np.mean(random[i, columns] != verdicts[0, columns]),
+                ]
+    rows = {}
+    for (variant, a), (success, side, random_side) in counts.items():
+        n = max(faces[a], 1)
+        rows.setdefault(variant, {})[a] = {
+            "faces": faces[a],
+            "success": success / n,
+            "side_effects": side / n,
+            "random_side_effects": random_side / n,
+            "side_ratio": quality.ratio(side, random_side),
+        }
+    return rows
 
 
 def latency(model: FaceModel, framer: FaceFramer, data: Any, args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -174,10 +235,27 @@ def strips(rows: Sequence[Sequence[np.ndarray]], figures: Path) -> Path:
     return path
 
 
+def comparison_table(compared: dict[str, Any], attributes: Sequence[str]) -> Table:
+    def cell(row: dict[str, Any]) -> str:
+        side, floor = fmt(row["side_effects"], 3), fmt(row["random_side_effects"], 3)
+        return f"{fmt(row['success'], 2)} / {fmt(row['side_ratio'], 2)} ({side}, {floor})"
+
+    return Table(
+        "Phone photos, output=face, detail=keep, +2: learned editor against the attribute vectors alone",
+        ["attribute", *(f"{variant}: success / side ÷ random (side, random)" for variant in compared)],
+        [[a, *(cell(compared[v][a]) for v in compared)] for a in attributes],
+        "Side effects: unrelated verdicts (|phi| < 0.2) changed against the unedited output; random: the same "
+        "for a random move as long as each face's edit, composited the same way.",
+    )
+
+
 def tables(report: dict[str, Any], attributes: Sequence[str]) -> list[Table]:
     modes = report["modes"]
     latency_ms = report["latency_ms"]
+    compared = report.get("learned_vs_vectors") or {}
+    extra = [comparison_table(compared, attributes)] if compared else []
     return [
+        *extra,
         Table(
             f"Photo /edit per output mode ({report['photos']} phone-style validation photos, judge at p ≥ 0.5)",
             ["mode", "identity: 40 verdicts kept", "Male kept", *(f"{a} +2" for a in attributes)],
