@@ -18,16 +18,18 @@ The quality table, per bundle:
    sampling mode and temperature (the same seeds, so the same eps, for every mode), next to two anchors with the
    same number of faces: real training faces (the floor) and their reconstructions.
 5. Edit success: validation faces labelled without the attribute are edited +1, +2, +3 (what /edit does:
-   code + FaceModel.attribute_offset); success = share of edited faces judged to have it. Faces labelled with
+   FaceModel.edit_codes, the bundle's learned editor where it has one); success = share of edited faces judged to have it. Faces labelled with
    it are edited -1, -2, -3; success = share judged not to have it.
 6. Side effects: mean over the edited faces and over the attributes *unrelated* to the edited one of
    |verdict(edited) - verdict(unedited reconstruction)| (binary verdicts). Unrelated = the absolute phi
    correlation of the two attributes' CelebA labels on the TRAINING split is below 0.2, so an edit is not
    blamed for changing what naturally goes with it (Mustache and Male, Heavy_Makeup and Male ...).
-   Next to it the same count for a move of the same length in a random direction shaped like the codes' spread
-   (aggregate-posterior Cholesky factor times noise, one fixed direction per attribute): the judge's floor, what
-   merely moving a face that far changes, so an edit's own entanglement is the difference between the two.
-7. Identity drift: mean absolute pixel difference (0-255) between the edited face and the unedited reconstruction.
+   Next to it the same count for a move as long as each face's edit in a random direction shaped like the codes'
+   spread (aggregate-posterior Cholesky factor times noise, a fresh direction per face): the judge's floor, what
+   merely moving a face that far changes; `side_ratio` is the edit's count over the floor (1 = no more disruptive
+   than a random nudge of its size).
+7. The person kept: mean distance in the judge's features between the edited and the unedited face, over the same
+   for the random move (`person`); and identity drift, the mean absolute pixel difference (0-255).
 8. Validation reconstruction MSE per pixel and channel on the [0, 1] scale (the manifest's measure).
 
 Direction comparison: the bundle's training split is encoded and, for each method of
