@@ -114,7 +114,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_config=uvicorn_log_config(settings.log_level),
         timeout_graceful_shutdown=settings.graceful_timeout,  # type: ignore[arg-type]  # a float works
     )
-    if settings.workers == 1:
+    serve(config)
+
+
+def serve(config: uvicorn.Config) -> None:
+    """Run uvicorn as `config` says; exit non-zero with one line when it cannot start, and as the signal that stopped
+    it (uvicorn's worker supervisor exits 0 after SIGTERM and after a worker failed to start)."""
+    if config.workers == 1:
         server = uvicorn.Server(config)
         server.run()  # re-raises the signal that stopped it
         if not server.started:
@@ -123,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         sock = config.bind_socket()
     except SystemExit:
-        _fail(f"cannot listen on {settings.host}:{settings.port}", STARTUP_FAILURE)
+        _fail(f"cannot listen on {config.host}:{config.port}", STARTUP_FAILURE)
     supervisor = _Supervisor(config, sockets=[sock])
     supervisor.run()
     if supervisor.stopped_by is not None:

@@ -131,7 +131,9 @@ class UploadMiddleware:
                     raise self._slow(due, now, rate_due, started) from None
                 if message["type"] == "http.disconnect":
                     self.buffered -= reserved
-                    logger.info("%s %s: client disconnected before its request was read", scope["method"], scope["path"])
+                    logger.info(
+                        "%s %s: client disconnected before its request was read", scope["method"], scope["path"]
+                    )
                     await _send_json(send, CLIENT_CLOSED_REQUEST, "the client left while sending its request")
                     return
                 body = message.get("body", b"")
