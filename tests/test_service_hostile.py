@@ -228,8 +228,9 @@ def test_endless_headers(server: RunningServer) -> None:
 
 
 def test_whole_photo_edits_of_huge_blank_pngs(server: RunningServer) -> None:
-    """4. Eight (here three) /edit?output=photo of a 97 KB all-zero 25-megapixel RGBA PNG took a worker to 3.6-4.1 GB and it kept
-    3.4 GB: now two whole photos at a time (decode, composite and encode), and the memory goes back afterwards."""
+    """4. Eight /edit?output=photo of a 97 KB all-zero 25-megapixel RGBA PNG took a worker to 3.6-4.1 GB and it kept
+    3.4 GB: now two whole photos at a time (decode, composite and encode; three sent here, so one waits), and the
+    memory goes back afterwards."""
     data = blank_rgba_png(5000, 5000)
     files = {"image": ("blank.png", data, "image/png"), "attributes": (None, '{"Smiling": 2}')}
     params = {"output": "photo", "format": "jpeg", "align": "none"}
