@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -270,8 +271,10 @@ def test_many_large_uploads_all_read_their_answer(server: RunningServer) -> None
         answers = _in_parallel(40, lambda _: _raw_request(server, head, body, timeout=30))
     polite.check("5. large uploads", server.process.pid)
     statuses = [status for status, _ in answers]
+    print(f"   answers: {sorted(Counter(statuses).items())}")
     assert set(statuses) <= {400, 503}, [answer for answer in answers if answer[0] not in (400, 503)][:3]
     assert statuses.count(400) >= 8
+    assert all("retry after" in detail for status, detail in answers if status == 503)
     assert _rss_mb(server.process.pid, "VmHWM") < HOSTILE_BUDGET_MB
 
 
