@@ -108,10 +108,12 @@ class UploadMiddleware:
             await self.app(scope, receive, send)
             return
         reserved = 0
+        complete = False  # the whole body has been received
         try:
             declared = Headers(scope=scope).get("content-length", "")
             if declared.isdigit() and int(declared) > self.max_bytes:
-                await _discard_body(receive, (LINGER_FACTOR - 1) * self.max_bytes)
+                if int(declared) <= LINGER_FACTOR * self.max_bytes:  # larger ones are answered at once
+                    await _discard_body(receive)
                 raise self._too_large()
             if declared.isdigit():
                 self._reserve(int(declared))
@@ -138,18 +140,20 @@ class UploadMiddleware:
                     return
                 body = message.get("body", b"")
                 received += len(body)
+                complete = not message.get("more_body", False)
                 if received > self.max_bytes:
-                    await _discard_body(receive, (LINGER_FACTOR - 1) * self.max_bytes)
+                    if not complete:
+                        await _discard_body(receive, (LINGER_FACTOR - 1) * self.max_bytes)
                     raise self._too_large()
                 if received > reserved:
                     self._reserve(received - reserved)
                     reserved = received
                 chunks.append(body)
-                if not message.get("more_body", False):
+                if complete:
                     break
         except _Refused as refused:
             self.buffered -= reserved
-            if refused.status_code == 503:
+            if refused.status_code == 503 and not complete:
                 await _discard_body(receive, LINGER_FACTOR * self.max_bytes)
             await _send_json(send, refused.status_code, refused.detail, refused.headers)
             return
