@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
+import uvicorn
 
 from service.api import cli
+from service.api.protocol import GuardedHttpToolsProtocol
 from service.api.settings import DEFAULT_MODEL, ENV_PREFIX, Settings
 from service.core import defaults
 from service.core.defaults import usable_cores
@@ -25,9 +26,9 @@ def environ(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 @pytest.fixture
-def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
-    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-    monkeypatch.setattr(cli.uvicorn, "run", lambda *args, **kwargs: calls.append((args, kwargs)))
+def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[uvicorn.Config]:
+    calls: list[uvicorn.Config] = []
+    monkeypatch.setattr(cli, "serve", calls.append)
     return calls
 
 
@@ -76,16 +77,17 @@ def test_session_threads_share_the_cores_among_workers(
 
 
 def test_cli_flags_override_the_environment_and_reach_the_workers(
-    environ: dict[str, str], uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]], tiny_bundle: Path
+    environ: dict[str, str], uvicorn_calls: list[uvicorn.Config], tiny_bundle: Path
 ) -> None:
     environ["FACEVAE_PORT"] = "9000"
     flags = ["--port", "8123", "--workers", "2", "--require-gpu", "--log-level", "debug"]
     cli.main(["--model", str(tiny_bundle), *flags])
-    (args, kwargs) = uvicorn_calls[0]
-    assert args == ("service.api.app:create_app",)
-    assert kwargs["factory"] is True
-    assert (kwargs["host"], kwargs["port"], kwargs["workers"], kwargs["log_level"]) == ("127.0.0.1", 8123, 2, "debug")
-    assert kwargs["log_config"]["loggers"]["service"]["level"] == "DEBUG"
+    config = uvicorn_calls[0]
+    assert config.app == "service.api.app:create_app"
+    assert config.factory is True
+    assert (config.host, config.port, config.workers, config.log_level) == ("127.0.0.1", 8123, 2, "debug")
+    assert config.log_config["loggers"]["service"]["level"] == "DEBUG"  # type: ignore[index]
+    assert config.http is GuardedHttpToolsProtocol
     workers_see = Settings()  # what create_app() builds in each worker process
     assert (workers_see.model, workers_see.port, workers_see.require_gpu) == (tiny_bundle, 8123, True)
 
@@ -94,7 +96,7 @@ def test_cli_flags_override_the_environment_and_reach_the_workers(
     "argv", [["--port", "0"], ["--log-level", "chatty"], ["--workers", "many"], ["--mesh-passes", "0"]]
 )
 def test_cli_rejects_invalid_values(
-    environ: dict[str, str], uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]], argv: list[str]
+    environ: dict[str, str], uvicorn_calls: list[uvicorn.Config], argv: list[str]
 ) -> None:
     with pytest.raises(SystemExit) as exited:
         cli.main(argv)

@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import os
+import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.server import STARTUP_FAILURE
+from uvicorn.supervisors.multiprocess import Multiprocess
 
+from service.api.app import load_model
+from service.api.protocol import GuardedHttpToolsProtocol
 from service.api.settings import ENV_PREFIX, Settings
+from service.core import memory
 from service.core.bundle import BundleError, ModelBundle
 
 
@@ -42,6 +49,48 @@ def uvicorn_log_config(level: str) -> dict[str, Any]:
     return config
 
 
+class _Supervisor(Multiprocess):
+    """Uvicorn's worker supervisor, remembering the signal that stopped it (uvicorn's own exits 0 either way)."""
+
+    stopped_by: signal.Signals | None = None
+
+    def handle_term(self) -> None:
+        self.stopped_by = signal.SIGTERM
+        super().handle_term()
+
+    def handle_int(self) -> None:
+        self.stopped_by = signal.SIGINT
+        super().handle_int()
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    print(f"facevae-serve: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def _check_model(settings: Settings) -> None:
+    """Load and warm up the model once here, before any worker: whatever stops it (a broken bundle, an operator
+    onnxruntime lacks, a missing provider) stops the command with one line and status 2, for any number of workers."""
+    try:
+        ModelBundle.load(settings.model)
+    except BundleError as exc:
+        _fail(f"cannot serve {settings.model}: {exc}", 2)
+    try:
+        model = load_model(settings)
+    except Exception as exc:  # onnxruntime raises its own types; one line whatever they are
+        _fail(f"cannot serve {settings.model}: {type(exc).__name__}: {' '.join(str(exc).split())}", 2)
+    del model
+    gc.collect()
+    memory.trim()
+
+
+def _resignal(sig: signal.Signals | None) -> None:
+    """Exit as `sig` would have, as one uvicorn process does (PID 1 ignores it and exits 0)."""
+    if sig is not None:
+        signal.signal(sig, signal.SIG_DFL)
+        signal.raise_signal(sig)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     flags = vars(parser.parse_args(argv))
@@ -49,21 +98,43 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = Settings(**flags)
     except ValidationError as exc:
         parser.error(str(exc))
-    try:
-        ModelBundle.load(settings.model)  # here, before any worker: a broken bundle must stop the command
-    except BundleError as exc:
-        print(f"facevae-serve: cannot serve {settings.model}: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    _check_model(settings)
     os.environ.update({_env_name(name): str(value) for name, value in flags.items()})
-    uvicorn.run(
+    os.environ.setdefault("MALLOC_ARENA_MAX", str(memory.ARENA_MAX))  # for the worker processes
+    config = uvicorn.Config(
         "service.api.app:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
+        http=GuardedHttpToolsProtocol,  # header size, count and time limits (service.api.protocol)
         lifespan="on",
         access_log=False,  # RequestLogMiddleware logs every request with its duration
         log_level=settings.log_level,
         log_config=uvicorn_log_config(settings.log_level),
-        timeout_graceful_shutdown=settings.graceful_timeout,
+        timeout_graceful_shutdown=settings.graceful_timeout,  # type: ignore[arg-type]  # a float works
     )
+    serve(config)
+
+
+def serve(config: uvicorn.Config) -> None:
+    """Run uvicorn as `config` says; exit non-zero with one line when it cannot start, and as the signal that stopped
+    it (uvicorn's worker supervisor exits 0 after SIGTERM and after a worker failed to start)."""
+    if config.workers == 1:
+        server = uvicorn.Server(config)
+        server.run()  # re-raises the signal that stopped it
+        if not server.started:
+            _fail("the server did not start (see the log above)", STARTUP_FAILURE)
+        return
+    try:
+        sock = config.bind_socket()
+    except SystemExit:
+        _fail(f"cannot listen on {config.host}:{config.port}", STARTUP_FAILURE)
+    supervisor = _Supervisor(config, sockets=[sock])
+    supervisor.run()
+    if supervisor.stopped_by is not None:
+        _resignal(supervisor.stopped_by)
+        return
+    failed = [process.exitcode for process in supervisor.processes if process.exitcode]
+    if failed:
+        _fail(f"a worker stopped with status {failed[0]} (see the log above)", STARTUP_FAILURE)

@@ -113,9 +113,12 @@ async def _read_form(request: Request, model: type[M]) -> M:
     """Validate a multipart form with files read into bytes; unknown fields are rejected by the model."""
     files = sum(field.annotation is bytes for field in model.model_fields.values())
     async with request.form(max_files=files, max_fields=len(model.model_fields)) as form:
-        fields = {
-            key: await value.read() if isinstance(value, UploadFile) else value for key, value in form.multi_items()
-        }
+        fields: dict[str, object] = {}
+        for key, value in form.multi_items():
+            if key in fields:  # last-wins would silently drop one of them
+                error = {"type": "value_error", "loc": ("body", key), "msg": f"the field {key[:100]!r} is given twice"}
+                raise RequestValidationError([error])
+            fields[key] = await value.read() if isinstance(value, UploadFile) else value
     return _validate(model, fields)
 
 

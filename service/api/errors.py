@@ -20,10 +20,12 @@ from service.core.runtime import InputError
 logger = logging.getLogger(__name__)
 #: nginx's status for a request whose client went away before it was answered.
 CLIENT_CLOSED_REQUEST = 499
+#: Longest text an error echoes from the request (names, values, messages quoting them).
+ECHO_CHARS = 1000
 
 
 async def _invalid_image(request: Request, exc: InvalidImage) -> Response:
-    return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_400_BAD_REQUEST)
+    return JSONResponse({"detail": _json_safe(str(exc))}, status_code=status.HTTP_400_BAD_REQUEST)
 
 
 async def _image_too_large(request: Request, exc: ImageTooLarge) -> Response:
@@ -48,6 +50,8 @@ def _json_safe(value: Any) -> Any:
     and an exception in `ctx` is better shown as its message."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str) and len(value) > ECHO_CHARS:  # a 9 MB attribute name is not echoed back whole
+        return f"{value[:ECHO_CHARS]}... ({len(value)} characters)"
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
     if isinstance(value, Exception):

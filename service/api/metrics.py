@@ -7,11 +7,14 @@ each, as the compose `scale` profile does) when the numbers must add up.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.routing import Match
 from starlette.types import ASGIApp, Scope
 
 from service.api.middleware import RequestObserver
@@ -90,9 +93,29 @@ class MetricsMiddleware(RequestObserver):
 
     def end(self, scope: Scope, status: int, seconds: float) -> None:
         self.metrics.in_flight.dec()
-        endpoint = getattr(scope.get("route"), "path", UNMATCHED)
+        endpoint = getattr(scope.get("route"), "path", None) or _route_template(scope)
         self.metrics.requests.labels(scope["method"], endpoint, str(status)).inc()
         self.metrics.latency.labels(scope["method"], endpoint).observe(seconds)
+
+
+def _route_template(scope: Scope) -> str:
+    """The template of the route a request would have reached: for requests answered before routing (503 busy, 413,
+    408, 499), which would otherwise all count as `UNMATCHED`."""
+    return _match(getattr(getattr(scope.get("app"), "router", None), "routes", ()), scope) or UNMATCHED
+
+
+def _match(routes: Iterable[Any], scope: Scope) -> str | None:
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's include_router wrapper (no prefixes here)
+        if included is not None:
+            found = _match(included.routes, scope)
+        elif route.matches(scope)[0] is not Match.NONE:
+            found = getattr(route, "path", None)
+        else:
+            found = None
+        if found:
+            return found
+    return None
 
 
 def add_metrics(app: FastAPI, metrics: Metrics) -> None:

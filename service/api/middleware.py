@@ -1,4 +1,5 @@
-"""ASGI middleware: the request body's size limit and read timeout, and the per-request access log.
+"""ASGI middleware: the request body read within limits before admission, the shutdown's 503, security headers,
+and the per-request access log.
 
 Both are pure ASGI (not BaseHTTPMiddleware), so they neither buffer bodies nor disturb streaming.
 """
@@ -7,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 import time
 
-from fastapi import HTTPException, status
-from fastapi.responses import JSONResponse
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.errors import CLIENT_CLOSED_REQUEST
 
 logger = logging.getLogger("service.access")
 
@@ -22,86 +25,213 @@ logger = logging.getLogger("service.access")
 #: lingering close): a client that writes its whole body before reading, like Python's urllib, would otherwise see a
 #: connection reset instead of the answer. Larger ones are answered at once, so nobody can make the server read more.
 LINGER_FACTOR = 4
+#: Seconds from the headers before the minimum upload rate applies (a connection's first bytes may take a moment).
+UPLOAD_GRACE_S = 2.0
+#: Longest a refused body is read and thrown away so its client can read the refusal.
+LINGER_S = 5.0
 
 
-async def _discard_body(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            return
+async def _send_json(send: Send, status_code: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(key.lower().encode(), value.encode()) for key, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status_code, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
-class BodySizeLimitMiddleware:
-    """Refuse bodies over `max_bytes` with 413: at once when Content-Length says so, and otherwise while the body
-    is read (chunked uploads have no Content-Length, and a client may lie in it)."""
+async def _discard_body(receive: Receive, max_bytes: float = math.inf, seconds: float = LINGER_S) -> None:
+    """Read and drop the rest of a body (at most `max_bytes`, for at most `seconds`), so that its client, which may
+    write everything before reading, reads the answer instead of a connection reset."""
+    read = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            while read <= max_bytes:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                read += len(message.get("body", b""))
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+class _Refused(Exception):
+    def __init__(self, status_code: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status_code, self.detail, self.headers = status_code, detail, headers or {}
+
+
+class UploadMiddleware:
+    """Read a request's whole body before it competes for a model slot, within limits on size, time and memory.
+
+    - size: over `max_bytes` is 413, at once when Content-Length says so, else as soon as the body passes it;
+    - time: a body that stalls for `stall_timeout` between two chunks, arrives at less than `min_rate` bytes a second
+      on average (counted from `UPLOAD_GRACE_S` after the headers), or takes longer than `deadline` in all is 408;
+      so a client sending a byte a second holds no slot and is gone within seconds;
+    - memory: the bodies read and not yet answered hold at most `buffer_bytes` in all; beyond, 503 with Retry-After.
+    A refused body is read and thrown away first (up to `LINGER_FACTOR` times the limit, `LINGER_S`), so clients
+    that write everything before reading, like urllib, read the refusal instead of a connection reset. The app then
+    gets the body as one message; the connection's later messages (its disconnect) pass through."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        stall_timeout: float,
+        min_rate: float,
+        deadline: float,
+        buffer_bytes: int,
+        retry_after: int = 1,
+        bypass: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.stall_timeout = stall_timeout
+        self.min_rate = min_rate
+        self.deadline = deadline
+        self.buffer_bytes = buffer_bytes
+        self.retry_after = retry_after
+        self.bypass = bypass
+        self.buffered = 0  # bytes of bodies read and not yet answered (one event loop: no lock needed)
 
-    def _too_large(self) -> HTTPException:
-        return HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE, f"request body is larger than the limit of {self.max_bytes} bytes"
-        )
+    def _too_large(self) -> _Refused:
+        return _Refused(413, f"request body is larger than the limit of {self.max_bytes} bytes")
+
+    def _full(self) -> _Refused:
+        detail = f"busy: uploads in progress hold this worker's {self.buffer_bytes} byte buffer; retry after "
+        return _Refused(503, f"{detail}{self.retry_after} s", {"Retry-After": str(self.retry_after)})
+
+    def _reserve(self, count: int) -> None:
+        if self.buffered + count > self.buffer_bytes:
+            raise self._full()
+        self.buffered += count
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(self.bypass):
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            if int(declared) <= LINGER_FACTOR * self.max_bytes:
-                with contextlib.suppress(HTTPException):  # a body that stalls while thrown away: the 413 says enough
+        reserved = 0
+        complete = False  # the whole body has been received
+        try:
+            declared = Headers(scope=scope).get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                if int(declared) <= LINGER_FACTOR * self.max_bytes:  # larger ones are answered at once
                     await _discard_body(receive)
-            error = self._too_large()
-            await JSONResponse({"detail": error.detail}, status_code=error.status_code)(scope, receive, send)
-            return
-        received = 0
-
-        async def receive_within_limit() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                raise self._too_large()
+            if declared.isdigit():
+                self._reserve(int(declared))
+                reserved = int(declared)
+            chunks: list[bytes] = []
+            received = 0
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            while True:
+                now = loop.time()
+                rate_due = started + UPLOAD_GRACE_S + received / self.min_rate
+                due = min(now + self.stall_timeout, started + self.deadline, rate_due)
+                try:
+                    async with asyncio.timeout_at(due):
+                        message = await receive()
+                except TimeoutError:
+                    raise self._slow(due, now, rate_due, started) from None
+                if message["type"] == "http.disconnect":
+                    self.buffered -= reserved
+                    logger.info(
+                        "%s %s: client disconnected before its request was read", scope["method"], scope["path"]
+                    )
+                    await _send_json(send, CLIENT_CLOSED_REQUEST, "the client left while sending its request")
+                    return
+                body = message.get("body", b"")
+                received += len(body)
+                complete = not message.get("more_body", False)
                 if received > self.max_bytes:
-                    raise self._too_large()  # FastAPI's and Starlette's body readers let HTTPException through
-            return message
+                    if not complete:
+                        await _discard_body(receive, (LINGER_FACTOR - 1) * self.max_bytes)
+                    raise self._too_large()
+                if received > reserved:
+                    self._reserve(received - reserved)
+                    reserved = received
+                chunks.append(body)
+                if complete:
+                    break
+        except _Refused as refused:
+            self.buffered -= reserved
+            if refused.status_code == 503 and not complete:
+                await _discard_body(receive, LINGER_FACTOR * self.max_bytes)
+            await _send_json(send, refused.status_code, refused.detail, refused.headers)
+            return
+        except BaseException:  # cancelled (shutdown), or the client left
+            self.buffered -= reserved
+            raise
+        whole: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+        chunks.clear()
 
-        await self.app(scope, receive_within_limit, send)
+        async def replay() -> Message:
+            return whole.pop() if whole else await receive()
+
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            self.buffered -= reserved
+
+    def _slow(self, due: float, now: float, rate_due: float, started: float) -> _Refused:
+        if due == rate_due:
+            return _Refused(408, f"the request body arrived slower than {self.min_rate:g} bytes/s")
+        if due == started + self.deadline:
+            return _Refused(408, f"the request body took longer than {self.deadline:g} s")
+        return _Refused(408, f"the request body stalled for more than {self.stall_timeout:g} s")
 
 
-class BodyTimeoutMiddleware:
-    """Refuse a request whose body stalls for more than `seconds` between two chunks with 408.
+class ShutdownMiddleware:
+    """A request still running when the graceful shutdown timeout runs out is cancelled by uvicorn, which answered
+    it with a plain-text 500 and logged a traceback: it gets 503 JSON with Retry-After instead (another replica, or
+    this one restarted, can serve it). A response already started cannot be changed and is cut short."""
 
-    Uvicorn waits for a body without end, so a stalled upload held a worker's slot and stretched every shutdown to
-    the full graceful timeout. Headers that never finish are the proxy's job (deploy/nginx.conf's
-    client_header_timeout): an ASGI app only sees a request once its headers are in."""
-
-    def __init__(self, app: ASGIApp, seconds: float) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.seconds = seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        body_done = False
+        started = False
 
-        async def receive_in_time() -> Message:
-            nonlocal body_done
-            if body_done:  # after the body only the disconnect can come, whenever it does
-                return await receive()
-            try:
-                async with asyncio.timeout(self.seconds):  # no task per message, as wait_for would make
-                    message = await receive()
-            except TimeoutError:
-                raise HTTPException(
-                    status.HTTP_408_REQUEST_TIMEOUT, f"the request body stalled for more than {self.seconds:g} s"
-                ) from None
-            body_done = message["type"] != "http.request" or not message.get("more_body", False)
-            return message
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
-        await self.app(scope, receive_in_time, send)
+        try:
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            if started:
+                raise
+            logger.warning("%s %s: cancelled by the shutdown, answered 503", scope["method"], scope["path"])
+            detail = "the server is shutting down; retry (another replica may answer)"
+            await _send_json(send, 503, detail, {"Retry-After": "1", "Connection": "close"})
+
+
+class SecurityHeadersMiddleware:
+    """`X-Content-Type-Options: nosniff` on every answer, and the page's Content-Security-Policy on every page file
+    (`/` and `/web/...`), not only on `/`."""
+
+    def __init__(self, app: ASGIApp, page_paths: tuple[str, ...], policy: str) -> None:
+        self.app = app
+        self.page_paths = page_paths
+        self.policy = policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        page = scope["path"] == "/" or scope["path"].startswith(self.page_paths)
+
+        async def secured_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Content-Type-Options"] = "nosniff"
+                if page:
+                    headers["Content-Security-Policy"] = self.policy
+            await send(message)
+
+        await self.app(scope, receive, secured_send)
 
 
 class RequestObserver:

@@ -23,8 +23,21 @@ from service.core.framing import Align
 from service.core.imaging import ImageFormat
 from service.core.runtime import Interpolation, SamplingMode
 
-#: NaN and Infinity parse from JSON (`NaN` is accepted by Python's parser), so finiteness is checked here.
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+#: NaN and Infinity parse from JSON (`NaN` is accepted by Python's parser), so finiteness is checked here; strict, so
+#: `true` and `"1.5"` are not taken for numbers (integers still are).
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
+
+
+def _distinct_names(names: list[str]) -> list[str]:
+    """Attribute names match ignoring case, so `["Male", "male"]` names one attribute twice: refused."""
+    seen: set[str] = set()
+    for name in names:
+        if name.casefold() in seen:
+            raise ValueError(f"{name[:100]!r} is given more than once (names ignore case)")
+        seen.add(name.casefold())
+    return names
+
+
 #: The OpenAPI markers `service.api.contract` replaces with the loaded model's real limits.
 LATENT_MARK, LATENTS_MARK, STRENGTH_MARK, BATCH_MARK = "x-latent", "x-latents", "x-strength", "x-batch"
 Latent = Annotated[
@@ -55,6 +68,7 @@ Strengths = Annotated[
 ]
 Keep = Annotated[
     list[str],
+    AfterValidator(_distinct_names),
     Field(
         max_length=40,
         description="Attributes the edit must not change: their directions are projected out of it "

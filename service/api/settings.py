@@ -40,6 +40,28 @@ class Settings(BaseSettings):
     body_timeout: float = Field(
         10.0, gt=0, description="Seconds a request body may stall between two chunks before 408 (stalled uploads)."
     )
+    min_upload_rate: float = Field(
+        16384.0,
+        gt=0,
+        description="Bytes per second a request body must average, counted from 2 s after the headers (408 below): a "
+        "client trickling its upload is cut off within seconds.",
+    )
+    body_deadline: float = Field(
+        60.0, gt=0, description="Seconds a whole request body may take to arrive (408 beyond)."
+    )
+    upload_buffer_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1,
+        description="Bytes of request bodies one worker holds at once, read before admission and not yet answered "
+        "(503 with Retry-After beyond).",
+    )
+    max_header_bytes: int = Field(
+        65536, ge=1024, description="Largest request line and headers together, in bytes (431 beyond)."
+    )
+    max_headers: int = Field(100, ge=1, description="Most header lines in one request (431 beyond).")
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a connection may take to send a request's headers before it is closed (408)."
+    )
     max_pixels: int = Field(
         25_000_000,
         ge=1,

@@ -19,7 +19,7 @@ from service.core.bundle import DECODER_INPUT, DECODER_OUTPUT, ENCODER_INPUT, EN
 from service.core.compositing import Detail, Output, compose
 from service.core.detection import Face
 from service.core.framing import FRAMING_SIDE, Align, FaceFramer, Framed
-from service.core.imaging import PhotoDecoder, photo_scale
+from service.core.imaging import PhotoDecoder, photo_scale, photo_size
 from service.core.runtime import Encoding, FaceModel, Interpolation, draw_seed
 
 
@@ -89,8 +89,8 @@ def frame_photo(
 def detect(photo_decoder: PhotoDecoder, framer: FaceFramer, data: bytes) -> Detection:
     """Every face in a photo, largest first (none found: an empty list)."""
     photo = photo_decoder.decode(data, FRAMING_SIDE)
-    scale = photo_scale(photo)
-    return Detection(round(photo.width * scale), round(photo.height * scale), framer.detect(photo), scale)
+    width, height = photo_size(photo)
+    return Detection(width, height, framer.detect(photo), photo_scale(photo))
 
 
 def encode_photo(

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
+#: Largest latent value a client may send: codes lie within a few units of 0 (and stay finite through the decoder up
+#: to 1e6), while float32's 3e38 overflowed inside it and came back as a black face with 200.
+MAX_LATENT = 1000.0
 
 
 class Interpolation(StrEnum):
@@ -202,6 +205,8 @@ class FaceModel:
             latents = np.asarray(rows, dtype=np.float32).reshape(len(rows), self.z_dim)
         if not np.all(np.isfinite(latents)):
             raise InputError(field, f"{field} has values beyond float32's range (±{np.finfo(np.float32).max:.3g})")
+        if np.abs(latents).max(initial=0.0) > MAX_LATENT:  # 3e38 overflows inside the decoder: a black face
+            raise InputError(field, f"{field} has values beyond ±{MAX_LATENT:g} (latents lie within a few units of 0)")
         return latents
 
     def encode_pixels(self, pixels: np.ndarray) -> Encoding:

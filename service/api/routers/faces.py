@@ -8,6 +8,7 @@ the loop.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -44,6 +45,7 @@ from service.api.schemas import (
     SampleParams,
 )
 from service.core import operations
+from service.core.compositing import Output
 from service.core.imaging import ImageFormat
 from service.core.operations import Faces, Framing
 
@@ -191,18 +193,22 @@ def edit(
     """
     media_type = choose_media_type(accept, params.format, one_picture=True)
     if isinstance(source, EditUpload):
-        result = operations.edit_photo(
-            model,
-            framer,
-            photo_decoder,
-            source.image,
-            source.attributes,
-            params.steps,
-            source.keep,
-            _framing(params),
-            params.output,
-            params.detail,
-        )
+        # A whole photo (output=photo) keeps its decode slot until its answer is encoded: the memory budget covers
+        # decoding, compositing and encoding (PhotoDecoder).
+        with photo_decoder.hold() if params.output is Output.PHOTO else contextlib.nullcontext():
+            result = operations.edit_photo(
+                model,
+                framer,
+                photo_decoder,
+                source.image,
+                source.attributes,
+                params.steps,
+                source.keep,
+                _framing(params),
+                params.output,
+                params.detail,
+            )
+            return _render(media_type, result, params.format)
     else:
         result = operations.edit_latent(model, source.z, source.attributes, params.steps, source.keep)
     return _render(media_type, result, params.format)
