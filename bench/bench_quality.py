@@ -18,8 +18,8 @@ The quality table, per bundle:
    sampling mode and temperature (the same seeds, so the same eps, for every mode), next to two anchors with the
    same number of faces: real training faces (the floor) and their reconstructions.
 5. Edit success: validation faces labelled without the attribute are edited +1, +2, +3 (what /edit does:
-   FaceModel.edit_codes, the bundle's learned editor where it has one); success = share of edited faces judged to have it. Faces labelled with
-   it are edited -1, -2, -3; success = share judged not to have it.
+   FaceModel.edit_codes, the bundle's learned editor where it has one); success = share of edited faces judged to
+   have it. Faces labelled with it are edited -1, -2, -3; success = share judged not to have it.
 6. Side effects: mean over the edited faces and over the attributes *unrelated* to the edited one of
    |verdict(edited) - verdict(unedited reconstruction)| (binary verdicts). Unrelated = the absolute phi
    correlation of the two attributes' CelebA labels on the TRAINING split is below 0.2, so an edit is not
