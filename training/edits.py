@@ -64,13 +64,18 @@ log = logging.getLogger(__name__)
 BATCH = 256
 
 
+def gelu(x: keras.KerasTensor) -> keras.KerasTensor:
+    """GELU written with erf: Keras's own becomes an Erfc node, which ONNX opset 17 does not have."""
+    return 0.5 * x * (1.0 + ops.erf(x / np.sqrt(2.0).astype(np.float32)))
+
+
 def build_correction(z_dim: int, attributes: int, hidden: int) -> keras.Model:
     """M([z, s]): two hidden layers, no activation on the output (a latent offset)."""
     z = keras.Input(shape=(z_dim,), name="z")
     strengths = keras.Input(shape=(attributes,), name="strengths")
     x = layers.Concatenate()([z, strengths])
-    x = layers.Dense(hidden, activation="gelu")(x)
-    x = layers.Dense(hidden, activation="gelu")(x)
+    x = layers.Dense(hidden, activation=gelu)(x)
+    x = layers.Dense(hidden, activation=gelu)(x)
     offset = layers.Dense(z_dim, kernel_initializer="zeros")(x)
     return keras.Model([z, strengths], offset, name="correction")
 
