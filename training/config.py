@@ -101,6 +101,7 @@ class EditConfig(BaseModel):
     keep_weight: float = Field(8.0, ge=0)
     identity_weight: float = Field(0.5, ge=0)
     turn_weight: float = Field(0.1, ge=0, description="weight of 1 - cos(edit, straight move)")
+    density_weight: float = Field(2.0, ge=0, description="weight of the edited code's Mahalanobis increase")
     guide_epochs: int = Field(8, gt=0, description="epochs of the guide classifier when it must be trained")
     guide_seed: int = Field(7, description="the guide's seed: not the judge's (0)")
     seed: int = 0

@@ -18,7 +18,10 @@ each batch editing one attribute per face at a random strength, with four named 
 - `keep`: every other attribute's verdict stays (Bernoulli KL from the unedited face's probabilities), weighted by
   how independent the two attributes are in the labels (`keep_weights`), so an edit may move what goes with it;
 - `identity`: the guide's penultimate features stay (the person);
-- `turn`: 1 - cos(edit, class-mean move), a light pull towards the shipped direction.
+- `turn`: 1 - cos(edit, class-mean move), a light pull towards the shipped direction;
+- `density`: how much rarer the edited code is than the code under the aggregate posterior (Mahalanobis, per
+  dimension, only increases count): edits stay where the decoder was trained instead of finding the decoder's
+  blind spots that fool the guide (patterned texture).
 
 The guide is a classifier of its own (training.classifier, blur- and noise-augmented, another seed), never the
 judge that bench_quality scores with. The network is exported as `editor.onnx` in the bundle (docs/bundle-format.md).
@@ -45,6 +48,7 @@ from service.core.bundle import (
     FORMAT_VERSION,
     MANIFEST_FILE,
     AttributeVector,
+    LatentStats,
     ModelBundle,
     sha256_file,
     write_json,
@@ -99,9 +103,9 @@ def build_editor(moves: np.ndarray, correction: keras.Model) -> keras.Model:
     return keras.Model([z, strengths], edited, name="editor")
 
 
-#: Reported per step: the weighted sum, the four named losses, and the share of edits whose target logit moved far
+#: Reported per step: the weighted sum, the five named losses, and the share of edits whose target logit moved far
 #: enough.
-LOSSES = ("loss", "target", "keep", "identity", "turn", "reached")
+LOSSES = ("loss", "target", "keep", "identity", "turn", "density", "reached")
 
 
 def keep_weights(labels: np.ndarray, free: float = 0.2, loose: float = 0.4) -> np.ndarray:
@@ -120,6 +124,7 @@ class EditTrainer(keras.Model):
         self,
         editor: keras.Model,
         moves: np.ndarray,
+        stats: LatentStats,
         decoder: OnnxFunction,
         guide: AttributeClassifier,
         columns: np.ndarray,
@@ -129,6 +134,9 @@ class EditTrainer(keras.Model):
         super().__init__()
         self.editor, self.decoder, self.config = editor, decoder, config
         self.moves = tf.constant(moves, tf.float32)  # [K, z_dim] the class-mean move of strength 1
+        # Whitening by the aggregate posterior (L L^T its covariance): |whiten(z)|^2 is how unlikely a code is.
+        self.mean = tf.constant(stats.mean_array)
+        self.whiten = tf.constant(np.linalg.inv(stats.cholesky_array.astype(np.float64)).T.astype(np.float32))
         # The guide up to its features, and its last layer as a matrix: logits stay finite where p saturates.
         self.features = keras.Model(guide.model.input, guide.model.outputs[1])
         kernel, bias = guide.model.get_layer("attributes").get_weights()
@@ -140,6 +148,9 @@ class EditTrainer(keras.Model):
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
         return list(self.trackers.values())
+
+    def _mahalanobis(self, z: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_sum(tf.square(tf.matmul(z - self.mean, self.whiten)), axis=1)
 
     def _strengths(self, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """One edited attribute per face, its signed strength, and the [B, K] strength matrix."""
@@ -173,16 +184,26 @@ class EditTrainer(keras.Model):
             identity = tf.reduce_mean(tf.square(features1 - features0)) / (tf.reduce_mean(tf.square(features0)) + 1e-6)
             straight = tf.math.l2_normalize(tf.matmul(matrix, self.moves), axis=1)
             turn = tf.reduce_mean(1.0 - tf.reduce_sum(straight * tf.math.l2_normalize(edited - z, axis=1), axis=1))
+            rarer = self._mahalanobis(edited) - self._mahalanobis(z)
+            density = tf.reduce_mean(tf.nn.relu(rarer)) / z.shape[1]
             loss = (
                 self.config.target_weight * target
                 + self.config.keep_weight * keep
                 + self.config.identity_weight * identity
                 + self.config.turn_weight * turn
+                + self.config.density_weight * density
             )
         variables = self.editor.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         reached = tf.reduce_mean(tf.cast(moved >= wanted, tf.float32))
-        values = {"loss": loss, "target": target, "keep": keep, "identity": identity, "turn": turn}
+        values = {
+            "loss": loss,
+            "target": target,
+            "keep": keep,
+            "identity": identity,
+            "turn": turn,
+            "density": density,
+        }
         for name, value in {**values, "reached": reached}.items():
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
@@ -229,7 +250,16 @@ def train_editor(
     independence = keep_weights(guide_labels)[guide_columns]
     independence[np.arange(len(guide_columns)), guide_columns] = 0.0
     editor = build_editor(moves, build_correction(bundle.z_dim, len(moves), config.hidden))
-    trainer = EditTrainer(editor, moves, OnnxFunction(bundle.decoder_path), guide, guide_columns, independence, config)
+    trainer = EditTrainer(
+        editor,
+        moves,
+        bundle.latent_stats,
+        OnnxFunction(bundle.decoder_path),
+        guide,
+        guide_columns,
+        independence,
+        config,
+    )
     trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     dataset = (
         tf.data.Dataset.from_tensor_slices(
