@@ -145,8 +145,9 @@ class FaceModel:
             refine_steps=refine_steps,
         )
         logger.info(
-            "loaded bundle %r from %s: encoder on %s, decoder on %s (%d threads each)",
+            "loaded bundle %r (%s) from %s: encoder on %s, decoder on %s (%d threads each)",
             bundle.name,
+            bundle.precision,
             bundle.path,
             model.encoder.get_providers(),
             model.decoder.get_providers(),
