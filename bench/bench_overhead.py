@@ -10,8 +10,8 @@ One server (`python -m service`, as `testkit.servers.serving` starts it) serves 
 server's CPU time read from /proc (utime + stime of the server and its worker processes) before and after, so
 server CPU per request = that difference / the requests wrk completed; then, with the server idle, the same work in
 this process (`bench.common.EndpointWork`: `service.core.operations` plus the image encoding, or the JSON for
-/encode), one call at a time: its thread CPU time per call (`time.thread_time`; onnxruntime runs on the calling
-thread at 1 thread) and wall time per call. The in-process limit is 1000 / that wall time (requests per second of
+/encode), one call at a time: its CPU time per call (`time.process_time`: nothing else runs in this process) and
+wall time per call. The in-process limit is 1000 / that wall time (requests per second of
 one core doing nothing else), as `bench.bench_load` defines it. Ratios are taken per round; the table gives the
 median and the range over the rounds.
 
@@ -134,7 +134,7 @@ def wrk(url: str, case: Case, seconds: float, connections: int, scratch: Path) -
         "end",
     ]
     script.write_text("\n".join(lines) + "\n")
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url + case.path]
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script), url + case.path]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     requests = int(re.search(r"(\d+) requests in", output).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
@@ -148,14 +148,15 @@ def wrk(url: str, case: Case, seconds: float, connections: int, scratch: Path) -
 
 
 def in_process(case: Case, calls: int) -> dict[str, float]:
-    """Thread CPU and wall milliseconds per call, `calls` sequential calls after 3 untimed ones."""
+    """Process CPU and wall milliseconds per call, `calls` sequential calls after 3 untimed ones (process CPU: the
+    face detector's sessions may run on a pool; nothing else runs in this process)."""
     for i in range(3):
         case.work(i)
-    cpu, wall = time.thread_time(), time.perf_counter()
+    cpu, wall = time.process_time(), time.perf_counter()
     for i in range(calls):
         case.work(i)
     return {
-        "cpu_ms": (time.thread_time() - cpu) * 1000 / calls,
+        "cpu_ms": (time.process_time() - cpu) * 1000 / calls,
         "wall_ms": (time.perf_counter() - wall) * 1000 / calls,
     }
 
@@ -237,8 +238,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         ],
         rows,
         note="Server CPU = utime + stime of the server's processes (/proc) over the wrk run / requests completed; "
-        "in-process CPU = thread CPU time of the same work called sequentially here (onnxruntime on the calling "
-        "thread); limit = 1000 / in-process wall ms. wrk runs on the same 2 cores.",
+        "in-process CPU = process CPU time of the same work called sequentially here; "
+        "limit = 1000 / in-process wall ms. wrk runs on the same 2 cores.",
     )
     headline = "; ".join(f"{row[0]}: CPU {row[3]}, throughput {row[6]}" for row in rows)
     report = {"machine": machine(), "model": str(args.model), "args": vars(args) | {"model": str(args.model)}}
