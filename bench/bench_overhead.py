@@ -186,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     work = EndpointWork(model, model, [photo])
     endpoint_cases = cases(work, crop)
     results: dict[str, list[dict[str, float]]] = {case.name: [] for case in endpoint_cases}
+    floor_runs: list[dict[str, float]] = []
     with (
         tempfile.TemporaryDirectory() as scratch,
         serving(
@@ -195,7 +196,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         pid = server.process.pid
         for case in endpoint_cases:  # warm-up: every path once through the server
             wrk(server.base_url, case, 1, args.connections, Path(scratch))
+        floor = Case("/health/live", "GET", "/health/live", b"", "", lambda i: None)
         for round_ in range(args.rounds):
+            before = process_tree_cpu(pid)  # the HTTP floor: no model work at all
+            load = wrk(server.base_url, floor, args.seconds, args.connections, Path(scratch))
+            floor_runs.append({**load, "server_cpu_ms": (process_tree_cpu(pid) - before) * 1000 / load["requests"]})
             for case in endpoint_cases:
                 before = process_tree_cpu(pid)
                 load = wrk(server.base_url, case, args.seconds, args.connections, Path(scratch))
@@ -237,7 +242,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             "non-2xx",
         ],
         rows,
-        note="Server CPU = utime + stime of the server's processes (/proc) over the wrk run / requests completed; "
+        note=f"HTTP floor, `GET /health/live` (no model work) under the same wrk: "
+        f"{np.median([r['server_cpu_ms'] for r in floor_runs]):.2f} ms server CPU per request, "
+        f"{np.median([r['rps'] for r in floor_runs]):.0f} req/s. Server CPU = utime + stime of the server's processes (/proc) "
+        "over the wrk run / requests completed; "
         "in-process CPU = process CPU time of the same work called sequentially here; "
         "limit = 1000 / in-process wall ms. wrk runs on the same 2 cores.",
     )
@@ -245,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = {"machine": machine(), "model": str(args.model), "args": vars(args) | {"model": str(args.model)}}
     report["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in report["args"].items()}
     report["results"] = results
+    report["http_floor"] = floor_runs
     write_report(args.out, report, [table], headline)
 
 
