@@ -244,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows,
         note=f"HTTP floor, `GET /health/live` (no model work) under the same wrk: "
         f"{np.median([r['server_cpu_ms'] for r in floor_runs]):.2f} ms server CPU per request, "
-        f"{np.median([r['rps'] for r in floor_runs]):.0f} req/s. Server CPU = utime + stime of the server's processes (/proc) "
+        f"{np.median([r['rps'] for r in floor_runs]):.0f} req/s. Server CPU = utime + stime of the server's "
+        "processes (/proc) "
         "over the wrk run / requests completed; "
         "in-process CPU = process CPU time of the same work called sequentially here; "
         "limit = 1000 / in-process wall ms. wrk runs on the same 2 cores.",

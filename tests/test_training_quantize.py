@@ -77,3 +77,14 @@ def test_a_precision_the_graphs_contradict_is_refused(tiny_bundle: Path, int8_bu
     write_json(bare / MANIFEST_FILE, manifest)
     with pytest.raises(BundleError, match="precision int8 needs a quantization section"):
         ModelBundle.load(bare)
+
+
+def test_the_committed_int8_bundle_is_quantized_from_the_committed_float32_one() -> None:
+    """`make quantize` again whenever models/celeba-64's networks change."""
+    models = Path(__file__).resolve().parents[1] / "models"
+    if not (models / "celeba-64-int8").is_dir():
+        pytest.skip("no committed int8 bundle")
+    int8, float32 = ModelBundle.load(models / "celeba-64-int8"), ModelBundle.load(models / "celeba-64")
+    assert int8.manifest.quantization is not None
+    for name in ("encoder.onnx", "decoder.onnx"):
+        assert int8.manifest.quantization.source[name] == float32.manifest.files[name], f"run `make quantize`: {name}"
