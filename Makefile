@@ -43,6 +43,7 @@ bench: $(VENV)/.test-deps  ## every benchmark (about 30 min on 2 cores); results
 	$(PY) -m bench.bench_service
 	$(PY) -m bench.bench_encoding
 	$(PY) -m bench.bench_load --sweep
+	$(PY) -m bench.bench_cpu
 	$(PY) -m bench.bench_training_speed --data $(DATA)
 	$(PY) -m bench.bench_quality --train-classifier --model models/celeba-64 --old-bundle-rev fa49e45
 	$(PY) -m bench.bench_entanglement --model models/celeba-64
