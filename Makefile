@@ -4,8 +4,10 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 DATA ?= ../shared/data/celeba_subset
+# The bundle `make serve` serves; models/celeba-64-int8 (`make quantize`) is its int8 sibling (docs/benchmarks.md).
+MODEL ?= $(or $(FACEVAE_MODEL),models/celeba-64)
 
-.PHONY: serve test lint bench train card
+.PHONY: serve test lint bench train card quantize
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -22,7 +24,7 @@ $(VENV)/.test-deps: pyproject.toml | $(PY)
 	touch $@ $(VENV)/.serve-deps
 
 serve: $(VENV)/.serve-deps  ## start the service on the bundled model at http://$(HOST):$(PORT)
-	$(PY) -m service --host $(HOST) --port $(PORT)
+	$(PY) -m service --model $(MODEL) --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.test-deps  ## lint, then the whole test suite
 	$(PY) -m ruff check .
@@ -35,10 +37,14 @@ train: $(VENV)/.test-deps  ## retrain the default bundle from scratch (about 45 
 	$(PY) -m training edits --data $(DATA) --bundle models/celeba-64
 	$(PY) -m training card --data $(DATA) --bundle models/celeba-64
 
+quantize: $(VENV)/.test-deps  ## write models/celeba-64-int8 from models/celeba-64 (int8, calibrated; about a minute)
+	$(PY) -m training quantize --bundle models/celeba-64 --out models/celeba-64-int8 --data $(DATA)
+
 bench: $(VENV)/.test-deps  ## every benchmark (about 30 min on 2 cores); results in bench/results/, see docs/benchmarks.md
 	$(PY) -m bench.bench_service
 	$(PY) -m bench.bench_encoding
 	$(PY) -m bench.bench_load --sweep
+	$(PY) -m bench.bench_cpu
 	$(PY) -m bench.bench_training_speed --data $(DATA)
 	$(PY) -m bench.bench_quality --train-classifier --model models/celeba-64 --old-bundle-rev fa49e45
 	$(PY) -m bench.bench_entanglement --model models/celeba-64

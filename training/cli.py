@@ -132,6 +132,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rewrite.add_argument("--bundle", type=Path, required=True, help="bundle folder to rewrite in place")
 
+    quantize = commands.add_parser(
+        "quantize",
+        help="write an int8 sibling of a float32 bundle (onnxruntime static QDQ, calibrated on training faces and "
+        "codes), verified and measured against it",
+    )
+    quantize.add_argument("--bundle", type=Path, required=True, help="the float32 bundle (left unchanged)")
+    quantize.add_argument("--out", type=Path, required=True, help="the int8 bundle folder to write, e.g. B-int8")
+    quantize.add_argument(
+        "--data",
+        type=Path,
+        default=Path(__file__).resolve().parents[1].parent / "shared" / "data" / "celeba_subset",
+        help="the bundle's training data, for calibration faces (training split) and the deviation (validation)",
+    )
+    quantize.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="decoded-face cache")
+    quantize.add_argument("--faces", type=int, default=256, help="training faces calibrating the encoder")
+    quantize.add_argument("--codes", type=int, default=256, help="sampler codes calibrating the decoder (+ the faces')")
+    quantize.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    quantize.add_argument("--seed", type=int, default=0)
+
     check = commands.add_parser("check", help="verify a bundle with the service's loader and print its summary")
     check.add_argument("bundle", type=Path)
     return parser
@@ -163,6 +182,24 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "rewrite":
         print(", ".join(exporting.rewrite_graphs(args.bundle)) or "nothing to rewrite")
+        return 0
+    if args.command == "quantize":
+        from service.core.bundle import ModelBundle
+        from training.quantize import quantize_bundle
+
+        source = ModelBundle.load(args.bundle)
+        data = prepare_data(TrainConfig.from_manifest(source.manifest.training), args.data, args.cache_dir, False)
+        result = quantize_bundle(
+            args.bundle,
+            args.out,
+            data.images[data.train],
+            data.images[data.val],
+            faces=args.faces,
+            codes=args.codes,
+            method=args.method,
+            seed=args.seed,
+        )
+        print(f"{result.name}: {result.precision}, {json.dumps(result.manifest.quantization.deviation)}")
         return 0
     cache = None if args.no_cache else args.cache_dir
     if args.command == "card":

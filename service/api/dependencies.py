@@ -39,18 +39,18 @@ class ModelState:
     problem: str | None = NOT_LOADED
 
 
-def model_state(request: Request) -> ModelState:
+async def model_state(request: Request) -> ModelState:
     return request.app.state.model_state
 
 
-def loaded_model(state: Annotated[ModelState, Depends(model_state)]) -> FaceModel:
+async def loaded_model(state: Annotated[ModelState, Depends(model_state)]) -> FaceModel:
     """The model even when not ready (e.g. require_gpu unmet), for endpoints that only describe it."""
     if state.model is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, state.problem or NOT_LOADED)
     return state.model
 
 
-def ready_model(state: Annotated[ModelState, Depends(model_state)]) -> FaceModel:
+async def ready_model(state: Annotated[ModelState, Depends(model_state)]) -> FaceModel:
     """The model, only once loaded, warmed up and on the required providers."""
     if state.model is None or state.problem:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, state.problem or NOT_LOADED)
@@ -62,7 +62,7 @@ LoadedModel = Annotated[FaceModel, Depends(loaded_model)]
 ReadyModel = Annotated[FaceModel, Depends(ready_model)]
 
 
-def ready_framer(state: StateDep, model: ReadyModel) -> FaceFramer:
+async def ready_framer(state: StateDep, model: ReadyModel) -> FaceFramer:
     """The photo framer the lifespan made for the model; through `ready_model`, so it answers 503 as it does."""
     assert state.framer is not None and state.model is model
     return state.framer
@@ -74,7 +74,7 @@ AcceptHeader = Annotated[
 ]
 
 
-def no_query_parameters(request: Request) -> None:
+async def no_query_parameters(request: Request) -> None:
     """Endpoints without options refuse any, as the others refuse unknown ones: 422, one error per name."""
     if request.query_params:
         raise RequestValidationError(
@@ -155,7 +155,7 @@ async def decode_body(request: Request) -> DecodeRequest:
     return _validate(DecodeRequest, await request.body())
 
 
-def photo_decoder(request: Request) -> PhotoDecoder:
+async def photo_decoder(request: Request) -> PhotoDecoder:
     """The app's decoder of uploads, with the memory budget of its settings."""
     return request.app.state.photo_decoder
 

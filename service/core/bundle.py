@@ -131,6 +131,38 @@ class Editor(BaseModel):
     training: dict[str, Any] = Field(description="how it was trained (training/edits.py's report)")
 
 
+#: Numeric precision of a bundle's networks: float32 as exported, or int8 by `python -m training quantize`.
+Precision = Literal["float32", "int8"]
+#: The operators a statically quantized (QDQ) graph carries and a float32 graph must not.
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+
+class Calibration(BaseModel):
+    """What a quantized bundle's activation ranges were measured on (training split only, never validation)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["minmax", "entropy", "percentile"]
+    faces: int = Field(gt=0, description="training-split faces run through the encoder")
+    codes: int = Field(gt=0, description="latents run through the decoder")
+    code_sources: dict[str, int] = Field(description="how many codes came from where (sampler draws, encoded faces)")
+    seed: int
+
+
+class Quantization(BaseModel):
+    """`manifest.quantization` of an int8 bundle: how it was made from which float32 bundle, and how far it moved."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["qdq"]
+    weights: str = Field(description="e.g. int8, per output channel, symmetric")
+    activations: str = Field(description="e.g. uint8, per tensor")
+    calibration: Calibration
+    source: dict[str, Any] = Field(description="the float32 bundle: name and the sha256 of its two networks")
+    deviation: dict[str, Any] = Field(description="int8 against float32 on validation faces and codes")
+    tool: str
+
+
 class Manifest(BaseModel):
     """`manifest.json`. Free-form sections (training, dataset, ...) are kept as plain dicts."""
 
@@ -151,6 +183,8 @@ class Manifest(BaseModel):
     opset: int
     editor: Editor | None = Field(None, description="the learned editor, when the bundle has one")
     files: dict[str, str] = Field(description="sha256 hex digest of every other bundle file")
+    precision: Precision = "float32"
+    quantization: Quantization | None = None
 
     @property
     def hashed_files(self) -> tuple[str, ...]:
@@ -294,6 +328,15 @@ def _onnx_signature(path: Path) -> dict[str, list[int | str]]:
     return shapes
 
 
+def _check_precision(path: Path, precision: Precision) -> None:
+    """The graph is what the manifest's precision says: QDQ nodes in an int8 bundle and none in a float32 one."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    quantized = any(node.op_type in QDQ_OPS for node in graph.node)
+    if quantized != (precision == "int8"):
+        has = "has QuantizeLinear/DequantizeLinear nodes" if quantized else "has no quantized (QDQ) nodes"
+        raise BundleError(path.name, f"{has}, but the manifest's precision is {precision}")
+
+
 def _check_signature(path: Path, expected: dict[str, list[int | str]]) -> None:
     actual = _onnx_signature(path)
     for name, shape in expected.items():
@@ -334,6 +377,10 @@ class ModelBundle:
         return self.manifest.name
 
     @property
+    def precision(self) -> Precision:
+        return self.manifest.precision
+
+    @property
     def image_size(self) -> int:
         return self.manifest.image_size
 
@@ -362,6 +409,8 @@ class ModelBundle:
         manifest = _parse(Manifest, root / MANIFEST_FILE, raw_manifest)
         if manifest.preprocess.size != manifest.image_size:
             raise BundleError(MANIFEST_FILE, "preprocess.size differs from image_size")
+        if (manifest.precision == "int8") != (manifest.quantization is not None):
+            raise BundleError(MANIFEST_FILE, "precision int8 needs a quantization section, and only int8 may have one")
         if manifest.preprocess.landmarks is None or not manifest.preprocess.landmark_detector:
             raise BundleError(
                 MANIFEST_FILE,
@@ -403,6 +452,9 @@ class ModelBundle:
                     EDITOR_OUTPUT: [BATCH_DIM, z_dim],
                 },
             )
+
+        for file in (ENCODER_FILE, DECODER_FILE):
+            _check_precision(root / file, manifest.precision)
 
         stats = _parse(LatentStats, root / LATENT_STATS_FILE, _read_json(root / LATENT_STATS_FILE))
         problem = stats.check(z_dim)

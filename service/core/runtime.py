@@ -152,8 +152,9 @@ class FaceModel:
             editor=None if bundle.editor_path is None else open_session(bundle.editor_path, [CPU], 1, spin=False),
         )
         logger.info(
-            "loaded bundle %r from %s: encoder on %s, decoder on %s (%d threads each)",
+            "loaded bundle %r (%s) from %s: encoder on %s, decoder on %s (%d threads each)",
             bundle.name,
+            bundle.precision,
             bundle.path,
             model.encoder.get_providers(),
             model.decoder.get_providers(),

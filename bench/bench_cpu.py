@@ -1,0 +1,208 @@
+"""CPU time per face of two bundles' networks side by side: float32 against its int8 sibling
+(`python -m training quantize`).
+
+    python -m bench.bench_cpu                                   # models/celeba-64 vs models/celeba-64-int8
+    python -m bench.bench_cpu --float32 B --int8 B-int8 --rounds 9 --calls 20
+
+For each network (encoder, decoder), onnxruntime thread count (1, 2) and batch (1, 16), both bundles' sessions are
+opened as the service opens them (`service.core.sessions.open_session`, no spinning) in this one process and timed in
+interleaved rounds (the order alternates each round): per round, `--calls` runs of each. CPU time is what the machine
+pays per face and, unlike wall time, barely moves when other jobs share the cores: at 1 thread the calling thread's
+CPU time (`time.thread_time`: onnxruntime runs the graph on it), at 2 threads the process's (`time.process_time`, the
+pool's worker included; nothing else runs in this process). Wall time is printed next to it, noisy on a shared machine.
+The ratio int8 / float32 is taken per round; the table gives its median and range over the rounds.
+
+Share of peak = the network's multiply-adds per face (from its ONNX graph: Conv and Gemm/MatMul) / (CPU seconds per
+face x clock x multiply-adds per cycle): float32 16 per cycle (two 8-wide FMA pipes, AVX2), int8 32 (AVX2 without
+VNNI: vpmaddubsw multiplies 32 uint8 x int8 pairs, and vpmaddwd widens them, both on the two multiply pipes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import shape_inference
+
+from bench.common import REPO_ROOT, RESULTS_DIR, Table, fmt, machine, write_report
+from service.core.bundle import (
+    DECODER_INPUT,
+    ENCODER_INPUT,
+    ModelBundle,
+    SamplingMode,
+)
+from service.core.sessions import open_session
+
+MACS_PER_CYCLE = {"float32": 16, "int8": 32}
+NETWORKS = ("encoder", "decoder")
+
+
+def multiply_adds(path: Path) -> int:
+    """Multiply-adds of one face through a float32 graph: Conv and Gemm/MatMul, shapes from ONNX shape inference."""
+    model = onnx.load(str(path))
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    model = shape_inference.infer_shapes(model)
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]
+    }
+    weights = {w.name: list(w.dims) for w in model.graph.initializer}
+    total = 0
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            kernel = weights[node.input[1]]  # [out, in / groups, kh, kw]
+            total += int(np.prod(shapes[node.output[0]])) * int(np.prod(kernel[1:]))
+        elif node.op_type in ("MatMul", "Gemm"):
+            left = shapes.get(node.input[0]) or weights[node.input[0]]
+            right = weights.get(node.input[1]) or shapes[node.input[1]]
+            total += int(np.prod(left)) * int(right[-1])
+    return total
+
+
+def clock_hz() -> float:
+    """The cores' clock as /proc/cpuinfo reports it (the first core), in Hz."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("cpu MHz"):
+            return float(line.split(":")[1]) * 1e6
+    return float("nan")
+
+
+def inputs(bundle: ModelBundle, count: int) -> dict[str, np.ndarray]:
+    """Decoder codes from the bundle's sampler and encoder images decoded from them (realistic faces, no data)."""
+    eps = np.random.default_rng(0).standard_normal((count, bundle.z_dim), dtype=np.float32)
+    codes = bundle.latent_stats.draw(eps, SamplingMode.TRICK)
+    (faces,) = open_session(bundle.decoder_path, threads=1).run(None, {DECODER_INPUT: codes})
+    return {"decoder": codes, "encoder": faces.astype(np.float32)}
+
+
+def measure(
+    bundles: dict[str, ModelBundle], network: str, threads: int, batch: int, rounds: int, calls: int
+) -> dict[str, list[dict[str, float]]]:
+    """Per precision, per round: CPU and wall milliseconds per face."""
+    feed_name = ENCODER_INPUT if network == "encoder" else DECODER_INPUT
+    data = inputs(next(iter(bundles.values())), 64)[network]
+    sessions = {
+        label: open_session(getattr(bundle, f"{network}_path"), threads=threads, spin=False)
+        for label, bundle in bundles.items()
+    }
+    cpu_clock = time.thread_time if threads == 1 else time.process_time
+    runs = max(1, calls // batch) if batch > 1 else calls
+    for session in sessions.values():  # warm up: allocation, kernel selection
+        for i in range(3):
+            session.run(None, {feed_name: data[i : i + batch]})
+    results: dict[str, list[dict[str, float]]] = {label: [] for label in sessions}
+    labels = list(sessions)
+    for round_ in range(rounds):
+        for label in labels if round_ % 2 == 0 else labels[::-1]:
+            session = sessions[label]
+            cpu, wall = cpu_clock(), time.perf_counter()
+            for i in range(runs):
+                start = (i * batch) % (len(data) - batch + 1)
+                session.run(None, {feed_name: data[start : start + batch]})
+            faces = runs * batch
+            results[label].append(
+                {"cpu_ms": (cpu_clock() - cpu) * 1000 / faces, "wall_ms": (time.perf_counter() - wall) * 1000 / faces}
+            )
+    return results
+
+
+def _ratio(rows: list[dict[str, float]], base: list[dict[str, float]], key: str) -> tuple[float, float, float]:
+    ratios = np.array([r[key] for r in rows]) / np.array([b[key] for b in base])
+    return float(np.median(ratios)), float(ratios.min()), float(ratios.max())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--float32", type=Path, default=REPO_ROOT / "models" / "celeba-64")
+    parser.add_argument("--int8", type=Path, default=REPO_ROOT / "models" / "celeba-64-int8")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds")
+    parser.add_argument("--calls", type=int, default=20, help="faces per round and precision (batch 16: calls/16 runs)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "cpu.json")
+    args = parser.parse_args(argv)
+
+    bundles = {"float32": ModelBundle.load(args.float32), "int8": ModelBundle.load(args.int8)}
+    if bundles["int8"].precision != "int8" or bundles["float32"].precision != "float32":
+        raise SystemExit("--float32 must be a float32 bundle and --int8 an int8 one")
+    hz = clock_hz()
+    macs = {network: multiply_adds(getattr(bundles["float32"], f"{network}_path")) for network in NETWORKS}
+    cases = []
+    rows = []
+    for network in NETWORKS:
+        for threads in args.threads:
+            for batch in args.batches:
+                calls = args.calls * 4 if batch > 1 else args.calls
+                timed = measure(bundles, network, threads, batch, args.rounds, calls)
+                cpu = {label: float(np.median([r["cpu_ms"] for r in timed[label]])) for label in timed}
+                wall = {label: float(np.median([r["wall_ms"] for r in timed[label]])) for label in timed}
+                cpu_ratio = _ratio(timed["int8"], timed["float32"], "cpu_ms")
+                wall_ratio = _ratio(timed["int8"], timed["float32"], "wall_ms")
+                # CPU seconds of all cores together, so this is the share of what that core time could do
+                peak = {label: macs[network] / (cpu[label] / 1000 * hz * MACS_PER_CYCLE[label]) for label in cpu}
+                cases.append(
+                    {
+                        "network": network,
+                        "threads": threads,
+                        "batch": batch,
+                        "cpu_ms_per_face": cpu,
+                        "wall_ms_per_face": wall,
+                        "cpu_ratio": cpu_ratio,
+                        "wall_ratio": wall_ratio,
+                        "share_of_peak": peak,
+                        "rounds": timed,
+                    }
+                )
+                rows.append(
+                    [
+                        network,
+                        threads,
+                        batch,
+                        fmt(cpu["float32"], 3),
+                        fmt(cpu["int8"], 3),
+                        f"{cpu_ratio[0]:.2f} ({cpu_ratio[1]:.2f}-{cpu_ratio[2]:.2f})",
+                        f"{wall_ratio[0]:.2f} ({wall_ratio[1]:.2f}-{wall_ratio[2]:.2f})",
+                        f"{peak['float32']:.0%}",
+                        f"{peak['int8']:.0%}",
+                    ]
+                )
+                print(rows[-1], flush=True)
+    table = Table(
+        f"CPU ms per face, float32 vs int8, medians of {args.rounds} interleaved rounds",
+        [
+            "network",
+            "threads",
+            "batch",
+            "float32 CPU ms",
+            "int8 CPU ms",
+            "int8 / float32 CPU (range)",
+            "int8 / float32 wall (range)",
+            "float32 share of peak",
+            "int8 share of peak",
+        ],
+        rows,
+        note=f"CPU = thread CPU time at 1 thread, process CPU time at 2. Multiply-adds per face: encoder "
+        f"{macs['encoder'] / 1e6:.1f} M, decoder {macs['decoder'] / 1e6:.1f} M; peak at {hz / 1e9:.2f} GHz, "
+        f"{MACS_PER_CYCLE['float32']} float32 or {MACS_PER_CYCLE['int8']} int8 multiply-adds per cycle per core.",
+    )
+    one = {(c["network"], c["batch"]): c["cpu_ratio"] for c in cases if c["threads"] == 1}
+    headline = ", ".join(
+        f"{network} batch {batch} {r[0]:.2f} ({r[1]:.2f}-{r[2]:.2f})" for (network, batch), r in one.items()
+    )
+    report = {
+        "machine": machine(),
+        "bundles": {label: str(b.path) for label, b in bundles.items()},
+        "multiply_adds": macs,
+        "clock_hz": hz,
+        "cases": cases,
+    }
+    write_report(args.out, report, [table], f"int8 / float32 thread CPU time per face at 1 thread: {headline}")
+
+
+if __name__ == "__main__":
+    main()

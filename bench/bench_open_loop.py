@@ -1,0 +1,195 @@
+"""Latency at a fixed arrival rate (an open model), per endpoint: what operators size replicas by.
+
+    apt-get install wrk
+    python -m bench.bench_open_loop                       # models/celeba-64, 1 worker, 1 onnxruntime thread
+    python -m bench.bench_open_loop --model models/celeba-64-int8 --seconds 20
+
+Per endpoint (the cases of `bench.bench_overhead`): the capacity is the throughput `wrk -c16` reaches against the
+server (closed loop, `--capacity-seconds`); then requests arrive at a constant rate of 25, 50, 75 and 90 % of it for
+`--seconds` each, sent by a separate process (this module with `--drive`: asyncio, raw HTTP/1.1 over a pool of
+keep-alive connections, at most `--max-connections` open), each at its scheduled time whether or not earlier ones have
+answered. A request's latency runs from its scheduled time to the end of its response, so a server that falls
+behind is charged for the queue it builds (no coordinated omission). p50 and p99 per endpoint and load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.bench_overhead import cases, wrk
+from bench.common import DEFAULT_DATA, REPO_ROOT, RESULTS_DIR, EndpointWork, Table, face_files, machine, write_report
+from service.core.runtime import FaceModel
+from testkit.phone_photos import phone_photo
+from testkit.servers import serving
+
+LOADS = (0.25, 0.5, 0.75, 0.9)
+TIMEOUT_S = 30.0
+
+
+# ---- the load generator (its own process) -------------------------------------------------------------------------
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    """Read one HTTP/1.1 response with a Content-Length or chunked body; its status."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    if "content-length" in headers:
+        await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    return status
+
+
+async def drive(port: int, request: bytes, rate: float, seconds: float, max_connections: int) -> dict[str, Any]:
+    """Send `request` at `rate` per second for `seconds`; latency of each from its scheduled time (ms)."""
+    idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    opened = 0
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    loop = asyncio.get_running_loop()
+
+    async def connection() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        nonlocal opened
+        if idle.empty() and opened < max_connections:
+            opened += 1
+            return await asyncio.open_connection("127.0.0.1", port)
+        return await idle.get()
+
+    async def one(scheduled: float) -> None:
+        try:
+            reader, writer = await connection()
+            writer.write(request)
+            status = await asyncio.wait_for(_read_response(reader), TIMEOUT_S)
+            idle.put_nowait((reader, writer))
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            return
+        if status == 200:
+            latencies.append((loop.time() - scheduled) * 1000)
+        else:
+            errors[f"HTTP {status}"] = errors.get(f"HTTP {status}", 0) + 1
+
+    start = loop.time() + 0.05
+    total = int(rate * seconds)
+    tasks = []
+    for i in range(total):
+        scheduled = start + i / rate
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(scheduled)))
+    await asyncio.gather(*tasks)
+    late = (loop.time() - start) - seconds
+    return {"sent": total, "ok": len(latencies), "errors": errors, "latencies_ms": latencies, "overrun_s": late}
+
+
+def _raw_request(method: str, path: str, body: bytes, content_type: str, port: int) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: keep-alive\r\n"
+    if body:
+        head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+# ---- the benchmark ------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=REPO_ROOT / "models" / "celeba-64")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per endpoint and load")
+    parser.add_argument("--capacity-seconds", type=float, default=5.0)
+    parser.add_argument("--loads", type=float, nargs="+", default=list(LOADS))
+    parser.add_argument("--max-connections", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "open_loop.json")
+    parser.add_argument("--drive", nargs=2, type=Path, metavar=("PLAN", "RESULT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.drive:  # the load-generator process
+        plan = json.loads(args.drive[0].read_text())
+        request = bytes.fromhex(plan["request"])
+        result = asyncio.run(drive(plan["port"], request, plan["rate"], plan["seconds"], plan["max_connections"]))
+        args.drive[1].write_text(json.dumps(result))
+        return
+
+    faces = face_files(args.data, 2)
+    model = FaceModel.load(args.model, threads=args.threads)
+    work = EndpointWork(model, model, [phone_photo(faces[1], seed=1).jpeg])
+    endpoint_cases = cases(work, faces[0].read_bytes())
+    del model, work
+    report: dict[str, Any] = {"machine": machine(), "model": str(args.model), "endpoints": {}}
+    rows = []
+    with (
+        tempfile.TemporaryDirectory() as scratch_dir,
+        serving(args.model, Path(scratch_dir) / "server.log", workers=args.workers, threads=args.threads) as server,
+    ):
+        scratch = Path(scratch_dir)
+        port = int(server.base_url.rsplit(":", 1)[1])
+        for case in endpoint_cases:
+            wrk(server.base_url, case, 1, 16, scratch)  # warm-up
+            capacity = wrk(server.base_url, case, args.capacity_seconds, 16, scratch)["rps"]
+            entry: dict[str, Any] = {"capacity_rps": capacity, "loads": {}}
+            for load in args.loads:
+                plan = {
+                    "port": port,
+                    "request": _raw_request(case.method, case.path, case.body, case.content_type, port).hex(),
+                    "rate": load * capacity,
+                    "seconds": args.seconds,
+                    "max_connections": args.max_connections,
+                }
+                (scratch / "plan.json").write_text(json.dumps(plan))
+                command = [sys.executable, "-m", "bench.bench_open_loop", "--drive"]
+                subprocess.run([*command, str(scratch / "plan.json"), str(scratch / "result.json")], check=True)
+                result = json.loads((scratch / "result.json").read_text())
+                latencies = result.pop("latencies_ms")
+                p50, p99 = (float(v) for v in np.percentile(latencies, [50, 99])) if latencies else (np.nan, np.nan)
+                entry["loads"][str(load)] = {**result, "rate": plan["rate"], "p50_ms": p50, "p99_ms": p99}
+                errors = sum(result["errors"].values())
+                rows.append(
+                    [
+                        case.name,
+                        f"{capacity:.0f}",
+                        f"{load:.0%}",
+                        f"{plan['rate']:.1f}",
+                        f"{p50:.1f}",
+                        f"{p99:.1f}",
+                        f"{p99 / p50:.1f}",
+                        str(errors),
+                    ]
+                )
+                print(rows[-1], flush=True)
+                time.sleep(1)
+            report["endpoints"][case.name] = entry
+    table = Table(
+        f"Open loop: constant arrival rate, latency from the scheduled send ({args.workers} worker(s), "
+        f"{args.threads} onnxruntime thread(s), {args.seconds:.0f} s per load)",
+        ["endpoint", "capacity req/s", "load", "rate req/s", "p50 ms", "p99 ms", "p99 / p50", "errors"],
+        rows,
+        note="Capacity = wrk -c16 closed-loop throughput of the same server just before. The load generator is a "
+        "separate process on the same 2 cores.",
+    )
+    at75 = [row for row in rows if row[2] == "75%"]
+    headline = "p99 at 75 % of capacity: " + ", ".join(f"{r[0]} {r[5]} ms ({r[6]}x p50)" for r in at75)
+    write_report(args.out, report, [table], headline)
+
+
+if __name__ == "__main__":
+    main()
