@@ -137,6 +137,8 @@ class Attribute(_Known):
     negatives: int
     strength_min: float
     strength_max: float
+    #: Whether /edit moves it with the bundle's learned editor rather than along the vector alone.
+    learned: bool
 
 
 @dataclass(frozen=True)
