@@ -63,7 +63,6 @@ from training.prepared import PreparedData
 
 log = logging.getLogger(__name__)
 
-#: The attributes the API's documentation and the explorer page edit most; the editor covers these by default.
 #: Faces per onnxruntime call while encoding the training split.
 BATCH = 256
 
@@ -74,7 +73,8 @@ def gelu(x: keras.KerasTensor) -> keras.KerasTensor:
 
 
 def build_correction(z_dim: int, attributes: int, hidden: int) -> keras.Model:
-    """M([z, s]): two hidden layers, no activation on the output (a latent offset)."""
+    """C([z, s]): two hidden layers, no activation on the output (a latent offset); starts at zero, so training
+    starts from the class-mean move."""
     z = keras.Input(shape=(z_dim,), name="z")
     strengths = keras.Input(shape=(attributes,), name="strengths")
     x = layers.Concatenate()([z, strengths])
@@ -128,7 +128,7 @@ class EditTrainer(keras.Model):
         decoder: OnnxFunction,
         guide: AttributeClassifier,
         columns: np.ndarray,
-        independence: np.ndarray,
+        kept: np.ndarray,
         config: EditConfig,
     ) -> None:
         super().__init__()
@@ -142,7 +142,7 @@ class EditTrainer(keras.Model):
         kernel, bias = guide.model.get_layer("attributes").get_weights()
         self.kernel, self.bias = tf.constant(kernel), tf.constant(bias)
         self.columns = tf.constant(columns, tf.int32)  # [K] guide columns of the edited attributes
-        self.independence = tf.constant(independence, tf.float32)  # [K, A] keep weights, 0 on the edited column
+        self.kept = tf.constant(kept, tf.float32)  # [K, A] keep weights, 0 on the edited column
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSSES}
 
     @property
@@ -179,7 +179,7 @@ class EditTrainer(keras.Model):
             kl = p0 * (tf.math.log_sigmoid(logits0) - tf.math.log_sigmoid(logits1)) + (1 - p0) * (
                 tf.math.log_sigmoid(-logits0) - tf.math.log_sigmoid(-logits1)
             )
-            weights = tf.gather(self.independence, chosen)
+            weights = tf.gather(self.kept, chosen)
             keep = tf.reduce_mean(tf.reduce_sum(weights * kl, axis=1) / tf.reduce_sum(weights, axis=1))
             identity = tf.reduce_mean(tf.square(features1 - features0)) / (tf.reduce_mean(tf.square(features0)) + 1e-6)
             straight = tf.math.l2_normalize(tf.matmul(matrix, self.moves), axis=1)
@@ -247,8 +247,8 @@ def train_editor(
     guide_columns = np.array([guide.column(name) for name in config.attributes])
     label_columns = [attribute_names.index(name) for name in guide.attributes]
     guide_labels = labels[:, label_columns]  # labels in the guide's column order
-    independence = keep_weights(guide_labels)[guide_columns]
-    independence[np.arange(len(guide_columns)), guide_columns] = 0.0
+    kept = keep_weights(guide_labels)[guide_columns]
+    kept[np.arange(len(guide_columns)), guide_columns] = 0.0
     editor = build_editor(moves, build_correction(bundle.z_dim, len(moves), config.hidden))
     trainer = EditTrainer(
         editor,
@@ -257,7 +257,7 @@ def train_editor(
         OnnxFunction(bundle.decoder_path),
         guide,
         guide_columns,
-        independence,
+        kept,
         config,
     )
     trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
