@@ -166,7 +166,7 @@ def learned_vs_vectors(
         ]
         for a in args.attributes
     }
-    editors = {"learned": model, "vectors": quality.with_vectors(model, list(model.bundle.attributes.values()))}
+    editors = {"learned": model, "vectors": model.without_editor()}
     counts = {(v, a): np.zeros(3) for v in editors for a in args.attributes}  # success, side, random side
     faces = dict.fromkeys(args.attributes, 0)
     for count, index in enumerate(data.val[: args.photos]):

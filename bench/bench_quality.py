@@ -1140,8 +1140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             section["edits"] = edits(subject, subject.model, judging)
             section["conditional"] = conditional_edits(subject, subject.model, judging)
             if subject.model.editor is not None:
-                vectors_alone = with_vectors(subject.model, list(subject.model.bundle.attributes.values()))
-                section["edits_vectors"] = edits(subject, vectors_alone, judging)
+                section["edits_vectors"] = edits(subject, subject.model.without_editor(), judging)
             if not args.skip_directions:
                 section["directions"] = directions(subject, judging)
             section["quality"] = quality_table(section)

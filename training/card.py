@@ -128,9 +128,7 @@ def write_card_figures(bundle_dir: Path, data: PreparedData, seed: int = 0) -> d
         grid(rows, labels).save(out / "edits.png")
     models = {"served": model}
     if model.editor is not None:  # the same faces along the attribute vectors alone, as before the editor
-        vectors_alone = FaceModel(
-            model.bundle, model.encoder, model.decoder, max_batch=model.max_batch, max_strength=model.max_strength
-        )
+        vectors_alone = model.without_editor()
         rows, labels = _edit_strips(vectors_alone, data)
         if rows:
             grid(rows, labels).save(out / "edits_vectors.png")

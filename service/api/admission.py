@@ -15,26 +15,18 @@ large uploads holds; a client that leaves after sending more is heard once its r
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.asgi import TrackedSend, send_json
 from service.api.errors import CLIENT_CLOSED_REQUEST
 
 #: Body bytes read from a request while it waits for a slot (to hear its client leave); the rest waits unread.
 LISTEN_BYTES = 256 * 1024
 #: Paths that never wait: an orchestrator's probes and a scraper must get through a busy server.
 BYPASS_PREFIXES = ("/health/", "/v2/health/", "/metrics", "/metadata", "/attributes", "/docs", "/openapi.json", "/web/")
-
-
-async def _send_json(send: Send, status: int, detail: str, headers: dict[str, str]) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(key.lower().encode(), value.encode()) for key, value in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
 
 
 class _Listener:
@@ -91,28 +83,22 @@ class AdmissionMiddleware:
             receive = listener.replay
         if outcome == "gone":
             self.on_reject("gone")
-            await _send_json(send, CLIENT_CLOSED_REQUEST, "the client left while its request waited for a slot", {})
+            await send_json(send, CLIENT_CLOSED_REQUEST, "the client left while its request waited for a slot", {})
             return
         if outcome == "busy":
             self.on_reject("busy")
             retry = str(max(1, math.ceil(self.queue_timeout)))
             detail = f"busy: {self.max_in_flight} requests in flight on this worker; retry after {retry} s"
-            await _send_json(send, 503, detail, {"Retry-After": retry})
+            await send_json(send, 503, detail, {"Retry-After": retry})
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracked = TrackedSend(send)
         try:
             async with asyncio.timeout(self.request_timeout):  # in this task: no task per request, as wait_for makes
-                await self.app(scope, receive, tracking_send)
+                await self.app(scope, receive, tracked)
         except TimeoutError:
             self.on_reject("deadline")
-            if not started:
-                await _send_json(send, 504, f"the request took longer than {self.request_timeout:g} s", {})
+            if not tracked.started:
+                await send_json(send, 504, f"the request took longer than {self.request_timeout:g} s", {})
         finally:
             self.slots.release()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
@@ -16,6 +15,7 @@ import time
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.asgi import TrackedSend, send_json
 from service.api.errors import CLIENT_CLOSED_REQUEST
 
 logger = logging.getLogger("service.access")
@@ -29,14 +29,6 @@ LINGER_FACTOR = 4
 UPLOAD_GRACE_S = 2.0
 #: Longest a refused body is read and thrown away so its client can read the refusal.
 LINGER_S = 5.0
-
-
-async def _send_json(send: Send, status_code: int, detail: str, headers: dict[str, str] | None = None) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(key.lower().encode(), value.encode()) for key, value in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status_code, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _discard_body(receive: Receive, max_bytes: float = math.inf, seconds: float = LINGER_S) -> None:
@@ -136,7 +128,7 @@ class UploadMiddleware:
                     logger.info(
                         "%s %s: client disconnected before its request was read", scope["method"], scope["path"]
                     )
-                    await _send_json(send, CLIENT_CLOSED_REQUEST, "the client left while sending its request")
+                    await send_json(send, CLIENT_CLOSED_REQUEST, "the client left while sending its request")
                     return
                 body = message.get("body", b"")
                 received += len(body)
@@ -155,7 +147,7 @@ class UploadMiddleware:
             self.buffered -= reserved
             if refused.status_code == 503 and not complete:
                 await _discard_body(receive, LINGER_FACTOR * self.max_bytes)
-            await _send_json(send, refused.status_code, refused.detail, refused.headers)
+            await send_json(send, refused.status_code, refused.detail, refused.headers)
             return
         except BaseException:  # cancelled (shutdown), or the client left
             self.buffered -= reserved
@@ -191,21 +183,15 @@ class ShutdownMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracked = TrackedSend(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracked)
         except asyncio.CancelledError:
-            if started:
+            if tracked.started:
                 raise
             logger.warning("%s %s: cancelled by the shutdown, answered 503", scope["method"], scope["path"])
             detail = "the server is shutting down; retry (another replica may answer)"
-            await _send_json(send, 503, detail, {"Retry-After": "1", "Connection": "close"})
+            await send_json(send, 503, detail, {"Retry-After": "1", "Connection": "close"})
 
 
 class SecurityHeadersMiddleware:

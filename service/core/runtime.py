@@ -165,6 +165,23 @@ class FaceModel:
         return model
 
     @property
+    def learned_attributes(self) -> list[str]:
+        """The attributes this model's editor moves, in its strength columns' order (none without one)."""
+        return self.bundle.edited_by_editor if self.editor is not None else []
+
+    def without_editor(self) -> FaceModel:
+        """The same networks and limits with every attribute moved along its vector alone, as /edit worked before
+        learned edits: what the card and the benchmarks compare the editor with."""
+        return FaceModel(
+            self.bundle,
+            self.encoder,
+            self.decoder,
+            max_batch=self.max_batch,
+            max_strength=self.max_strength,
+            refine_steps=self.refine_steps,
+        )
+
+    @property
     def z_dim(self) -> int:
         return self.bundle.z_dim
 
@@ -187,8 +204,8 @@ class FaceModel:
         self.encode_pixels(np.zeros((1, size, size, 3), dtype=np.uint8))
         z = np.zeros((1, self.z_dim), dtype=np.float32)
         self.decode(z)
-        if self.editor is not None:
-            self.edit_codes(z, {self.bundle.edited_by_editor[0]: 1.0})
+        if self.learned_attributes:
+            self.edit_codes(z, {self.learned_attributes[0]: 1.0})
 
     def check_batch(self, field: str, count: int) -> None:
         if count > self.max_batch:
@@ -314,7 +331,7 @@ class FaceModel:
         if clash:
             raise InputError("keep", f"cannot both edit and keep {', '.join(clash)}")
         scales = np.ones(len(codes), np.float32) if scales is None else scales.astype(np.float32)
-        learned = self.bundle.edited_by_editor if self.editor is not None else []
+        learned = self.learned_attributes
         straight = np.zeros(self.z_dim, dtype=np.float32)
         for vector, strength in named:
             if vector.name not in learned:

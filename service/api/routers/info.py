@@ -32,7 +32,7 @@ async def metadata(model: LoadedModel, state: StateDep) -> Metadata:
 async def attributes(model: LoadedModel) -> AttributeList:
     """Every attribute vector /edit accepts, with its quality (AUC), the allowed strength range and whether the
     bundle's learned editor moves it."""
-    learned = set(model.bundle.edited_by_editor) if model.editor is not None else set()
+    learned = set(model.learned_attributes)
     return AttributeList(
         attributes=[
             AttributeInfo(
