@@ -1,7 +1,8 @@
-"""CPU time per face of two bundles' networks side by side: float32 against its int8 sibling
-(`python -m training quantize`).
+"""CPU time per face of a bundle's networks side by side: float32 against its int8 sibling (`python -m training
+quantize`), and both against the float32 networks of an earlier commit (`--before`).
 
     python -m bench.bench_cpu                                   # models/celeba-64 vs models/celeba-64-int8
+    python -m bench.bench_cpu --before ad7c94b --rounds 21      # ... and both vs celeba-64's networks at ad7c94b
     python -m bench.bench_cpu --float32 B --int8 B-int8 --rounds 9 --calls 20
 
 For each network (encoder, decoder), onnxruntime thread count (1, 2) and batch (1, 16), both bundles' sessions are
@@ -10,7 +11,8 @@ interleaved rounds (the order alternates each round): per round, `--calls` runs 
 pays per face and, unlike wall time, barely moves when other jobs share the cores: at 1 thread the calling thread's
 CPU time (`time.thread_time`: onnxruntime runs the graph on it), at 2 threads the process's (`time.process_time`, the
 pool's worker included; nothing else runs in this process). Wall time is printed next to it, noisy on a shared machine.
-The ratio int8 / float32 is taken per round; the table gives its median and range over the rounds.
+The ratios to the reference (the `--before` networks if given, else float32) are taken per round; the table gives
+their median and range over the rounds.
 
 Share of peak = the network's multiply-adds per face (from its ONNX graph: Conv and Gemm/MatMul) / (CPU seconds per
 face x clock x multiply-adds per cycle): float32 16 per cycle (two 8-wide FMA pipes, AVX2), int8 32 (AVX2 without
@@ -20,6 +22,8 @@ VNNI: vpmaddubsw multiplies 32 uint8 x int8 pairs, and vpmaddwd widens them, bot
 from __future__ import annotations
 
 import argparse
+import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,15 +85,11 @@ def inputs(bundle: ModelBundle, count: int) -> dict[str, np.ndarray]:
 
 
 def measure(
-    bundles: dict[str, ModelBundle], network: str, threads: int, batch: int, rounds: int, calls: int
+    files: dict[str, Path], data: np.ndarray, network: str, threads: int, batch: int, rounds: int, calls: int
 ) -> dict[str, list[dict[str, float]]]:
-    """Per precision, per round: CPU and wall milliseconds per face."""
+    """Per labelled ONNX file of `network`, per round: CPU and wall milliseconds per face over `data`."""
     feed_name = ENCODER_INPUT if network == "encoder" else DECODER_INPUT
-    data = inputs(next(iter(bundles.values())), 64)[network]
-    sessions = {
-        label: open_session(getattr(bundle, f"{network}_path"), threads=threads, spin=False)
-        for label, bundle in bundles.items()
-    }
+    sessions = {label: open_session(path, threads=threads, spin=False) for label, path in files.items()}
     cpu_clock = time.thread_time if threads == 1 else time.process_time
     runs = max(1, calls // batch) if batch > 1 else calls
     for session in sessions.values():  # warm up: allocation, kernel selection
@@ -116,10 +116,29 @@ def _ratio(rows: list[dict[str, float]], base: list[dict[str, float]], key: str)
     return float(np.median(ratios)), float(ratios.min()), float(ratios.max())
 
 
+def networks_at(rev: str, bundle: Path, into: Path) -> dict[str, Path]:
+    """The bundle's ONNX networks as committed at git `rev` (`git show`), written to `into`."""
+    relative = bundle.resolve().relative_to(REPO_ROOT)
+    files = {}
+    for network in NETWORKS:
+        blob = subprocess.run(
+            ["git", "show", f"{rev}:{relative.as_posix()}/{network}.onnx"],
+            cwd=REPO_ROOT,
+            check=True,
+            capture_output=True,
+        ).stdout
+        files[network] = into / f"{network}.onnx"
+        files[network].write_bytes(blob)
+    return files
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--float32", type=Path, default=REPO_ROOT / "models" / "celeba-64")
     parser.add_argument("--int8", type=Path, default=REPO_ROOT / "models" / "celeba-64-int8")
+    parser.add_argument(
+        "--before", metavar="REV", help="also time --float32's networks at this git commit, the reference"
+    )
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds")
     parser.add_argument("--calls", type=int, default=20, help="faces per round and precision (batch 16: calls/16 runs)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -130,21 +149,44 @@ def main(argv: Sequence[str] | None = None) -> None:
     bundles = {"float32": ModelBundle.load(args.float32), "int8": ModelBundle.load(args.int8)}
     if bundles["int8"].precision != "int8" or bundles["float32"].precision != "float32":
         raise SystemExit("--float32 must be a float32 bundle and --int8 an int8 one")
+    with tempfile.TemporaryDirectory() as scratch:
+        files = {
+            network: {label: getattr(bundle, f"{network}_path") for label, bundle in bundles.items()}
+            for network in NETWORKS
+        }
+        if args.before:
+            old = networks_at(args.before, args.float32, Path(scratch))
+            files = {network: {f"float32 at {args.before}": old[network], **files[network]} for network in NETWORKS}
+        run(args, files, inputs(bundles["float32"], 64))
+
+
+def run(args: argparse.Namespace, files: dict[str, dict[str, Path]], data: dict[str, np.ndarray]) -> None:
+    """Time every labelled file per network, thread count and batch; the first label is the reference."""
     hz = clock_hz()
-    macs = {network: multiply_adds(getattr(bundles["float32"], f"{network}_path")) for network in NETWORKS}
-    cases = []
-    rows = []
+    labels = list(files["decoder"])
+    reference, others = labels[0], labels[1:]
+    # int8 graphs hold their weights behind DequantizeLinear: they do the float32 graph's multiply-adds
+    macs = {
+        network: {label: multiply_adds(path) for label, path in files[network].items() if label != "int8"}
+        for network in NETWORKS
+    }
+    for network in NETWORKS:
+        macs[network]["int8"] = macs[network]["float32"]
+    cases, rows = [], []
     for network in NETWORKS:
         for threads in args.threads:
             for batch in args.batches:
                 calls = args.calls * 4 if batch > 1 else args.calls
-                timed = measure(bundles, network, threads, batch, args.rounds, calls)
+                timed = measure(files[network], data[network], network, threads, batch, args.rounds, calls)
                 cpu = {label: float(np.median([r["cpu_ms"] for r in timed[label]])) for label in timed}
                 wall = {label: float(np.median([r["wall_ms"] for r in timed[label]])) for label in timed}
-                cpu_ratio = _ratio(timed["int8"], timed["float32"], "cpu_ms")
-                wall_ratio = _ratio(timed["int8"], timed["float32"], "wall_ms")
+                cpu_ratio = {label: _ratio(timed[label], timed[reference], "cpu_ms") for label in others}
+                wall_ratio = {label: _ratio(timed[label], timed[reference], "wall_ms") for label in others}
                 # CPU seconds of all cores together, so this is the share of what that core time could do
-                peak = {label: macs[network] / (cpu[label] / 1000 * hz * MACS_PER_CYCLE[label]) for label in cpu}
+                peak = {
+                    label: macs[network][label] / (cpu[label] / 1000 * hz * MACS_PER_CYCLE[_precision(label)])
+                    for label in cpu
+                }
                 cases.append(
                     {
                         "network": network,
@@ -163,45 +205,55 @@ def main(argv: Sequence[str] | None = None) -> None:
                         network,
                         threads,
                         batch,
-                        fmt(cpu["float32"], 3),
-                        fmt(cpu["int8"], 3),
-                        f"{cpu_ratio[0]:.2f} ({cpu_ratio[1]:.2f}-{cpu_ratio[2]:.2f})",
-                        f"{wall_ratio[0]:.2f} ({wall_ratio[1]:.2f}-{wall_ratio[2]:.2f})",
-                        f"{peak['float32']:.0%}",
-                        f"{peak['int8']:.0%}",
+                        *(fmt(cpu[label], 3) for label in labels),
+                        *(_span(cpu_ratio[label]) for label in others),
+                        *(_span(wall_ratio[label]) for label in others),
+                        *(f"{peak[label]:.0%}" for label in labels),
                     ]
                 )
                 print(rows[-1], flush=True)
     table = Table(
-        f"CPU ms per face, float32 vs int8, medians of {args.rounds} interleaved rounds",
+        f"CPU ms per face, medians of {args.rounds} interleaved rounds; ratios to {reference}",
         [
             "network",
             "threads",
             "batch",
-            "float32 CPU ms",
-            "int8 CPU ms",
-            "int8 / float32 CPU (range)",
-            "int8 / float32 wall (range)",
-            "float32 share of peak",
-            "int8 share of peak",
+            *(f"{label} CPU ms" for label in labels),
+            *(f"{label} / {reference} CPU (range)" for label in others),
+            *(f"{label} / {reference} wall (range)" for label in others),
+            *(f"{label} share of peak" for label in labels),
         ],
         rows,
-        note=f"CPU = thread CPU time at 1 thread, process CPU time at 2. Multiply-adds per face: encoder "
-        f"{macs['encoder'] / 1e6:.1f} M, decoder {macs['decoder'] / 1e6:.1f} M; peak at {hz / 1e9:.2f} GHz, "
-        f"{MACS_PER_CYCLE['float32']} float32 or {MACS_PER_CYCLE['int8']} int8 multiply-adds per cycle per core.",
+        note="CPU = thread CPU time at 1 thread, process CPU time at 2. Multiply-adds per face: "
+        + "; ".join(
+            f"{network} " + ", ".join(f"{label} {value / 1e6:.1f} M" for label, value in macs[network].items())
+            for network in NETWORKS
+        )
+        + f"; peak at {hz / 1e9:.2f} GHz, {MACS_PER_CYCLE['float32']} float32 or {MACS_PER_CYCLE['int8']} int8 "
+        "multiply-adds per cycle per core.",
     )
-    one = {(c["network"], c["batch"]): c["cpu_ratio"] for c in cases if c["threads"] == 1}
-    headline = ", ".join(
-        f"{network} batch {batch} {r[0]:.2f} ({r[1]:.2f}-{r[2]:.2f})" for (network, batch), r in one.items()
+    one = [c for c in cases if c["threads"] == 1]
+    headline = f"CPU per face at 1 thread, over {reference}: " + "; ".join(
+        f"{c['network']} batch {c['batch']} " + ", ".join(f"{label} {_span(c['cpu_ratio'][label])}" for label in others)
+        for c in one
     )
     report = {
         "machine": machine(),
-        "bundles": {label: str(b.path) for label, b in bundles.items()},
+        "files": {network: {label: str(path) for label, path in by.items()} for network, by in files.items()},
+        "reference": reference,
         "multiply_adds": macs,
         "clock_hz": hz,
         "cases": cases,
     }
-    write_report(args.out, report, [table], f"int8 / float32 thread CPU time per face at 1 thread: {headline}")
+    write_report(args.out, report, [table], headline)
+
+
+def _precision(label: str) -> str:
+    return "int8" if label == "int8" else "float32"
+
+
+def _span(ratio: tuple[float, float, float]) -> str:
+    return f"{ratio[0]:.2f} ({ratio[1]:.2f}-{ratio[2]:.2f})"
 
 
 if __name__ == "__main__":

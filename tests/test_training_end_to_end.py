@@ -135,7 +135,8 @@ def test_upgrade_measures_the_landmark_template_again_into_a_format_3_bundle(
 def test_rewrite_turns_an_export_without_the_graph_rewrites_into_this_version_s(
     trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A bundle exported before a rewrite existed gets it without its Keras model, computing exactly the same."""
+    """A bundle exported before the rewrites existed gets them without its Keras model, computing the same (the
+    upsampling exactly, its fold into the next convolution up to float rounding)."""
     run, out = trained
     copy = shutil.copytree(out, tmp_path / "earlier")
     _, vae = load_run(run)
@@ -159,8 +160,8 @@ def test_rewrite_turns_an_export_without_the_graph_rewrites_into_this_version_s(
     capsys.readouterr()
     assert main(["rewrite", "--bundle", str(copy)]) == 0
     assert capsys.readouterr().out.strip() == DECODER_FILE
-    assert "Resize" in op_types() and "Tile" not in op_types()
-    np.testing.assert_array_equal(decoded(), earlier)
+    assert "DepthToSpace" in op_types() and not {"Tile", "Resize"} & op_types()
+    np.testing.assert_allclose(decoded(), earlier, rtol=0, atol=1e-5)
     ModelBundle.load(copy)  # the manifest has the new sum
     assert main(["rewrite", "--bundle", str(copy)]) == 0
     assert capsys.readouterr().out.strip() == "nothing to rewrite"

@@ -47,7 +47,7 @@ from training import template
 from training.config import TrainConfig
 from training.latents import aggregate_posterior, attribute_vectors
 from training.model import VAE
-from training.onnx_graph import upsampling_as_resize
+from training.onnx_graph import upsampling_as_resize, upsampling_into_convolution
 from training.prepared import PreparedData, preprocess_of
 from training.report import draw_report
 
@@ -86,7 +86,7 @@ def keras_to_onnx(model: keras.Model, input_names: tuple[str, ...], output_names
 
 def optimize_graph(proto: onnx.ModelProto) -> int:
     """The exported graph's rewrites (training.onnx_graph), in place; how many places changed."""
-    return upsampling_as_resize(proto)
+    return upsampling_as_resize(proto) + upsampling_into_convolution(proto)
 
 
 def rewrite_graphs(bundle: Path) -> list[str]:

@@ -228,6 +228,88 @@ def upsampling_as_resize(model: onnx.ModelProto) -> int:
     return len(replaced)
 
 
+def upsampling_into_convolution(model: onnx.ModelProto) -> int:
+    """Rewrite every Resize(nearest, x2) read only by a 3 x 3 convolution (stride 1, pads 1) as four 2 x 2
+    convolutions of the low-resolution input, one per output phase, interleaved by DepthToSpace; in place; returns
+    how many.
+
+    The same function up to float rounding (the sub-pixel form): an output pixel at (2i + a, 2j + b) of the
+    convolution sees only rows i - 1 + a .. i + a and columns j - 1 + b .. j + b of the input, its 3 x 3 taps summed
+    into 2 x 2 by which input pixel they read. Each phase costs 4 multiply-adds per channel pair instead of 9, so
+    the convolutions that follow the decoder's upsamplings (most of its multiply-adds) need 2.25x fewer."""
+    graph = model.graph
+    nodes = list(graph.node)  # held, so that their ids below stay theirs
+    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    readers, outputs = _readers(nodes), {value.name for value in graph.output}
+    replaced: dict[int, list[onnx.NodeProto]] = {}
+    dropped: set[int] = set()
+    for resize in nodes:
+        if resize.op_type != "Resize" or _attribute(resize, "mode", b"nearest") != b"nearest":
+            continue
+        scales = constants.get(resize.input[2]) if len(resize.input) > 2 else None
+        if scales is None or scales.tolist() != [1, 1, 2, 2]:
+            continue
+        (conv, *others) = readers.get(resize.output[0], [None])
+        if conv is None or others or resize.output[0] in outputs or conv.op_type != "Conv":
+            continue
+        if conv.input[1] not in constants:
+            continue
+        kernel = constants[conv.input[1]]
+        if (
+            kernel.shape[2:] != (3, 3)
+            or list(_attribute(conv, "pads", [0, 0, 0, 0])) != [1, 1, 1, 1]
+            or list(_attribute(conv, "strides", [1, 1])) != [1, 1]
+            or list(_attribute(conv, "dilations", [1, 1])) != [1, 1]
+            or _attribute(conv, "group", 1) != 1
+        ):
+            continue
+        name = conv.name or conv.output[0]
+        phases, new = [], []
+        for a in (0, 1):
+            for b in (0, 1):
+                small = _phase_kernel(kernel, a, b)
+                weights = f"{name}/phase{a}{b}"
+                graph.initializer.append(numpy_helper.from_array(small, weights))
+                output = f"{name}/phase{a}{b}:0"
+                inputs = [resize.input[0], weights, *conv.input[2:]]
+                new.append(
+                    helper.make_node(
+                        "Conv",
+                        inputs,
+                        [output],
+                        name=f"{name}/phase{a}{b}",
+                        kernel_shape=[2, 2],
+                        pads=[1 - a, 1 - b, a, b],
+                    )
+                )
+                phases.append(output)
+        new += [
+            helper.make_node("Concat", phases, [f"{name}/phases"], name=f"{name}/phases", axis=1),
+            helper.make_node("DepthToSpace", [f"{name}/phases"], list(conv.output), name=name, blocksize=2, mode="DCR"),
+        ]
+        replaced[id(conv)] = new
+        dropped.add(id(resize))
+    del graph.node[:]
+    graph.node.extend(n for node in nodes if id(node) not in dropped for n in replaced.get(id(node), [node]))
+    _drop_unused_constants(graph)
+    return len(replaced)
+
+
+#: Per output phase (0: even rows or columns, 1: odd), the 3 x 3 kernel's taps that read each of its two input
+#: rows: phase 0 reads rows i - 1 (tap 0) and i (taps 1, 2), phase 1 rows i (taps 0, 1) and i + 1 (tap 2), since the
+#: nearest copy of row i fills output rows 2i and 2i + 1.
+_PHASE_TAPS = {0: ((0,), (1, 2)), 1: ((0, 1), (2,))}
+
+
+def _phase_kernel(kernel: np.ndarray, a: int, b: int) -> np.ndarray:
+    """[O, I, 2, 2] float32: the 3 x 3 `kernel` [O, I, 3, 3] of a convolution after a nearest x2 upsampling, as the
+    2 x 2 kernel on the low-resolution input that computes its outputs in row phase `a` and column phase `b`."""
+    rows = [kernel[:, :, list(taps)].sum(axis=2) for taps in _PHASE_TAPS[a]]  # each [O, I, 3]
+    return np.stack(
+        [np.stack([row[:, :, list(taps)].sum(axis=2) for taps in _PHASE_TAPS[b]], axis=-1) for row in rows], axis=-2
+    ).astype(np.float32)
+
+
 def _appended_channels(pad: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> int | None:
     """How many zero channels a 4-D Pad appends, or None if it does anything else."""
     mode = _attribute(pad, "mode", b"constant")

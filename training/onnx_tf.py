@@ -64,6 +64,15 @@ def _reshape(node: Node, x: Tensor, shape: Tensor) -> Tensor:
     return tf.reshape(x, shape.tolist())
 
 
+def _depth_to_space(node: Node, x: Tensor) -> Tensor:
+    """ONNX DepthToSpace in DCR mode (NCHW) is TensorFlow's depth_to_space (NHWC)."""
+    attrs = _attributes(node)
+    if attrs.get("mode", b"DCR") != b"DCR":
+        raise NotImplementedError(f"DepthToSpace {node.name}: only DCR mode is supported")
+    y = tf.nn.depth_to_space(tf.transpose(x, [0, 2, 3, 1]), int(attrs["blocksize"]))
+    return tf.transpose(y, [0, 3, 1, 2])
+
+
 OPERATORS: dict[str, Callable[..., Tensor]] = {
     "Add": lambda node, a, b: a + b,
     "Mul": lambda node, a, b: a * b,
@@ -75,6 +84,8 @@ OPERATORS: dict[str, Callable[..., Tensor]] = {
     "Reshape": _reshape,
     "Conv": _conv,
     "Resize": _resize,
+    "Concat": lambda node, *xs: tf.concat(xs, axis=_attributes(node)["axis"]),
+    "DepthToSpace": _depth_to_space,
 }
 
 
