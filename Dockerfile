@@ -7,9 +7,10 @@
 #
 # Each image holds exactly one onnxruntime package (the `cpu` or `gpu` extra; both in one environment overwrite
 # each other's files) and never TensorFlow: `training/` is built into the wheel as plain source, but its
-# dependencies live only in the `train` extras, which are never installed here. The default bundle
-# models/celeba-64 is baked in at /models/celeba-64; mount another bundle and point FACEVAE_MODEL at it to
-# replace it. The service is configured by FACEVAE_* variables only (see service/api/settings.py).
+# dependencies live only in the `train` extras, which are never installed here. The CPU image bakes in the int8
+# bundle models/celeba-64-int8 at /models/celeba-64-int8 (about half the CPU per face, judged as good: see
+# docs/benchmarks.md), the GPU image the float32 models/celeba-64 at /models/celeba-64; mount another bundle and
+# point FACEVAE_MODEL at it to replace it. The service is configured by FACEVAE_* variables only (see service/api/settings.py).
 #
 # BuildKit (the default builder since Docker 23) builds only the stages the chosen target needs, so the CPU
 # image never pulls the CUDA base.
@@ -90,11 +91,12 @@ CMD ["python", "-m", "service"]
 FROM ${PYTHON_IMAGE} AS cpu
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin facevae
 COPY --from=cpu-build /opt/venv /opt/venv
-COPY models/celeba-64/ /models/celeba-64/
+# The int8 sibling of the default bundle: on CPUs it costs about half the CPU per face at the same judged quality.
+COPY models/celeba-64-int8/ /models/celeba-64-int8/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    FACEVAE_MODEL=/models/celeba-64 \
+    FACEVAE_MODEL=/models/celeba-64-int8 \
     FACEVAE_HOST=0.0.0.0 \
     FACEVAE_PORT=8000
 WORKDIR /srv

@@ -4,8 +4,9 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 DATA ?= ../shared/data/celeba_subset
-# The bundle `make serve` serves; models/celeba-64-int8 (`make quantize`) is its int8 sibling (docs/benchmarks.md).
-MODEL ?= $(or $(FACEVAE_MODEL),models/celeba-64)
+# The bundle `make serve` serves: on CPUs the int8 sibling of models/celeba-64 (`make quantize`), judged as good and
+# about half the CPU per face (docs/benchmarks.md); MODEL=models/celeba-64 for float32.
+MODEL ?= $(or $(FACEVAE_MODEL),models/celeba-64-int8)
 
 .PHONY: serve test lint bench train card quantize
 
@@ -23,7 +24,7 @@ $(VENV)/.test-deps: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[cpu,train,dev]"
 	touch $@ $(VENV)/.serve-deps
 
-serve: $(VENV)/.serve-deps  ## start the service on the bundled model at http://$(HOST):$(PORT)
+serve: $(VENV)/.serve-deps  ## start the service on the bundled int8 model at http://$(HOST):$(PORT)
 	$(PY) -m service --model $(MODEL) --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.test-deps  ## lint, then the whole test suite

@@ -12,6 +12,14 @@ manipulation with every unrelated attribute kept (what `/edit` does with a `keep
 
 Each is judged exactly as bench_quality judges the shipped vectors (same faces, same judge, same floor).
 
+Most of an edit's side effects fall on a few attributes that are unrelated by the labels' phi but go with the edited
+one in photos (a rare attribute's phi stays small however strong the tie: glasses hide arched eyebrows on 98 % of
+the photos that have them). So it also measures what a *real* change brings in the judge's eyes: per unrelated
+attribute, how much more often the judge says it on validation photos labelled with the edited attribute than on
+those without (within each sex, CelebA's strongest confounder). The mean of those shifts is about what a perfect
+edit, one that turns a face into a real photo of the same person with the attribute, would show as side effects;
+and the side effects are counted a second time on the *judge-independent* attributes alone (shift below 0.1).
+
 It also measures the judge's own floor on the real photos, where nothing about the person changes: the same faces
 (labelled without the attribute) mirrored, shifted by one pixel, saved as JPEG at quality 75, and reconstructed
 from their refined codes, each against the photo itself, counted on the same unrelated attributes. A side effect
@@ -40,6 +48,11 @@ VARIANTS = ("learned", "shipped", "projected", "full length")
 #: Changes to a real photo that keep the person and every attribute: what the judge's verdicts do under them.
 SAME_FACE = ("mirrored", "shifted 1 px", "JPEG q75", "reconstructed")
 JPEG_QUALITY = 75
+#: An unrelated attribute whose judge verdicts differ by less than this between real photos with and without the
+#: edited attribute is one the judge reads independently of it.
+INDEPENDENT_SHIFT = 0.1
+#: A sex is a stratum of the real-photo shift only with at least this many validation photos on either side.
+STRATUM_FACES = 5
 
 
 def same_face_variants(faces: np.ndarray, reconstructed: np.ndarray) -> dict[str, np.ndarray]:
@@ -78,6 +91,40 @@ def judge_floor(subject: quality.Subject, judging: quality.EditJudging) -> list[
             row[variant] = float((changed != verdicts)[:, unrelated].mean())
         rows.append(row)
     return rows
+
+
+def real_shifts(subject: quality.Subject, judging: quality.EditJudging) -> dict[str, np.ndarray]:
+    """Per edited attribute, per classifier column: the share of validation photos labelled with the attribute that
+    the judge gives that column's attribute, minus the share among photos labelled without it; within each sex
+    (weighted by its photos) where both sides have STRATUM_FACES photos, else over all."""
+    data = subject.data
+    assert data.labels is not None
+    labels = data.labels[data.val]
+    verdicts, _ = quality.judge(judging.classifier, data.images[data.val])
+    male = labels[:, data.dataset.attribute_names.index("Male")] > 0
+    shifts = {}
+    for name in judging.attributes:
+        has = labels[:, data.dataset.attribute_names.index(name)] > 0
+        strata = [s for s in (male, ~male) if min((has & s).sum(), (~has & s).sum()) >= STRATUM_FACES]
+        if name == "Male" or not strata:
+            strata = [np.ones_like(has)]
+        parts = [verdicts[has & s].mean(axis=0) - verdicts[~has & s].mean(axis=0) for s in strata]
+        shifts[name] = np.average(parts, axis=0, weights=[s.sum() for s in strata])
+    return shifts
+
+
+def independent_side_effects(rows: list[dict[str, Any]], independent: dict[str, list[int]]) -> None:
+    """Add to every strength of `rows` (bench_quality.edits rows with per-column changes, which are dropped) the side
+    effects, the random move's and their ratio over the attribute's judge-independent columns alone."""
+    for row in rows:
+        columns = independent[row["attribute"]]
+        for effect in row["strengths"].values():
+            changed, moved = np.asarray(effect.pop("changed")), np.asarray(effect.pop("random_changed"))
+            side = float(changed[columns].mean()) if columns else None
+            floor = float(moved[columns].mean()) if columns else None
+            effect.update(
+                independent_side_effects=side, independent_random=floor, independent_ratio=quality.ratio(side, floor)
+            )
 
 
 def projected_vectors(
@@ -131,13 +178,27 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     models = {name: quality.with_vectors(subject.model, found) for name, found in variants.items()}
     if subject.model.editor is not None:
         models = {"learned": subject.model, **models}
+    shifts = real_shifts(subject, judging)
+    independent = {
+        name: [c for c in judging.unrelated[name] if abs(shifts[name][c]) < INDEPENDENT_SHIFT] for name in shifts
+    }
     rows = []
     for variant, model in models.items():
         print(f"{variant} ...")
-        section = quality.edits(subject, model, judging)
+        section = quality.edits(subject, model, judging, per_column=True)
+        independent_side_effects(section["rows"], independent)
         rows += [{"variant": variant, **row} for row in section["rows"]]
     print("the judge on the same faces ...")
-    return {"machine": machine(), "model": str(args.model), "rows": rows, "floor": judge_floor(subject, judging)}
+    floor = judge_floor(subject, judging)
+    for row in floor:
+        unrelated, shift = judging.unrelated[row["attribute"]], shifts[row["attribute"]]
+        row["real change"] = float(np.abs(shift[unrelated]).mean())
+        row["independent"] = len(independent[row["attribute"]])
+        row["largest shifts"] = {
+            judging.classifier.attributes[c]: round(float(shift[c]), 3)
+            for c in sorted(unrelated, key=lambda c: -abs(shift[c]))[:3]
+        }
+    return {"machine": machine(), "model": str(args.model), "rows": rows, "floor": floor}
 
 
 def tables(report: dict[str, Any]) -> list[Table]:
@@ -153,6 +214,8 @@ def tables(report: dict[str, Any]) -> list[Table]:
                 fmt(row["strengths"][strength]["side_ratio"], 2),
                 fmt(row["strengths"][strength]["person"], 2),
                 fmt(row["strengths"][strength]["move_length"], 2),
+                fmt(row["strengths"][strength]["independent_side_effects"], 3),
+                fmt(row["strengths"][strength]["independent_ratio"], 2),
             ]
             for row in sorted(report["rows"], key=lambda r: (r["attribute"], VARIANTS.index(r["variant"])))
             if row["direction"] == direction
@@ -160,27 +223,51 @@ def tables(report: dict[str, Any]) -> list[Table]:
         result.append(
             Table(
                 f"{report['model']}: {direction} at {strength}, unrelated attributes projected out",
-                ["attribute", "edit", "success", "side effects", "random move (floor)", "ratio", "person", "length"],
+                [
+                    "attribute",
+                    "edit",
+                    "success",
+                    "side effects",
+                    "random move (floor)",
+                    "ratio",
+                    "person",
+                    "length",
+                    "judge-independent side effects",
+                    "ratio",
+                ],
                 rows,
                 "learned: the bundle's editor (what /edit serves); shipped: the bundle's vectors alone; "
                 "projected: unrelated attributes' directions projected out, strength 1 = the class-mean gap along "
                 "what is left; full length: the same direction, moved as far as the shipped vector. Floor: a random "
                 "move as long as each face's edit; ratio: side effects over the floor; person: distance in the "
                 "judge's features from the unedited face, over the random move's; length: the mean latent distance "
-                "moved.",
+                "moved; judge-independent: the same over the unrelated attributes whose judge verdicts on real "
+                f"photos differ by less than {INDEPENDENT_SHIFT} with and without the edited attribute.",
             )
         )
     result.append(
         Table(
             f"{report['model']}: the judge on real photos that keep the person (unrelated verdicts changed)",
-            ["attribute", "faces", "unrelated", *SAME_FACE],
+            ["attribute", "faces", "unrelated", *SAME_FACE, "a real change", "judge-independent", "largest shifts"],
             [
-                [row["attribute"], row["faces"], row["unrelated"], *(fmt(row[v], 3) for v in SAME_FACE)]
+                [
+                    row["attribute"],
+                    row["faces"],
+                    row["unrelated"],
+                    *(fmt(row[v], 3) for v in SAME_FACE),
+                    fmt(row["real change"], 3),
+                    row["independent"],
+                    ", ".join(f"{name} {shift:+.2f}" for name, shift in row["largest shifts"].items()),
+                ]
                 for row in report["floor"]
             ],
             "The photos labelled without the attribute (the faces its +2 edit is judged on), against themselves "
             f"mirrored, shifted one pixel right, saved as JPEG at quality {JPEG_QUALITY}, and decoded from their "
-            "refined codes (what /encode gives); the attributes counted are the edit's unrelated ones.",
+            "refined codes (what /encode gives); the attributes counted are the edit's unrelated ones. A real change: "
+            "the mean over those of how much more often (absolute) the judge says each on real validation photos "
+            "with the attribute than without, within each sex: about the side effects a perfect edit would show. "
+            "Judge-independent: how many of them differ by less than "
+            f"{INDEPENDENT_SHIFT}; largest shifts: the three that differ most.",
         )
     )
     return result

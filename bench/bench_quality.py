@@ -423,6 +423,7 @@ def edit_effect(
         "move_length": float(lengths.mean()),
         "drift": float(np.mean(np.abs(edited.faces.astype(np.float32) - unedited.faces.astype(np.float32)))),
         "changed": changed.mean(axis=0),
+        "random_changed": random_changed.mean(axis=0),
     }
 
 
@@ -445,8 +446,10 @@ class EditJudging:
     unrelated: Mapping[str, list[int]]
 
 
-def edits(subject: Subject, model: FaceModel, judging: EditJudging) -> dict[str, Any]:
-    """Edit success, side effects and identity drift per attribute, direction and strength, with `model`'s vectors."""
+def edits(subject: Subject, model: FaceModel, judging: EditJudging, per_column: bool = False) -> dict[str, Any]:
+    """Edit success, side effects and identity drift per attribute, direction and strength, with `model`'s vectors;
+    with `per_column`, also the share of faces whose verdict changed per classifier column, for the edit
+    (`changed`) and the random move (`random_changed`)."""
     classifier, attributes, max_faces, unrelated = (
         judging.classifier,
         judging.attributes,
@@ -493,7 +496,10 @@ def edits(subject: Subject, model: FaceModel, judging: EditJudging) -> dict[str,
                     sign > 0,
                     unrelated[name],
                 )
-                effect.pop("changed")
+                for key in ("changed", "random_changed"):
+                    values = effect.pop(key)
+                    if per_column:
+                        effect[key] = [round(float(v), 4) for v in values]
                 row["strengths"][f"{sign * strength:+g}"] = effect
             rows.append(row)
     return {"strengths": list(STRENGTHS), "max_faces": max_faces, "rows": rows, "skipped": skipped}

@@ -3,9 +3,18 @@ changes that measure the judge's floor keep the photo's pixels, only moved or re
 
 from __future__ import annotations
 
-import numpy as np
+from types import SimpleNamespace
 
-from bench.bench_entanglement import SAME_FACE, projected_vectors, same_face_variants
+import numpy as np
+import pytest
+
+from bench.bench_entanglement import (
+    SAME_FACE,
+    independent_side_effects,
+    projected_vectors,
+    real_shifts,
+    same_face_variants,
+)
 from service.core.bundle import AttributeVector
 
 
@@ -68,3 +77,35 @@ def test_same_face_variants_move_or_re_encode_the_photo_s_own_pixels() -> None:
     np.testing.assert_array_equal(variants["shifted 1 px"][:, :, 0], faces[:, :, 0])  # the edge column repeats
     assert 0 < np.abs(variants["JPEG q75"].astype(int) - faces).mean() < 3
     np.testing.assert_array_equal(variants["reconstructed"], 255 - faces)
+
+
+def test_independent_side_effects_count_only_the_judge_independent_columns() -> None:
+    strength = {"changed": [0.5, 0.1, 0.3], "random_changed": [0.1, 0.1, 0.1], "side_effects": 0.3}
+    rows = [
+        {"attribute": "A", "strengths": {"+2": dict(strength)}},
+        {"attribute": "B", "strengths": {"+2": dict(strength)}},
+    ]
+    independent_side_effects(rows, {"A": [1, 2], "B": []})
+    a, b = rows[0]["strengths"]["+2"], rows[1]["strengths"]["+2"]
+    assert a["independent_side_effects"] == pytest.approx(0.2) and a["independent_random"] == pytest.approx(0.1)
+    assert a["independent_ratio"] == pytest.approx(2.0)
+    assert b["independent_side_effects"] is None and b["independent_ratio"] is None  # nothing to count on
+    assert "changed" not in a and "random_changed" not in a and a["side_effects"] == 0.3  # the lists are dropped
+
+
+def test_real_shifts_compare_photos_with_and_without_within_each_sex(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A verdict that only follows sex must not count as going with an attribute that is commoner among men."""
+    male = np.array([1] * 40 + [-1] * 40)
+    moustache = np.array([1] * 30 + [-1] * 10 + [1] * 5 + [-1] * 35)  # 75 % of the men, 12.5 % of the women
+    labels = np.stack([male, moustache], axis=1)
+    verdicts = np.stack([male > 0, male > 0, moustache > 0], axis=1)  # column 1 follows sex only, 2 the attribute
+    monkeypatch.setattr("bench.bench_quality.judge", lambda classifier, faces: (verdicts[faces[:, 0]], None))
+    data = SimpleNamespace(
+        labels=labels,
+        val=np.arange(80),
+        images=np.arange(80)[:, None],
+        dataset=SimpleNamespace(attribute_names=["Male", "Mustache"]),
+    )
+    judging = SimpleNamespace(classifier=None, attributes=["Mustache"])
+    shifts = real_shifts(SimpleNamespace(data=data), judging)
+    np.testing.assert_allclose(shifts["Mustache"], [0.0, 0.0, 1.0])

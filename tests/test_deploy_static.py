@@ -49,6 +49,8 @@ from tests.deploy_files import (
 
 #: Serving image target -> the extra of pyproject.toml it must install, and the one it must never install.
 FLAVOURS = {"cpu": ("cpu", "gpu"), "gpu": ("gpu", "cpu")}
+#: Serving image target -> the bundle it bakes in: int8 on CPUs (half the CPU per face), float32 on GPUs.
+BAKED = {"cpu": DEFAULT_MODEL.with_name("celeba-64-int8"), "gpu": DEFAULT_MODEL}
 FORBIDDEN_PACKAGES = ("tensorflow", "tf2onnx", "keras", "tf-keras")
 DEFAULT_PORT: int = Settings.model_fields["port"].default
 DEFAULT_MAX_BODY: int = Settings.model_fields["max_body_bytes"].default
@@ -218,9 +220,9 @@ def test_runtime_environment(dockerfile: Dockerfile, target: str) -> None:
     assert int(facevae[f"{ENV_PREFIX}PORT"]) == DEFAULT_PORT
     exposed = {int(word.split("/")[0]) for item in stage.all("EXPOSE") for word in item.args.split()}
     assert exposed == {DEFAULT_PORT}
-    # The model is the baked copy of the repository's default bundle, at the path FACEVAE_MODEL names.
+    # The model is the baked copy of the repository's bundle for this target, at the path FACEVAE_MODEL names.
     model = facevae[f"{ENV_PREFIX}MODEL"]
-    bundle_source = DEFAULT_MODEL.relative_to(REPO_ROOT).as_posix()
+    bundle_source = BAKED[target].relative_to(REPO_ROOT).as_posix()
     baked = [
         destination.rstrip("/")
         for sources, destination, flags in copy_instructions(stage)
@@ -266,15 +268,15 @@ def test_start_command_is_exec_form_and_configured_by_environment(dockerfile: Do
 def test_copy_sources_exist_and_are_in_the_build_context(
     dockerfile: Dockerfile, ignore_patterns: list[tuple[bool, re.Pattern[str]]]
 ) -> None:
-    bundle_source = DEFAULT_MODEL.relative_to(REPO_ROOT).as_posix()
+    bundle_sources = {bundle.relative_to(REPO_ROOT).as_posix() for bundle in BAKED.values()}
     checked = 0
     for stage in dockerfile.stages:
         for sources, _, flags in copy_instructions(stage):
             if "from" in flags:
                 continue
             for source in (source.rstrip("/") for source in sources):
-                if any(char in source for char in "*?[") or source == bundle_source:
-                    continue  # optional globs; the bundle has its own test
+                if any(char in source for char in "*?[") or source in bundle_sources:
+                    continue  # optional globs; the bundles have their own test
                 path = REPO_ROOT / source
                 assert path.exists(), f"COPY source {source} (stage {stage.name}) does not exist"
                 files = [path] if path.is_file() else [p for p in path.rglob("*.py") if "__pycache__" not in p.parts]
@@ -301,16 +303,17 @@ def test_dockerignore_keeps_out_what_images_must_not_hold(ignore_patterns: list[
         assert is_ignored(path, ignore_patterns), path
     for path in ("pyproject.toml", "service/api/app.py", "service/api/routers/health.py", "training/model.py"):
         assert not is_ignored(path, ignore_patterns), path
-    assert not is_ignored(f"{DEFAULT_MODEL.relative_to(REPO_ROOT).as_posix()}/{ENCODER_FILE}", ignore_patterns)
+    for bundle in BAKED.values():
+        assert not is_ignored(f"{bundle.relative_to(REPO_ROOT).as_posix()}/{ENCODER_FILE}", ignore_patterns)
 
 
-def test_default_bundle_is_in_the_build_context(ignore_patterns: list[tuple[bool, re.Pattern[str]]]) -> None:
-    """The images bake the default bundle in, so `docker build` fails until it is committed."""
-    if not DEFAULT_MODEL.is_dir():
-        pytest.skip(f"{DEFAULT_MODEL.relative_to(REPO_ROOT)} is not committed yet; docker build needs it")
+@pytest.mark.parametrize("target", sorted(BAKED))
+def test_baked_bundle_is_in_the_build_context(target: str, ignore_patterns: list[tuple[bool, re.Pattern[str]]]) -> None:
+    """The images bake their bundle in, so `docker build` fails until it is committed."""
+    bundle = BAKED[target]
     for name in BUNDLE_FILES:
-        relative = (DEFAULT_MODEL / name).relative_to(REPO_ROOT).as_posix()
-        assert (DEFAULT_MODEL / name).is_file(), relative
+        relative = (bundle / name).relative_to(REPO_ROOT).as_posix()
+        assert (bundle / name).is_file(), relative
         assert not is_ignored(relative, ignore_patterns), relative
 
 

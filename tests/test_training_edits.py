@@ -3,10 +3,17 @@ and no further, returns the code itself at strength 0, and keeps the attributes 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import keras
 import numpy as np
+import pytest
+import tensorflow as tf
 
-from training.edits import build_correction, build_editor, keep_weights
+from service.core.bundle import DEFAULT_MODEL
+from training.cli import _field_value, main
+from training.config import EditConfig
+from training.edits import EditTrainer, build_correction, build_editor, keep_weights
 
 
 def _editor(z_dim: int = 6, attributes: int = 2) -> tuple[keras.Model, np.ndarray]:
@@ -45,3 +52,36 @@ def test_keep_weights_hold_unrelated_attributes_and_free_those_that_go_together(
     assert weights[0, 1] == 0.0 and weights[0, 2] == 1.0
     assert 0.2 < weights[0, 3] < 0.8
     np.testing.assert_allclose(weights, weights.T)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [("keep_weight=-1", "keep_weight"), ("keep_wieght=1", "FIELD one of"), ("keep_weight", "FIELD=VALUE")],
+)
+def test_edits_refuses_a_setting_it_cannot_use_before_any_work(
+    setting: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["edits", "--data", "nowhere", "--bundle", str(DEFAULT_MODEL), "--set", setting])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_edits_settings_are_read_as_json() -> None:
+    assert _field_value("keep_weight=24") == ("keep_weight", 24)
+    assert _field_value('attributes=["Smiling"]') == ("attributes", ["Smiling"])
+    assert _field_value("target_logit=1.5") == ("target_logit", 1.5)
+
+
+def test_target_multipliers_rise_while_an_attribute_falls_short_and_fall_while_it_is_done() -> None:
+    config = EditConfig(attributes=("Smiling", "Chubby"), multiplier_rate=0.5, success_goal=0.9)
+    trainer = SimpleNamespace(config=config, success=tf.Variable([0.9, 0.9]), multipliers=tf.Variable([1.0, 1.0]))
+    chosen = tf.constant([0, 0, 1, 1, 1])
+    strength = tf.constant([2.5, -2.0, 2.0, 3.0, 1.0])  # the last is below goal_strength: not counted
+    moved = tf.constant([1.0, 0.5, -1.0, -0.5, 5.0])  # Smiling's edits done, Chubby's not
+    for _ in range(20):
+        clear = EditTrainer._follow_goal(trainer, chosen, strength, moved)
+    assert float(clear) == pytest.approx(0.5)
+    smiling, chubby = trainer.multipliers.numpy()
+    assert smiling < 1.0 < chubby
+    assert trainer.success.numpy()[0] > 0.9 > trainer.success.numpy()[1]

@@ -12,6 +12,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from training.config import STRATEGIES, EditConfig, TrainConfig
 from training.prepared import DEFAULT_CACHE
 
@@ -117,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     edits.add_argument(
         "--attributes", nargs="+", help=f"attributes to learn (default: {' '.join(EditConfig().attributes)})"
     )
+    edits.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        type=_field_value,
+        metavar="FIELD=VALUE",
+        help="any other setting of training.config.EditConfig, the value as JSON (repeatable), e.g. --set "
+        "keep_weight=24 --set target_logit=1",
+    )
 
     upgrade = commands.add_parser(
         "upgrade",
@@ -156,8 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _field_value(text: str) -> tuple[str, Any]:
+    """FIELD=VALUE with VALUE read as JSON (a bare word stays a string)."""
+    field, equals, value = text.partition("=")
+    if not equals or field not in EditConfig.model_fields:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE with FIELD one of {', '.join(EditConfig.model_fields)}")
+    try:
+        return field, json.loads(value)
+    except json.JSONDecodeError:
+        return field, value
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -217,7 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         bundle = ModelBundle.load(args.bundle)
         config = TrainConfig.from_manifest(bundle.manifest.training)
         given = {"steps": args.steps, "attributes": args.attributes, "guide_epochs": args.guide_epochs}
-        settings = EditConfig(**{key: value for key, value in given.items() if value is not None})
+        try:
+            settings = EditConfig(
+                **dict(args.overrides), **{key: value for key, value in given.items() if value is not None}
+            )
+        except (ValidationError, TypeError) as error:
+            parser.error(f"edits: {error}")
         guide_dir = args.guide_dir or Path("runs") / f"edit-guide-{bundle.image_size}"
         data = prepare_data(config, args.data, cache, args.skip_bad_images)
         fit_edits(args.bundle, config, data, settings, guide_dir)

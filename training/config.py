@@ -97,8 +97,18 @@ class EditConfig(BaseModel):
     target_logit: float = Field(
         2.0, gt=0, description="the guide's logit of the edited attribute must reach strength times this (signed)"
     )
-    target_weight: float = Field(1.0, ge=0)
+    target_weight: float = Field(1.0, gt=0, description="each attribute's target multiplier (at the start)")
+    success_goal: float = Field(
+        0.95, gt=0, lt=1, description="share of edits of at least goal_strength the guide must judge done"
+    )
+    goal_strength: float = Field(2.0, gt=0, description="the strength from which an edit must be clear")
+    multiplier_rate: float = Field(
+        0.0, ge=0, description="how fast each target multiplier follows its goal (0: they stay at target_weight)"
+    )
     keep_weight: float = Field(8.0, ge=0)
+    guide_jitter: float = Field(
+        0.0, ge=0, description="noise (0-255 scale) on the edited face the guide sees, with a random mirror and shift"
+    )
     identity_weight: float = Field(0.5, ge=0)
     turn_weight: float = Field(0.1, ge=0, description="weight of 1 - cos(edit, straight move)")
     density_weight: float = Field(2.0, ge=0, description="weight of the edited code's Mahalanobis increase")

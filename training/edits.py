@@ -11,10 +11,13 @@ as far as the shipped class-mean move of the same strength, in a direction the n
 difference between faces with and without the attribute, as a distance in latent space), S = 0 is exactly z, and
 the network can only choose where to go, not go further: its edits are compared with a random move of the same
 length, and a longer move would buy a higher floor, not a cleaner edit. Trained on the training split's codes,
-each batch editing one attribute per face at a random strength, with four named losses:
+each batch editing one attribute per face at a random strength, with five named losses:
 
 - `target`: the guide classifier's logit of the edited attribute reaches |s| * `target_logit` on the requested side
-  (a hinge: reaching further is not rewarded);
+  (a soft hinge), weighted per attribute by a multiplier that training adjusts (dual ascent) until the guide
+  judges `success_goal` of the edits of at least `goal_strength` done: each attribute gets the least pull that
+  still makes +2 a clear edit and leaves the rest of the move to keeping the others (one weight for all traded
+  one attribute's success for another's side effects);
 - `keep`: every other attribute's verdict stays (Bernoulli KL from the unedited face's probabilities), weighted by
   how independent the two attributes are in the labels (`keep_weights`), so an edit may move what goes with it;
 - `identity`: the guide's penultimate features stay (the person);
@@ -22,6 +25,11 @@ each batch editing one attribute per face at a random strength, with four named 
 - `density`: how much rarer the edited code is than the code under the aggregate posterior (Mahalanobis, per
   dimension, only increases count): edits stay where the decoder was trained instead of finding the decoder's
   blind spots that fool the guide (patterned texture).
+
+The guide sees each edited face mirrored at random, shifted by up to `JITTER_SHIFT` pixels and with noise of
+`guide_jitter` (it was trained under blur and noise, so its verdicts hold): a pattern that sways the guide only on
+one exact pixel grid is not an edit, and under a strong keep weight the editor otherwise learns such patterns
+(docs/benchmarks.md, "Learned edits").
 
 The guide is a classifier of its own (training.classifier, blur- and noise-augmented, another seed), never the
 judge that bench_quality scores with. The network is exported as `editor.onnx` in the bundle (docs/bundle-format.md).
@@ -103,9 +111,15 @@ def build_editor(moves: np.ndarray, correction: keras.Model) -> keras.Model:
     return keras.Model([z, strengths], edited, name="editor")
 
 
-#: Reported per step: the weighted sum, the five named losses, and the share of edits whose target logit moved far
-#: enough.
-LOSSES = ("loss", "target", "keep", "identity", "turn", "density", "reached")
+#: Reported per step: the weighted sum, the five named losses, the share of edits whose target logit moved far
+#: enough, and the share of edits of at least goal_strength the guide judges done.
+LOSSES = ("loss", "target", "keep", "identity", "turn", "density", "reached", "clear")
+#: Largest shift, in pixels either way, of the edited face the guide sees.
+JITTER_SHIFT = 2
+#: How fast each attribute's running success (the multipliers' signal) follows a step's.
+SUCCESS_SMOOTHING = 0.1
+#: The multipliers stay within these bounds.
+MULTIPLIER_RANGE = (0.05, 50.0)
 
 
 def keep_weights(labels: np.ndarray, free: float = 0.2, loose: float = 0.4) -> np.ndarray:
@@ -143,6 +157,9 @@ class EditTrainer(keras.Model):
         self.kernel, self.bias = tf.constant(kernel), tf.constant(bias)
         self.columns = tf.constant(columns, tf.int32)  # [K] guide columns of the edited attributes
         self.kept = tf.constant(kept, tf.float32)  # [K, A] keep weights, 0 on the edited column
+        attributes = len(config.attributes)
+        self.multipliers = tf.Variable(tf.fill([attributes], config.target_weight), trainable=False)
+        self.success = tf.Variable(tf.fill([attributes], config.success_goal), trainable=False)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSSES}
 
     @property
@@ -164,17 +181,43 @@ class EditTrainer(keras.Model):
         strength = sign * magnitude
         return chosen, strength, tf.one_hot(chosen, k) * strength[:, None]
 
+    def _jitter(self, faces: tf.Tensor) -> tf.Tensor:
+        """Faces [B, H, W, 3] (0-255) each mirrored at random, all shifted by one random offset, with noise."""
+        if self.config.guide_jitter == 0:
+            return faces
+        mirrored = tf.random.uniform([tf.shape(faces)[0], 1, 1, 1]) < 0.5
+        faces = tf.where(mirrored, tf.reverse(faces, axis=[2]), faces)
+        shift = tf.random.uniform([2], -JITTER_SHIFT, JITTER_SHIFT + 1, dtype=tf.int32)
+        faces = tf.roll(faces, shift, axis=[1, 2])
+        noise = tf.random.normal(tf.shape(faces), stddev=self.config.guide_jitter)
+        return tf.clip_by_value(faces + noise, 0.0, 255.0)
+
+    def _follow_goal(self, chosen: tf.Tensor, strength: tf.Tensor, moved: tf.Tensor) -> tf.Tensor:
+        """Update each attribute's running success (edits of at least goal_strength the guide judges done) and move
+        its target multiplier up while it is short of the goal, down while above; returns this batch's success."""
+        clear = tf.cast(tf.abs(strength) >= self.config.goal_strength, tf.float32)
+        done = tf.cast(moved > 0, tf.float32) * clear
+        edited = tf.one_hot(chosen, len(self.config.attributes)) * clear[:, None]  # [B, K]
+        counts, hits = tf.reduce_sum(edited, axis=0), tf.reduce_sum(edited * done[:, None], axis=0)
+        seen = tf.cast(counts > 0, tf.float32)
+        rates = hits / tf.maximum(counts, 1.0)
+        self.success.assign_add(SUCCESS_SMOOTHING * seen * (rates - self.success))
+        change = tf.exp(self.config.multiplier_rate * (self.config.success_goal - self.success))
+        self.multipliers.assign(tf.clip_by_value(self.multipliers * change, *MULTIPLIER_RANGE))
+        return tf.reduce_sum(done) / tf.maximum(tf.reduce_sum(clear), 1.0)
+
     def train_step(self, batch: tuple[tf.Tensor, ...]) -> dict[str, tf.Tensor]:
         z, labels, logits0, features0 = batch
         chosen, strength, matrix = self._strengths(labels)
         with tf.GradientTape() as tape:
             edited = self.editor([z, matrix], training=True)
-            features1 = self.features(self.decoder(edited) * 255.0, training=False)
+            features1 = self.features(self._jitter(self.decoder(edited) * 255.0), training=False)
             logits1 = tf.matmul(features1, self.kernel) + self.bias
             column = tf.gather(self.columns, chosen)
             moved = tf.gather(logits1, column, axis=1, batch_dims=1) * tf.sign(strength)
             wanted = tf.abs(strength) * self.config.target_logit
-            target = tf.reduce_mean(tf.nn.softplus(wanted - moved))
+            short = tf.nn.softplus(wanted - moved)
+            target = tf.reduce_mean(short)
             p0 = tf.sigmoid(logits0)
             kl = p0 * (tf.math.log_sigmoid(logits0) - tf.math.log_sigmoid(logits1)) + (1 - p0) * (
                 tf.math.log_sigmoid(-logits0) - tf.math.log_sigmoid(-logits1)
@@ -187,7 +230,7 @@ class EditTrainer(keras.Model):
             rarer = self._mahalanobis(edited) - self._mahalanobis(z)
             density = tf.reduce_mean(tf.nn.relu(rarer)) / z.shape[1]
             loss = (
-                self.config.target_weight * target
+                tf.reduce_mean(tf.gather(self.multipliers, chosen) * short)
                 + self.config.keep_weight * keep
                 + self.config.identity_weight * identity
                 + self.config.turn_weight * turn
@@ -196,6 +239,7 @@ class EditTrainer(keras.Model):
         variables = self.editor.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         reached = tf.reduce_mean(tf.cast(moved >= wanted, tf.float32))
+        clear = self._follow_goal(chosen, strength, moved)
         values = {
             "loss": loss,
             "target": target,
@@ -204,7 +248,7 @@ class EditTrainer(keras.Model):
             "turn": turn,
             "density": density,
         }
-        for name, value in {**values, "reached": reached}.items():
+        for name, value in {**values, "reached": reached, "clear": clear}.items():
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
@@ -275,6 +319,10 @@ def train_editor(
     report = {
         "config": config.model_dump(),
         "seconds": round(time.perf_counter() - started, 1),
+        "target_multipliers": dict(
+            zip(config.attributes, np.round(trainer.multipliers.numpy(), 3).tolist(), strict=True)
+        ),
+        "guide_success": dict(zip(config.attributes, np.round(trainer.success.numpy(), 3).tolist(), strict=True)),
         "history": {key: [round(float(v), 5) for v in values] for key, values in history.history.items()},
     }
     return editor, report
