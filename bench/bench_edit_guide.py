@@ -15,7 +15,7 @@ manipulation, per face and through the image instead of on codes).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,17 +94,17 @@ def per_face_moves(
 
 def judged(
     classifier: AttributeClassifier,
-    decode: Callable[[np.ndarray], np.ndarray],
-    z: np.ndarray,
+    faces: np.ndarray,
     edited: np.ndarray,
     moved: np.ndarray,
     target: int,
     unrelated: Sequence[int],
 ) -> dict[str, float]:
-    """Success, side effects and the random move's side effects, as `classifier` sees them."""
-    unedited, _ = quality.judge(classifier, quality.batched(decode, z))
-    after, _ = quality.judge(classifier, quality.batched(decode, edited))
-    random, _ = quality.judge(classifier, quality.batched(decode, moved))
+    """Success, side effects and the random move's side effects, as `classifier` sees them, from the decoded faces
+    (uint8 [N, H, W, 3]) before the edit, after it and after the random move."""
+    unedited, _ = quality.judge(classifier, faces)
+    after, _ = quality.judge(classifier, edited)
+    random, _ = quality.judge(classifier, moved)
     side = float((after != unedited)[:, list(unrelated)].mean())
     floor = float((random != unedited)[:, list(unrelated)].mean())
     return {"success": float(after[:, target].mean()), "side_effects": side, "random": floor, "ratio": side / floor}
@@ -137,12 +137,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "learned": model.edit_codes(z, {name: STRENGTH}),
             "per-face gradient": per_face_moves(gradients, cholesky, z, guide.column(name), kept, lengths, args.steps),
         }
+        faces = quality.batched(model.decode, z)
         for method, edited in edits.items():
             moved = z + quality.random_moves(model, np.linalg.norm(edited - z, axis=1), column)
+            decoded = quality.batched(model.decode, edited), quality.batched(model.decode, moved)
             row: dict[str, Any] = {"attribute": name, "method": method, "faces": len(z)}
             for role, classifier in (("guide", guide), ("judge", judge)):
                 columns = [classifier.column(names[j]) for j in unrelated]
-                row[role] = judged(classifier, model.decode, z, edited, moved, classifier.column(name), columns)
+                row[role] = judged(classifier, faces, *decoded, classifier.column(name), columns)
             rows.append(row)
             print(row, flush=True)
     return {"machine": machine(), "model": str(args.model), "strength": STRENGTH, "steps": args.steps, "rows": rows}
