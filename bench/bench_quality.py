@@ -999,12 +999,8 @@ def load_classifier(args: argparse.Namespace, config: TrainConfig) -> AttributeC
                 f"  python -m training.classifier --data {args.data} --image-size {config.image_size} "
                 f"--val-fraction {config.val_fraction} --out {folder}"
             )
-        settings = ClassifierConfig(
-            image_size=config.image_size,
-            crop=config.crop,
-            val_fraction=config.val_fraction,
-            max_images=args.classifier_max_images,
-            epochs=args.classifier_epochs or ClassifierConfig().epochs,
+        settings = ClassifierConfig.framing_like(
+            config, args.classifier_max_images, epochs=args.classifier_epochs or ClassifierConfig().epochs
         )
         return train_classifier(settings, args.data, folder, args.cache_dir)
     return AttributeClassifier.load(folder)

@@ -88,6 +88,12 @@ class ClassifierConfig(BaseModel):
             raise ValueError("blur_sigma must be (min, max) with 0 < min <= max")
         return sigma
 
+    @classmethod
+    def framing_like(cls, training: TrainConfig, max_images: int | None = None, **settings: Any) -> ClassifierConfig:
+        """A classifier that frames and splits faces exactly as `training` did (so both hold out the same faces)."""
+        framing = {"image_size": training.image_size, "crop": training.crop, "val_fraction": training.val_fraction}
+        return cls(**framing, max_images=max_images, **settings)
+
     def data_config(self) -> TrainConfig:
         """The TrainConfig whose `prepare_data` gives this classifier's faces and split."""
         return TrainConfig(
@@ -276,11 +282,9 @@ def perceptual_network(config: TrainConfig, data: PreparedData, folder: Path) ->
     so the VAE is never trained against the network that scores it.
     """
     if not (folder / CONFIG_FILE).is_file():
-        settings = ClassifierConfig(
-            image_size=config.image_size,
-            crop=config.crop,
-            val_fraction=config.val_fraction,
-            max_images=config.max_images,
+        settings = ClassifierConfig.framing_like(
+            config,
+            config.max_images,
             blur_probability=0.0,
             noise_std=0.0,
             balanced=False,

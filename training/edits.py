@@ -260,13 +260,8 @@ def guide_classifier(
     framing and training split (blur- and noise-augmented like the judge, from another seed)."""
     if (folder / "classifier.json").is_file():
         return AttributeClassifier.load(folder)
-    settings = ClassifierConfig(
-        image_size=training.image_size,
-        crop=training.crop,
-        val_fraction=training.val_fraction,
-        max_images=training.max_images,
-        epochs=config.guide_epochs,
-        seed=config.guide_seed,
+    settings = ClassifierConfig.framing_like(
+        training, training.max_images, epochs=config.guide_epochs, seed=config.guide_seed
     )
     log.info("training the edits' guide classifier (%d epochs) into %s", settings.epochs, folder)
     return fit_classifier(settings, data, folder)
