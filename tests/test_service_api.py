@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import json
 import logging
@@ -79,6 +80,14 @@ def test_not_ready_before_the_lifespan_has_loaded_the_model(service_settings: Se
     response = unstarted.get(path)
     assert response.status_code == 503
     assert response.json()["detail"] == "model not loaded yet"
+
+
+def test_what_startup_loaded_stays_out_of_full_collections_until_shutdown(service_settings: Settings) -> None:
+    with TestClient(create_app(service_settings)) as started:
+        assert started.get("/health/ready").status_code == 200
+        frozen = gc.get_freeze_count()
+        assert frozen > 10_000  # the model, the app and the libraries: a full pass would walk them all
+    assert gc.get_freeze_count() == 0  # collectable again once stopped
 
 
 @pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="this onnxruntime may really use CUDA")
