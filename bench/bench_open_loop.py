@@ -188,11 +188,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             capacity = run_driver(None, args.capacity_seconds)["rps"]
             entry: dict[str, Any] = {"capacity_rps": capacity, "wrk_capacity_rps": wrk_capacity, "loads": {}}
             for load in args.loads:
-                plan = {"rate": load * capacity}
-                result = run_driver(plan["rate"], args.seconds)
+                rate = load * capacity
+                result = run_driver(rate, args.seconds)
                 latencies = result.pop("latencies_ms")
                 p50, p99 = (float(v) for v in np.percentile(latencies, [50, 99])) if latencies else (np.nan, np.nan)
-                entry["loads"][str(load)] = {**result, "rate": plan["rate"], "p50_ms": p50, "p99_ms": p99}
+                entry["loads"][str(load)] = {**result, "rate": rate, "p50_ms": p50, "p99_ms": p99}
                 errors = sum(result["errors"].values())
                 rows.append(
                     [
@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         f"{wrk_capacity:.0f}",
                         f"{capacity:.0f}",
                         f"{load:.0%}",
-                        f"{plan['rate']:.1f}",
+                        f"{rate:.1f}",
                         f"{p50:.1f}",
                         f"{p99:.1f}",
                         f"{p99 / p50:.1f}",
@@ -215,9 +215,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{args.threads} onnxruntime thread(s), {args.seconds:.0f} s per load)",
         ["endpoint", "wrk req/s", "capacity req/s", "load", "rate req/s", "p50 ms", "p99 ms", "p99 / p50", "errors"],
         rows,
-        note="Capacity = the closed-loop throughput (16 connections) this load generator reaches against the same "
-        "server just before, its own CPU on the same 2 cores included; wrk -c16's, whose C client takes less of "
-        "the cores, for reference. The load generator is a separate process (uvloop).",
+        note=f"Capacity = the closed-loop throughput ({CAPACITY_CONNECTIONS} connections) this load generator reaches "
+        "against the same server just before, its own CPU on the same 2 cores included; wrk's, whose C client takes "
+        "less of the cores, for reference. The load generator is a separate process (uvloop).",
     )
     at75 = [row for row in rows if row[3] == "75%"]
     headline = "p99 at 75 % of capacity: " + ", ".join(f"{r[0]} {r[6]} ms ({r[7]}x p50)" for r in at75)
