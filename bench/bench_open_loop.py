@@ -33,6 +33,7 @@ import uvloop
 
 from bench.bench_overhead import cases, wrk
 from bench.common import DEFAULT_DATA, REPO_ROOT, RESULTS_DIR, EndpointWork, Table, face_files, machine, write_report
+from service.core.defaults import worker_count
 from service.core.runtime import FaceModel
 from testkit.phone_photos import phone_photo
 from testkit.servers import serving
@@ -144,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--capacity-seconds", type=float, default=5.0)
     parser.add_argument("--loads", type=float, nargs="+", default=list(LOADS))
     parser.add_argument("--max-connections", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=0, help="server worker processes; 0: its default, one per core")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "open_loop.json")
     parser.add_argument("--drive", nargs=2, type=Path, metavar=("PLAN", "RESULT"), help=argparse.SUPPRESS)
@@ -211,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 time.sleep(1)
             report["endpoints"][case.name] = entry
     table = Table(
-        f"Open loop: constant arrival rate, latency from the scheduled send ({args.workers} worker(s), "
+        f"Open loop: constant arrival rate, latency from the scheduled send ({worker_count(args.workers)} worker(s), "
         f"{args.threads} onnxruntime thread(s), {args.seconds:.0f} s per load)",
         ["endpoint", "wrk req/s", "capacity req/s", "load", "rate req/s", "p50 ms", "p99 ms", "p99 / p50", "errors"],
         rows,

@@ -2,7 +2,7 @@
 work's CPU in process, and its throughput against the in-process limit, per model endpoint, side by side.
 
     apt-get install wrk                        # the load generator (C, one thread: little CPU of its own)
-    python -m bench.bench_overhead             # models/celeba-64, 1 worker, 1 onnxruntime thread, 3 rounds of 5 s
+    python -m bench.bench_overhead             # models/celeba-64, a worker per core, 1 onnxruntime thread, 3 x 5 s
     python -m bench.bench_overhead --model models/celeba-64-int8 --rounds 5 --seconds 10
 
 One server (`python -m service`, as `testkit.servers.serving` starts it) serves every round. Per round and endpoint:
@@ -17,7 +17,9 @@ median and the range over the rounds.
 
 Endpoints: `/sample` (GET, one face), `/decode` and `/edit` on a latent (JSON, Smiling +2), `/encode?align=none` of an
 aligned CelebA crop, and `/encode` of a phone-style photo (a face enlarged and tilted in a 640x480 scene:
-detection, alignment, encoding and 3 refinement steps).
+detection, alignment, encoding and 3 refinement steps). Beside `/decode`, the reference row: the same latent
+decoded and PNG-encoded by KServe's Python model server (`bench.kserve_peer`, started with the same bundle and
+threads, measured the same way in the same rounds).
 """
 
 from __future__ import annotations
@@ -27,22 +29,29 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
+import httpx
 import numpy as np
 
+from bench import kserve_peer
 from bench.common import DEFAULT_DATA, REPO_ROOT, RESULTS_DIR, EndpointWork, Table, face_files, machine, write_report
 from service.core import operations
+from service.core.defaults import worker_count
 from service.core.framing import Align
 from service.core.runtime import FaceModel
 from testkit.phone_photos import phone_photo
-from testkit.servers import serving
+from testkit.servers import free_port, serving, started
 
 ATTRIBUTE = "Smiling"
+PEER = f"/decode via KServe {version('kserve')}"
 STRENGTH = 2.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -90,6 +99,30 @@ def cases(work: EndpointWork, crop: bytes) -> list[Case]:
         Case("/encode (aligned crop)", "POST", "/encode?align=none", crop, "image/jpeg", encode_crop),
         Case("/encode (phone photo)", "POST", "/encode", work.photo(0), "image/jpeg", encode_photo),
     ]
+
+
+def kserve_case(work: EndpointWork) -> Case:
+    """`/decode`'s latent and work, as the KServe peer (`bench.kserve_peer`) is asked for them."""
+    z = work.model.bundle.latent_stats.mean
+    body = json.dumps({"instances": [z]}).encode()
+    return Case(PEER, "POST", kserve_peer.PREDICT_PATH, body, "application/json", lambda i: work.decode(z))
+
+
+@contextmanager
+def kserve_server(bundle: Path, threads: int, workers: int, log_path: Path) -> Iterator[tuple[str, int]]:
+    """`bench.kserve_peer` on a free loopback port: its base URL and pid, once its model is ready."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "bench.kserve_peer", "--model", str(bundle), "--port", str(port)]
+
+    def ready() -> bool:
+        try:
+            return httpx.get(base_url + kserve_peer.READY_PATH, timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    with started([*command, "--threads", str(threads), "--workers", str(workers)], log_path, ready) as process:
+        yield base_url, process.pid
 
 
 def process_tree_cpu(pid: int) -> float:
@@ -173,18 +206,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk duration per round and endpoint")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--calls", type=int, default=40, help="in-process calls per round and endpoint")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=0, help="server worker processes; 0: its default, one per core")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads per session")
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for python -m service")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "overhead.json")
     args = parser.parse_args(argv)
 
+    workers = worker_count(args.workers)
     faces = face_files(args.data, 2)
     crop = faces[0].read_bytes()
     photo = phone_photo(faces[1], seed=1).jpeg
     model = FaceModel.load(args.model, threads=args.threads, warm_up=True)
     work = EndpointWork(model, model, [photo])
-    endpoint_cases = cases(work, crop)
+    ours = cases(work, crop)
+    endpoint_cases = [*ours[:2], kserve_case(work), *ours[2:]]  # the peer beside /decode
     results: dict[str, list[dict[str, float]]] = {case.name: [] for case in endpoint_cases}
     floor_runs: list[dict[str, float]] = []
     with (
@@ -192,18 +227,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         serving(
             args.model, Path(scratch) / "server.log", *args.server_arg, workers=args.workers, threads=args.threads
         ) as server,
+        kserve_server(args.model, args.threads, workers, Path(scratch) / "peer.log") as peer,
     ):
-        pid = server.process.pid
-        for case in endpoint_cases:  # warm-up: every path once through the server
-            wrk(server.base_url, case, 1, args.connections, Path(scratch))
+        target = {case.name: (server.base_url, server.process.pid) for case in endpoint_cases} | {PEER: peer}
+        for case in endpoint_cases:  # warm-up: every path once through its server
+            wrk(target[case.name][0], case, 1, args.connections, Path(scratch))
         floor = Case("/health/live", "GET", "/health/live", b"", "", lambda i: None)
         for round_ in range(args.rounds):
-            before = process_tree_cpu(pid)  # the HTTP floor: no model work at all
+            before = process_tree_cpu(server.process.pid)  # the HTTP floor: no model work at all
             load = wrk(server.base_url, floor, args.seconds, args.connections, Path(scratch))
-            floor_runs.append({**load, "server_cpu_ms": (process_tree_cpu(pid) - before) * 1000 / load["requests"]})
+            server_cpu_ms = (process_tree_cpu(server.process.pid) - before) * 1000 / load["requests"]
+            floor_runs.append({**load, "server_cpu_ms": server_cpu_ms})
             for case in endpoint_cases:
+                url, pid = target[case.name]
                 before = process_tree_cpu(pid)
-                load = wrk(server.base_url, case, args.seconds, args.connections, Path(scratch))
+                load = wrk(url, case, args.seconds, args.connections, Path(scratch))
                 server_cpu_ms = (process_tree_cpu(pid) - before) * 1000 / max(1, load["requests"])
                 local = in_process(case, args.calls)
                 row = {**load, "server_cpu_ms": server_cpu_ms, **{f"in_process_{k}": v for k, v in local.items()}}
@@ -212,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 results[case.name].append(row)
                 print(round_, case.name, {k: round(v, 3) for k, v in row.items()}, flush=True)
 
+    over_peer = [ours["rps"] / theirs["rps"] for ours, theirs in zip(results["/decode"], results[PEER], strict=True)]
     rows = []
     for name, runs in results.items():
         rows.append(
@@ -229,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     table = Table(
         f"Server under wrk at c={args.connections} against the same work in process "
-        f"({args.workers} worker(s), {args.threads} onnxruntime thread(s); medians of {args.rounds} rounds)",
+        f"({workers} worker(s), {args.threads} onnxruntime thread(s); medians of {args.rounds} rounds)",
         [
             "endpoint",
             "server CPU ms/req",
@@ -248,13 +287,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         "processes (/proc) "
         "over the wrk run / requests completed; "
         "in-process CPU = process CPU time of the same work called sequentially here; "
-        "limit = 1000 / in-process wall ms. wrk runs on the same 2 cores.",
+        "limit = 1000 / in-process wall ms. wrk runs on the same 2 cores. "
+        f"`/decode` throughput ÷ the KServe peer's, per round: {spread(over_peer)}.",
     )
     headline = "; ".join(f"{row[0]}: CPU {row[3]}, throughput {row[6]}" for row in rows)
     report = {"machine": machine(), "model": str(args.model), "args": vars(args) | {"model": str(args.model)}}
     report["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in report["args"].items()}
     report["results"] = results
     report["http_floor"] = floor_runs
+    report["decode_over_kserve"] = over_peer
     write_report(args.out, report, [table], headline)
 
 

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from service import ENV_PREFIX
+from service.core.defaults import worker_count
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: About 5 s when idle; the CPUs may be shared with training jobs, and every worker loads its own model.
@@ -58,7 +59,8 @@ class RunningServer:
 def serving(
     bundle: Path, log_path: Path, *extra_args: str, workers: int = 1, threads: int = 1
 ) -> Iterator[RunningServer]:
-    """`python -m service` on a free loopback port, once every worker is ready; stopped afterwards.
+    """`python -m service` on a free loopback port, once every worker is ready (`workers=0`: the server's default,
+    one per usable core); stopped afterwards.
 
     The server runs in its own process group, so stopping it also stops uvicorn's worker processes. Raises
     `ServerFailed` with the server's log when it exits or is not ready within `STARTUP_TIMEOUT_S`.
@@ -66,21 +68,33 @@ def serving(
     port = free_port()
     command = [sys.executable, "-m", "service", "--model", str(bundle), "--host", "127.0.0.1", "--port", str(port)]
     command += ["--workers", str(workers), "--intra-op-threads", str(threads), *extra_args]
+    base_url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        # /health/ready answers as soon as one worker is up; the others may still be loading the model.
+        return is_ready(base_url) and log_path.read_text().count(WORKER_READY_LINE) >= worker_count(workers)
+
+    with started(command, log_path, ready) as process:
+        yield RunningServer(base_url, process, log_path)
+
+
+@contextmanager
+def started(command: list[str], log_path: Path, ready: Callable[[], bool]) -> Iterator[subprocess.Popen[bytes]]:
+    """`command` in its own process group, logging to `log_path`, once `ready()`; stopped afterwards. Raises
+    `ServerFailed` with the log when it exits or is not ready within `STARTUP_TIMEOUT_S`."""
     with log_path.open("w") as log:
         process = subprocess.Popen(
             command, cwd=REPO_ROOT, env=clean_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     try:
-        # /health/ready answers as soon as one worker is up; the others may still be loading the model.
-        while not (is_ready(base_url) and log_path.read_text().count(WORKER_READY_LINE) >= workers):
+        while not ready():
             if process.poll() is not None:
                 raise ServerFailed(f"server exited with {process.returncode}:\n{log_path.read_text()}")
             if time.monotonic() > deadline:
                 raise ServerFailed(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()}")
             time.sleep(0.2)
-        yield RunningServer(base_url, process, log_path)
+        yield process
     finally:
         stop(process)
 

@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,22 @@ def test_serving_never_imports_tensorflow(tiny_bundle: Path, tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stderr
     assert "no tensorflow" in result.stdout
+
+
+def test_with_two_workers_every_scrape_counts_every_worker_s_requests(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Each request on its own connection, 16 at a time, so both workers take some; whichever worker answers a scrape
+    must report them all (the default runs a worker per core)."""
+    requests = 64
+    with serving(tiny_bundle, tmp_path / "server.log", workers=2) as running:
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(
+                pool.map(lambda _: httpx.get(f"{running.base_url}/health/live").status_code, range(requests))
+            )
+        assert statuses == [200] * requests
+        scrapes = [httpx.get(f"{running.base_url}/metrics").text for _ in range(8)]
+    line = 'http_requests_total{endpoint="/health/live",method="GET",status="200"}'
+    counts = [float(text.split(line, 1)[1].split()[0]) for text in scrapes]
+    assert counts == [requests] * len(scrapes)
 
 
 def _tampered(bundle: Path, into: Path) -> Path:

@@ -9,6 +9,7 @@ import pytest
 import uvicorn
 
 from service.api import cli
+from service.api.metrics import MULTIPROCESS_DIR
 from service.api.protocol import GuardedHttpToolsProtocol
 from service.api.settings import DEFAULT_MODEL, ENV_PREFIX, Settings
 from service.core import defaults
@@ -35,7 +36,8 @@ def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[uvicorn.Config]:
 def test_defaults_work_on_a_fresh_clone(environ: dict[str, str]) -> None:
     settings = Settings()
     assert settings.model == DEFAULT_MODEL == REPO_ROOT / "models" / "celeba-64"
-    assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8000, 1)
+    assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8000, 0)
+    assert settings.worker_count == usable_cores()
     assert settings.providers == []
     assert settings.require_gpu is False
     assert settings.max_body_bytes == 10 * 1024 * 1024
@@ -74,6 +76,20 @@ def test_session_threads_share_the_cores_among_workers(
     assert Settings(workers=2).session_threads == 4
     assert Settings(workers=32).session_threads == 1
     assert Settings(workers=2, intra_op_threads=3).session_threads == 3
+    assert (Settings().worker_count, Settings().session_threads) == (16, 1)  # by default a worker per core
+
+
+def test_by_default_uvicorn_runs_a_worker_per_usable_core_with_shared_metrics(
+    environ: dict[str, str], monkeypatch: pytest.MonkeyPatch, tiny_bundle: Path
+) -> None:
+    monkeypatch.setattr(defaults, "usable_cores", lambda: 3)
+    seen: list[tuple[int, str | None]] = []
+    monkeypatch.setattr(cli, "serve", lambda config: seen.append((config.workers, environ.get(MULTIPROCESS_DIR))))
+    cli.main(["--model", str(tiny_bundle)])
+    [(workers, folder)] = seen
+    assert workers == 3
+    assert folder is not None and not Path(folder).exists()  # the workers' metrics folder, gone once they stop
+    assert MULTIPROCESS_DIR not in environ
 
 
 def test_cli_flags_override_the_environment_and_reach_the_workers(

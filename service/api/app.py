@@ -85,6 +85,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("ready: providers %s", state.model.providers)
     yield
     state.model, state.framer, state.problem = None, None, "shutting down"
+    app.state.metrics.close()
     gc.unfreeze()  # collectable again: an app stopped in a process that goes on (tests) leaves nothing behind
 
 

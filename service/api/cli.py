@@ -9,7 +9,9 @@ import gc
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import uvicorn
@@ -18,6 +20,7 @@ from uvicorn.server import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from service.api.app import load_model
+from service.api.metrics import MULTIPROCESS_DIR
 from service.api.protocol import GuardedHttpToolsProtocol
 from service.api.settings import ENV_PREFIX, Settings
 from service.core import memory
@@ -106,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         factory=True,
         host=settings.host,
         port=settings.port,
-        workers=settings.workers,
+        workers=settings.worker_count,
         http=GuardedHttpToolsProtocol,  # header size, count and time limits (service.api.protocol)
         lifespan="on",
         access_log=False,  # RequestLogMiddleware logs every request with its duration
@@ -114,18 +117,36 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_config=uvicorn_log_config(settings.log_level),
         timeout_graceful_shutdown=settings.graceful_timeout,  # type: ignore[arg-type]  # a float works
     )
-    serve(config)
+    with shared_metrics(config.workers):
+        stopped_by = serve(config)
+    _resignal(stopped_by)
 
 
-def serve(config: uvicorn.Config) -> None:
-    """Run uvicorn as `config` says; exit non-zero with one line when it cannot start, and as the signal that stopped
-    it (uvicorn's worker supervisor exits 0 after SIGTERM and after a worker failed to start)."""
+@contextmanager
+def shared_metrics(workers: int) -> Iterator[None]:
+    """With several workers, a fresh folder for their metrics (`service.api.metrics`), removed when they stop; an
+    operator's own `PROMETHEUS_MULTIPROC_DIR` is used as it is."""
+    if workers == 1 or MULTIPROCESS_DIR in os.environ:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="facevae-metrics-") as folder:
+        os.environ[MULTIPROCESS_DIR] = folder  # the workers inherit it
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROCESS_DIR]
+
+
+def serve(config: uvicorn.Config) -> signal.Signals | None:
+    """Run uvicorn as `config` says; exit non-zero with one line when it cannot start. Returns the signal that
+    stopped several workers' supervisor (which exits 0 after SIGTERM and after a worker failed to start), for the
+    command to exit as it; one worker's server re-raises its signal itself."""
     if config.workers == 1:
         server = uvicorn.Server(config)
         server.run()  # re-raises the signal that stopped it
         if not server.started:
             _fail("the server did not start (see the log above)", STARTUP_FAILURE)
-        return
+        return None
     try:
         sock = config.bind_socket()
     except SystemExit:
@@ -133,8 +154,8 @@ def serve(config: uvicorn.Config) -> None:
     supervisor = _Supervisor(config, sockets=[sock])
     supervisor.run()
     if supervisor.stopped_by is not None:
-        _resignal(supervisor.stopped_by)
-        return
+        return supervisor.stopped_by
     failed = [process.exitcode for process in supervisor.processes if process.exitcode]
     if failed:
         _fail(f"a worker stopped with status {failed[0]} (see the log above)", STARTUP_FAILURE)
+    return None

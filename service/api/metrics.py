@@ -1,19 +1,28 @@
 """Prometheus metrics (`GET /metrics`, via prometheus-client): HTTP requests, latency, in-flight, model runs.
 
-Each app has its own registry, so tests and several apps in one process do not share counters. With several
-uvicorn workers each worker counts for itself and a scrape reaches one of them: scale with replicas (one worker
-each, as the compose `scale` profile does) when the numbers must add up.
+Each app has its own registry, so tests and several apps in one process do not share counters. Several uvicorn
+workers write theirs to the folder `PROMETHEUS_MULTIPROC_DIR` names (prometheus-client's multiprocess mode, which
+`python -m service` turns on for more than one worker), and whichever worker a scrape reaches answers for all.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from starlette.routing import Match
 from starlette.types import ASGIApp, Scope
 
@@ -26,6 +35,8 @@ RUN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 #: The endpoint label of requests no route matched (so unknown paths cannot grow the label set).
 UNMATCHED = "unmatched"
+#: The folder where several worker processes' metrics meet; prometheus-client reads it when first imported.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @dataclass
@@ -45,7 +56,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.in_flight = Gauge("http_requests_in_flight", "HTTP requests being served", registry=self.registry)
+        self.in_flight = Gauge(
+            "http_requests_in_flight", "HTTP requests being served", multiprocess_mode="livesum", registry=self.registry
+        )
         self.rejected = Counter(
             "http_requests_rejected_total",
             "Requests refused by the admission limit (busy: 503), past their deadline (deadline: 504) or left by their "
@@ -78,7 +91,20 @@ class Metrics:
         self.batch_sizes.labels(network).observe(batch)
 
     def exposition(self) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(self._scraped()), media_type=CONTENT_TYPE_LATEST)
+
+    def _scraped(self) -> CollectorRegistry:
+        """This app's registry, or with several workers all workers' metrics from their shared folder."""
+        if MULTIPROCESS_DIR not in os.environ:
+            return self.registry
+        every_worker = CollectorRegistry()
+        multiprocess.MultiProcessCollector(every_worker)
+        return every_worker
+
+    def close(self) -> None:
+        """This process serves no more: with several workers, its in-flight gauge leaves the sum."""
+        if MULTIPROCESS_DIR in os.environ:
+            multiprocess.mark_process_dead(os.getpid())
 
 
 class MetricsMiddleware(RequestObserver):

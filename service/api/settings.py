@@ -26,7 +26,11 @@ class Settings(BaseSettings):
     model: Path = Field(DEFAULT_MODEL, description="Model bundle folder (encoder.onnx, decoder.onnx, *.json).")
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
-    workers: int = Field(1, ge=1, description="Uvicorn worker processes; each loads its own copy of the model.")
+    workers: int = Field(
+        0,
+        ge=0,
+        description="Uvicorn worker processes, each with its own copy of the model; 0 means one per usable core.",
+    )
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="onnxruntime execution providers in priority order, comma-separated; "
@@ -108,7 +112,12 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def worker_count(self) -> int:
+        """Worker processes: as set, or (0) one per usable core (`service.core.defaults.worker_count`)."""
+        return defaults.worker_count(self.workers)
+
+    @property
     def session_threads(self) -> int:
         """Threads per onnxruntime session unless set explicitly: half the cores, shared among the workers
         (`service.core.defaults.session_threads`)."""
-        return defaults.session_threads(self.workers, self.intra_op_threads)
+        return defaults.session_threads(self.worker_count, self.intra_op_threads)

@@ -38,6 +38,16 @@ def usable_cores() -> int:
     return max(1, min(cores, int(quota) // int(period)))
 
 
+def worker_count(requested: int = 0) -> int:
+    """Server worker processes: `requested`, or (0) one per usable core.
+
+    One worker's Python (HTTP parsing, validation, image encoding) holds the GIL, so a single process kept about
+    1.4 of 2 cores busy; a second worker served 1.2-1.5x the requests a second (docs/benchmarks.md, "HTTP's cost per
+    request").
+    """
+    return requested or usable_cores()
+
+
 def session_threads(workers: int = 1, requested: int = 0) -> int:
     """Threads per onnxruntime session: `requested`, or (0) half the usable cores shared among the `workers`.
 
