@@ -1,18 +1,22 @@
 """Latency at a fixed arrival rate (an open model), per endpoint: what operators size replicas by.
 
     apt-get install wrk
-    python -m bench.bench_open_loop                       # models/celeba-64, 1 worker, 1 onnxruntime thread
+    python -m bench.bench_open_loop                       # models/celeba-64, a worker per core, 1 onnxruntime thread
     python -m bench.bench_open_loop --model models/celeba-64-int8 --seconds 20
 
-Per endpoint (the cases of `bench.bench_overhead`): the capacity is the throughput this module's own load generator
-reaches against the server in a closed loop (16 connections, `--capacity-seconds`; `wrk -c16`'s is reported beside
-it: the generator shares the 2 cores with the server, and a Python client takes more of them than wrk, so wrk's
-figure is more than the server can serve while this generator drives it); then requests arrive at a constant rate
-of 25, 50, 75 and 90 % of it for `--seconds` each, sent by a separate process (this module with `--drive`: asyncio on
-uvloop, raw HTTP/1.1 over a pool of keep-alive connections, at most `--max-connections` open), each at its scheduled
-time whether or not earlier ones have answered. A request's latency runs from its scheduled time to the end of its
-response, so a server that falls behind is charged for the queue it builds (no coordinated omission). p50 and p99
-per endpoint and load.
+Requests are sent by a separate process (this module with `--drive`: asyncio on uvloop, raw HTTP/1.1 over a pool of
+keep-alive connections, at most `--max-connections` open), each at its scheduled time whether or not earlier ones
+have answered. A request's latency runs from its scheduled time to the end of its response, so a server that falls
+behind is charged for the queue it builds (no coordinated omission). The server runs at a lower CPU priority
+(`NICENESS`) so that the generator, on the same cores, sends on time.
+
+Per endpoint (the cases of `bench.bench_overhead`): the closed-loop throughput (16 connections) of `wrk` and of this
+generator, for reference; then the **capacity**: the highest constant arrival rate the server keeps up with, found
+by bisection (`--search-steps` runs of `--capacity-seconds`) between a tenth of the closed-loop figure and that
+figure, a rate being kept up with while its p50 stays within `KEEPS_UP` times the p50 at the tenth. The closed-loop
+figure itself is no capacity here: the generator shares the 2 cores with the server and needs more of them at an
+open loop's rates, so 75 % of it overloaded the server (p50 of 0.4 s). Then requests arrive at 25, 50, 75 and 90 %
+of the capacity for `--seconds` each; p50 and p99 per endpoint and load.
 """
 
 from __future__ import annotations
@@ -41,6 +45,11 @@ from testkit.servers import serving
 LOADS = (0.25, 0.5, 0.75, 0.9)
 #: Connections of the closed-loop runs that measure capacity (wrk's and this load generator's).
 CAPACITY_CONNECTIONS = 16
+#: A rate is kept up with while its p50 stays within this many times the p50 at a light load.
+KEEPS_UP = 3.0
+#: The server runs at this lower CPU priority so the load generator, on the same cores, sends each request on time
+#: (a late send counts as the server's latency); with a worker per core the server would otherwise starve it.
+NICENESS = 10
 TIMEOUT_S = 30.0
 
 
@@ -127,6 +136,12 @@ async def saturate(port: int, request: bytes, seconds: float, connections: int) 
     return {"sent": len(done), "ok": ok, "rps": ok / (loop.time() - started)}
 
 
+def percentiles(result: dict[str, Any]) -> tuple[float, float]:
+    """p50 and p99 of a `drive` result's latencies, ms (NaN when none answered)."""
+    latencies = result["latencies_ms"]
+    return tuple(float(v) for v in np.percentile(latencies, [50, 99])) if latencies else (np.nan, np.nan)
+
+
 def _raw_request(method: str, path: str, body: bytes, content_type: str, port: int) -> bytes:
     head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: keep-alive\r\n"
     if body:
@@ -142,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=REPO_ROOT / "models" / "celeba-64")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--seconds", type=float, default=10.0, help="per endpoint and load")
-    parser.add_argument("--capacity-seconds", type=float, default=5.0)
+    parser.add_argument("--capacity-seconds", type=float, default=5.0, help="per closed-loop and search run")
+    parser.add_argument("--search-steps", type=int, default=6, help="bisection runs for the capacity")
     parser.add_argument("--loads", type=float, nargs="+", default=list(LOADS))
     parser.add_argument("--max-connections", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="server worker processes; 0: its default, one per core")
@@ -170,7 +186,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = []
     with (
         tempfile.TemporaryDirectory() as scratch_dir,
-        serving(args.model, Path(scratch_dir) / "server.log", workers=args.workers, threads=args.threads) as server,
+        serving(
+            args.model, Path(scratch_dir) / "server.log", workers=args.workers, threads=args.threads, niceness=NICENESS
+        ) as server,
     ):
         scratch = Path(scratch_dir)
         port = int(server.base_url.rsplit(":", 1)[1])
@@ -186,19 +204,34 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             wrk(server.base_url, case, 1, CAPACITY_CONNECTIONS, scratch)  # warm-up
             wrk_capacity = wrk(server.base_url, case, args.capacity_seconds, CAPACITY_CONNECTIONS, scratch)["rps"]
-            capacity = run_driver(None, args.capacity_seconds)["rps"]
-            entry: dict[str, Any] = {"capacity_rps": capacity, "wrk_capacity_rps": wrk_capacity, "loads": {}}
+            closed_loop = run_driver(None, args.capacity_seconds)["rps"]
+            light = percentiles(run_driver(closed_loop / 10, args.capacity_seconds))[0]
+            low, high = closed_loop / 10, closed_loop
+            for _ in range(args.search_steps):
+                rate = (low + high) / 2
+                result = run_driver(rate, args.capacity_seconds)
+                keeps_up = percentiles(result)[0] <= KEEPS_UP * light and not sum(result["errors"].values())
+                low, high = (rate, high) if keeps_up else (low, rate)
+                print(f"{case.name}: {rate:.0f} req/s {'kept up' if keeps_up else 'fell behind'}", flush=True)
+            capacity = low
+            entry: dict[str, Any] = {
+                "capacity_rps": capacity,
+                "closed_loop_rps": closed_loop,
+                "wrk_capacity_rps": wrk_capacity,
+                "loads": {},
+            }
             for load in args.loads:
                 rate = load * capacity
                 result = run_driver(rate, args.seconds)
-                latencies = result.pop("latencies_ms")
-                p50, p99 = (float(v) for v in np.percentile(latencies, [50, 99])) if latencies else (np.nan, np.nan)
+                p50, p99 = percentiles(result)
+                del result["latencies_ms"]
                 entry["loads"][str(load)] = {**result, "rate": rate, "p50_ms": p50, "p99_ms": p99}
                 errors = sum(result["errors"].values())
                 rows.append(
                     [
                         case.name,
                         f"{wrk_capacity:.0f}",
+                        f"{closed_loop:.0f}",
                         f"{capacity:.0f}",
                         f"{load:.0%}",
                         f"{rate:.1f}",
@@ -214,14 +247,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = Table(
         f"Open loop: constant arrival rate, latency from the scheduled send ({worker_count(args.workers)} worker(s), "
         f"{args.threads} onnxruntime thread(s), {args.seconds:.0f} s per load)",
-        ["endpoint", "wrk req/s", "capacity req/s", "load", "rate req/s", "p50 ms", "p99 ms", "p99 / p50", "errors"],
+        [
+            "endpoint",
+            "wrk req/s",
+            "closed loop req/s",
+            "capacity req/s",
+            "load",
+            "rate req/s",
+            "p50 ms",
+            "p99 ms",
+            "p99 / p50",
+            "errors",
+        ],
         rows,
-        note=f"Capacity = the closed-loop throughput ({CAPACITY_CONNECTIONS} connections) this load generator reaches "
-        "against the same server just before, its own CPU on the same 2 cores included; wrk's, whose C client takes "
-        "less of the cores, for reference. The load generator is a separate process (uvloop).",
+        note=f"Closed loop: {CAPACITY_CONNECTIONS} connections, wrk's and this load generator's. Capacity: the highest "
+        f"constant arrival rate whose p50 stays within {KEEPS_UP:g}x the p50 at a tenth of the closed-loop figure "
+        f"(bisection, {args.search_steps} runs). The load generator is a separate process (uvloop) on the same 2 "
+        f"cores; the server runs at nice {NICENESS}.",
     )
-    at75 = [row for row in rows if row[3] == "75%"]
-    headline = "p99 at 75 % of capacity: " + ", ".join(f"{r[0]} {r[6]} ms ({r[7]}x p50)" for r in at75)
+    at75 = [row for row in rows if row[4] == "75%"]
+    headline = "p99 at 75 % of capacity: " + ", ".join(f"{r[0]} {r[7]} ms ({r[8]}x p50)" for r in at75)
     write_report(args.out, report, [table], headline)
 
 

@@ -57,16 +57,18 @@ class RunningServer:
 
 @contextmanager
 def serving(
-    bundle: Path, log_path: Path, *extra_args: str, workers: int = 1, threads: int = 1
+    bundle: Path, log_path: Path, *extra_args: str, workers: int = 1, threads: int = 1, niceness: int = 0
 ) -> Iterator[RunningServer]:
     """`python -m service` on a free loopback port, once every worker is ready (`workers=0`: the server's default,
-    one per usable core); stopped afterwards.
+    one per usable core); stopped afterwards. `niceness` > 0 runs it at a lower CPU priority, for load generators
+    that share its cores and must send on time.
 
     The server runs in its own process group, so stopping it also stops uvicorn's worker processes. Raises
     `ServerFailed` with the server's log when it exits or is not ready within `STARTUP_TIMEOUT_S`.
     """
     port = free_port()
     command = [sys.executable, "-m", "service", "--model", str(bundle), "--host", "127.0.0.1", "--port", str(port)]
+    command = ["nice", "-n", str(niceness), *command] if niceness else command
     command += ["--workers", str(workers), "--intra-op-threads", str(threads), *extra_args]
     base_url = f"http://127.0.0.1:{port}"
 
