@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,17 @@ def test_by_default_uvicorn_runs_a_worker_per_usable_core_with_shared_metrics(
     assert workers == 3
     assert folder is not None and not Path(folder).exists()  # the workers' metrics folder, gone once they stop
     assert MULTIPROCESS_DIR not in environ
+
+
+def test_workers_without_a_writable_temporary_folder_stop_with_one_line(
+    environ: dict[str, str], monkeypatch: pytest.MonkeyPatch, tiny_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "serve", lambda config: None)
+    monkeypatch.setattr(tempfile, "tempdir", "/proc/no-such-folder")
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--model", str(tiny_bundle), "--workers", "2"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.startswith("facevae-serve: cannot make a folder for the workers' metrics")
 
 
 def test_cli_flags_override_the_environment_and_reach_the_workers(

@@ -129,7 +129,11 @@ def shared_metrics(workers: int) -> Iterator[None]:
     if workers == 1 or MULTIPROCESS_DIR in os.environ:
         yield
         return
-    with tempfile.TemporaryDirectory(prefix="facevae-metrics-") as folder:
+    try:
+        metrics = tempfile.TemporaryDirectory(prefix="facevae-metrics-")
+    except OSError as exc:
+        _fail(f"cannot make a folder for the workers' metrics ({exc}); set {MULTIPROCESS_DIR} or --workers 1", 2)
+    with metrics as folder:
         os.environ[MULTIPROCESS_DIR] = folder  # the workers inherit it
         try:
             yield
