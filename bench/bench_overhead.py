@@ -19,8 +19,8 @@ rounds.
 Endpoints: `/sample` (GET, one face), `/decode` and `/edit` on a latent (JSON, Smiling +2), `/encode?align=none` of an
 aligned CelebA crop, and `/encode` of a phone-style photo (a face enlarged and tilted in a 640x480 scene:
 detection, alignment, encoding and 3 refinement steps). Beside `/decode`, the reference row: the same latent
-decoded and PNG-encoded by KServe's Python model server (`bench.kserve_peer`, started with the same bundle and
-threads, measured the same way in the same rounds).
+decoded and PNG-encoded by KServe's Python model server (`bench.kserve_peer`, started with the same bundle,
+threads and workers, measured the same way in the same rounds).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from bench import kserve_peer
@@ -50,7 +49,7 @@ from service.core.defaults import worker_count
 from service.core.framing import Align
 from service.core.runtime import FaceModel
 from testkit.phone_photos import phone_photo
-from testkit.servers import free_port, serving, started
+from testkit.servers import free_port, is_ready, serving, started
 
 ATTRIBUTE = "Smiling"
 PEER = f"/decode via KServe {version('kserve')}"
@@ -116,14 +115,8 @@ def kserve_server(bundle: Path, threads: int, workers: int, log_path: Path) -> I
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "bench.kserve_peer", "--model", str(bundle), "--port", str(port)]
-
-    def ready() -> bool:
-        try:
-            return httpx.get(base_url + kserve_peer.READY_PATH, timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    with started([*command, "--threads", str(threads), "--workers", str(workers)], log_path, ready) as process:
+    command += ["--threads", str(threads), "--workers", str(workers)]
+    with started(command, log_path, lambda: is_ready(base_url, kserve_peer.READY_PATH)) as process:
         yield base_url, process.pid
 
 

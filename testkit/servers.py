@@ -41,9 +41,9 @@ def clean_env() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
 
 
-def is_ready(base_url: str) -> bool:
+def is_ready(base_url: str, path: str = "/health/ready") -> bool:
     try:
-        return httpx.get(f"{base_url}/health/ready", timeout=2).status_code == 200
+        return httpx.get(f"{base_url}{path}", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
 
