@@ -42,6 +42,7 @@ from PIL import Image
 from bench import bench_quality as quality
 from bench.common import DEFAULT_DATA, RESULTS_DIR, Table, fmt, machine, write_report
 from service.core.bundle import DEFAULT_MODEL, AttributeVector
+from training.config import EditConfig
 from training.prepared import DEFAULT_CACHE, PreparedData, prepare_data
 
 VARIANTS = ("learned", "shipped", "projected", "full length")
@@ -209,6 +210,7 @@ def tables(report: dict[str, Any]) -> list[Table]:
                 row["attribute"],
                 row["variant"],
                 quality.pct(row["strengths"][strength]["success"]),
+                quality.pct(row["strengths"][strength]["success_where_it_occurs"]),
                 fmt(row["strengths"][strength]["side_effects"], 3),
                 fmt(row["strengths"][strength]["random_side_effects"], 3),
                 fmt(row["strengths"][strength]["side_ratio"], 2),
@@ -227,6 +229,7 @@ def tables(report: dict[str, Any]) -> list[Table]:
                     "attribute",
                     "edit",
                     "success",
+                    "where it occurs",
                     "side effects",
                     "random move (floor)",
                     "ratio",
@@ -236,7 +239,9 @@ def tables(report: dict[str, Any]) -> list[Table]:
                     "ratio",
                 ],
                 rows,
-                "learned: the bundle's editor (what /edit serves); shipped: the bundle's vectors alone; "
+                "learned: the bundle's editor (what /edit serves); shipped: the bundle's vectors alone; where it "
+                "occurs: success on the faces of a sex in which at least "
+                f"{EditConfig().calibration_min_examples} training faces have the attribute (men for Mustache); "
                 "projected: unrelated attributes' directions projected out, strength 1 = the class-mean gap along "
                 "what is left; full length: the same direction, moved as far as the shipped vector. Floor: a random "
                 "move as long as each face's edit; ratio: side effects over the floor; person: distance in the "

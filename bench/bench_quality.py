@@ -84,7 +84,8 @@ from service.core.runtime import REFINE_STEPS, FaceModel, SamplingMode
 from service.core.sessions import open_session
 from training.card import EDIT_ATTRIBUTES, grid, sharpness
 from training.classifier import AttributeClassifier, ClassifierConfig, default_out, train_classifier
-from training.config import TrainConfig
+from training.config import EditConfig, TrainConfig
+from training.edits import where_it_occurs
 from training.export import encode
 from training.latents import DIRECTION_METHODS, aggregate_posterior, attribute_vectors
 from training.prepared import DEFAULT_CACHE, PreparedData, prepare_data
@@ -396,6 +397,7 @@ def edit_effect(
     positive: bool,
     unrelated: Sequence[int],
     keep: Sequence[str] = (),
+    occurs: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """One edit applied to every z as /edit does (`FaceModel.edit_codes`), against the unedited faces: success, side
     effects, identity drift and the person kept; and the same for a random move as long as each face's own edit
@@ -403,8 +405,10 @@ def edit_effect(
 
     `side_ratio` is the edit's side effects over the random move's; `person` is the mean distance in the judge's
     features from the unedited face, edit over random move (below 1: the edit keeps the person better than a
-    random nudge of its size)."""
+    random nudge of its size). `success_where_it_occurs` is the success over the faces `occurs` [N] marks (all by
+    default): those of a sex in which the attribute occurs in the training labels (`where_it_occurs`)."""
     edited_codes = model.edit_codes(z, strengths, keep)
+    where = np.ones(len(z), bool) if occurs is None else occurs
     lengths = np.linalg.norm(edited_codes - z, axis=1)
     edited = Judged.of(classifier, batched(model.decode, edited_codes))
     moved = Judged.of(classifier, batched(model.decode, z + random_moves(model, lengths, target)))
@@ -416,6 +420,7 @@ def edit_effect(
     random_distance = float(np.linalg.norm(moved.features - unedited.features, axis=1).mean())
     return {
         "success": float(np.mean(edited.verdicts[:, target] == positive)),
+        "success_where_it_occurs": float(np.mean(edited.verdicts[where, target] == positive)),
         "side_effects": side,
         "random_side_effects": random_side,
         "side_ratio": ratio(side, random_side),
@@ -474,6 +479,13 @@ def edits(subject: Subject, model: FaceModel, judging: EditJudging, per_column: 
             if len(rows_of) == 0:
                 continue
             z = subject.z_val[rows_of]
+            occurs = where_it_occurs(
+                data.labels[data.train],
+                data.labels[data.val[rows_of]],
+                data.dataset.attribute_names,
+                name,
+                EditConfig().calibration_min_examples,
+            )
             unedited = Judged.of(classifier, batched(model.decode, z))
             photo_verdicts, _ = judge(classifier, data.images[data.val[rows_of]])
             row: dict[str, Any] = {
@@ -495,6 +507,7 @@ def edits(subject: Subject, model: FaceModel, judging: EditJudging, per_column: 
                     target,
                     sign > 0,
                     unrelated[name],
+                    occurs=occurs,
                 )
                 for key in ("changed", "random_changed"):
                     values = effect.pop(key)

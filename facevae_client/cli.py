@@ -132,9 +132,10 @@ def cmd_detect(client: Client, args: argparse.Namespace) -> None:
 
 def cmd_attributes(client: Client, args: argparse.Namespace) -> None:
     for attribute in client.attributes():
+        moved = f"  learned edit, {attribute.length_scale:g} x the class gap per unit" if attribute.learned else ""
         print(
             f"{attribute.name:20} AUC {attribute.auc:.3f}  strength "
-            f"{attribute.strength_min:g} to {attribute.strength_max:g}"
+            f"{attribute.strength_min:g} to {attribute.strength_max:g}{moved}"
         )
 
 
@@ -221,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="NAME=STRENGTH",
         help="an attribute and its strength, e.g. Smiling=2 (1 = the average difference between faces with and "
-        "without it; negative removes it); repeat for several",
+        "without it, lengthened where +2 would not show; negative removes it); repeat for several",
     )
     edit.add_argument(
         "--keep",

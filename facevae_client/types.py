@@ -132,6 +132,8 @@ class Attribute(_Known):
     norm: float
     method: str
     step: float
+    #: How many times `step` one unit of strength really moves a face (the learned editor's lengthening, else 1).
+    length_scale: float
     projection_std: float
     positives: int
     negatives: int

@@ -86,6 +86,10 @@ def test_attributes_and_metadata_are_typed(api: Client, default_model: FaceModel
     assert (metadata.z_dim, metadata.image_size, metadata.name) == (default_model.z_dim, 64, "celeba-64")
     attributes = {a.name: a for a in api.attributes()}
     assert len(attributes) == 40 and attributes["Smiling"].strength_max == default_model.max_strength
+    editor = default_model.bundle.manifest.editor
+    assert editor is not None
+    learned = {name: a.length_scale for name, a in attributes.items() if a.learned}
+    assert learned == dict(zip(editor.attributes, editor.length_scales, strict=True))
 
 
 def test_errors_are_typed_and_carry_the_apis_detail(api: Client, default_model: FaceModel) -> None:

@@ -133,6 +133,7 @@ def test_attributes(client: TestClient, face_model: FaceModel) -> None:
         "norm": smiling.norm,
         "method": smiling.method,
         "step": smiling.step,
+        "length_scale": 1.0,
         "projection_std": smiling.projection_std,
         "positives": smiling.positives,
         "negatives": smiling.negatives,
@@ -816,9 +817,12 @@ def editor_client(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -
         yield test_client
 
 
-def test_attributes_say_which_the_editor_learned(editor_client: TestClient) -> None:
-    listed = {item["name"]: item["learned"] for item in editor_client.get("/attributes").json()["attributes"]}
-    assert listed == {"Smiling": True, "Male": False, "Eyeglasses": True}
+def test_attributes_say_which_the_editor_learned_and_how_far_it_lengthens_them(editor_client: TestClient) -> None:
+    listed = {
+        item["name"]: (item["learned"], item["length_scale"])
+        for item in editor_client.get("/attributes").json()["attributes"]
+    }
+    assert listed == {"Smiling": (True, 1.0), "Male": (False, 1.0), "Eyeglasses": (True, 1.5)}
 
 
 def test_edit_of_a_latent_and_its_strip_go_through_the_editor(editor_client: TestClient) -> None:

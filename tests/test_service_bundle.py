@@ -179,6 +179,24 @@ def test_an_editor_must_edit_distinct_attributes_of_the_bundle_one_column_each(
         ModelBundle.load(with_editor)
 
 
+@pytest.mark.parametrize(
+    ("scales", "message"),
+    [
+        ([1.0], r"editor\.length_scales has 1 values for 2 attributes"),
+        ([1.0, 0.0], r"editor\.length_scales\.1: Input should be greater than 0"),
+        ([1.0, None], r"editor\.length_scales\.1: Input should be a valid number"),
+    ],
+)
+def test_an_editor_needs_one_positive_length_scale_per_attribute(
+    with_editor: Path, scales: list[float | None], message: str
+) -> None:
+    manifest = json.loads((with_editor / MANIFEST_FILE).read_text())
+    manifest["editor"]["length_scales"] = scales
+    write_json(with_editor / MANIFEST_FILE, manifest)
+    with pytest.raises(BundleError, match=message):
+        ModelBundle.load(with_editor)
+
+
 def test_an_editor_of_another_latent_size_is_refused(with_editor: Path) -> None:
     graph = editor_graph(2)
     graph.input[0].type.tensor_type.shape.dim[1].dim_value = Z_DIM + 1

@@ -13,16 +13,25 @@ import tensorflow as tf
 from service.core.bundle import DEFAULT_MODEL
 from training.cli import _field_value, main
 from training.config import EditConfig
-from training.edits import EditTrainer, build_correction, build_editor, keep_weights
+from training.edits import (
+    EditTrainer,
+    build_correction,
+    build_editor,
+    calibrate_lengths,
+    calibration_rows,
+    keep_weights,
+)
 
 
-def _editor(z_dim: int = 6, attributes: int = 2) -> tuple[keras.Model, np.ndarray]:
+def _editor(
+    z_dim: int = 6, attributes: int = 2, length_scales: np.ndarray | None = None
+) -> tuple[keras.Model, np.ndarray]:
     rng = np.random.default_rng(0)
     moves = rng.normal(size=(attributes, z_dim)).astype(np.float32)
     correction = build_correction(z_dim, attributes, hidden=8)
     # Training starts the correction at zero; random weights stand for a trained one here.
     correction.set_weights([rng.normal(0.0, 0.5, w.shape).astype(np.float32) for w in correction.get_weights()])
-    return build_editor(moves, correction), moves
+    return build_editor(moves, correction, length_scales), moves
 
 
 def test_the_editor_turns_the_class_mean_move_but_keeps_its_length() -> None:
@@ -34,6 +43,82 @@ def test_the_editor_turns_the_class_mean_move_but_keeps_its_length() -> None:
     np.testing.assert_allclose(np.linalg.norm(edited - z, axis=1), np.linalg.norm(straight, axis=1), rtol=1e-4)
     cosine = np.sum((edited - z) * straight, axis=1) / np.linalg.norm(straight, axis=1) ** 2
     assert np.all(cosine < 0.9999)  # a direction of its own, not the class-mean move
+
+
+def test_length_scales_lengthen_each_attributes_move_and_keep_its_direction() -> None:
+    plain, _ = _editor()
+    lengthened, _ = _editor(length_scales=np.array([1.5, 2.0], np.float32))
+    z = np.random.default_rng(4).normal(size=(3, 6)).astype(np.float32)
+    strengths = np.array([[2.0, 0.0], [0.0, -1.0], [0.0, 3.0]], dtype=np.float32)
+    before = plain.predict([z, strengths], verbose=0) - z
+    after = lengthened.predict([z, strengths], verbose=0) - z
+    np.testing.assert_allclose(after, before * np.array([[1.5], [2.0], [2.0]]), rtol=1e-4, atol=1e-5)
+
+
+class _LengthJudge:
+    """Stands for the held-out classifier on 'faces' that are the codes themselves: attribute k is seen where the
+    code is at least `needed[k]` from the origin."""
+
+    attributes = ("Smiling", "Chubby")
+
+    def __init__(self, needed: tuple[float, float]) -> None:
+        self.needed = np.array(needed)
+
+    def column(self, name: str) -> int:
+        return self.attributes.index(name)
+
+    def predict(self, faces: np.ndarray) -> tuple[np.ndarray, None]:
+        return (np.linalg.norm(faces, axis=1)[:, np.newaxis] >= self.needed).astype(np.float32), None
+
+
+def test_calibration_lengthens_only_as_far_as_the_held_out_classifier_needs_and_not_in_vain() -> None:
+    editor, moves = _editor()
+    config = EditConfig(
+        attributes=("Smiling", "Chubby"), length_scales=(1.0, 1.5, 2.0), clear_goal=0.98, calibration_min_examples=0
+    )
+    z = np.zeros((10, 6), np.float32)
+    labels = -np.ones((10, 3), np.int8)  # columns: Male, Smiling, Chubby; no face has either attribute
+    lengths = np.linalg.norm(2.0 * moves, axis=1)  # how far +2 moves at length scale 1
+    # Smiling shows from 1.4 times its +2 move on; Chubby not even at twice it.
+    judge = _LengthJudge((1.4 * lengths[0], 2.5 * lengths[1]))
+    scales, seen = calibrate_lengths(
+        editor,
+        z,
+        labels,
+        ["Male", "Smiling", "Chubby"],
+        lambda codes: codes,
+        judge,
+        config,  # type: ignore[arg-type]
+    )
+    np.testing.assert_array_equal(scales, [1.5, 1.0])
+    assert seen == {"Smiling": {"1.0": 0.0, "1.5": 1.0}, "Chubby": {"1.0": 0.0, "1.5": 0.0, "2.0": 0.0}}
+    # Where no training face qualifies (here: every face has Chubby), the length stays 1 and nothing is seen.
+    labels[:, 2] = 1
+    scales, seen = calibrate_lengths(
+        editor,
+        z,
+        labels,
+        ["Male", "Smiling", "Chubby"],
+        lambda codes: codes,
+        judge,
+        config,  # type: ignore[arg-type]
+    )
+    np.testing.assert_array_equal(scales, [1.5, 1.0])
+    assert seen["Chubby"] == {}
+
+
+def test_calibration_keeps_to_the_sexes_in_which_the_attribute_occurs() -> None:
+    names = ["Male", "Mustache", "Chubby"]
+    male = np.arange(200) < 100
+    mustache = male & (np.arange(200) % 4 == 0)  # 25 men, no woman
+    chubby = np.arange(200) % 8 == 0  # 13 men, 12 women
+    labels = np.where(np.stack([male, mustache, chubby], axis=1), 1, -1)
+    config = EditConfig(calibration_min_examples=10, calibration_faces=1000)
+    np.testing.assert_array_equal(calibration_rows(labels, names, "Mustache", config), np.flatnonzero(male & ~mustache))
+    np.testing.assert_array_equal(calibration_rows(labels, names, "Chubby", config), np.flatnonzero(~chubby))
+    np.testing.assert_array_equal(calibration_rows(labels, names, "Male", config), np.flatnonzero(~male))
+    strict = config.model_copy(update={"calibration_min_examples": 13})
+    np.testing.assert_array_equal(calibration_rows(labels, names, "Chubby", strict), np.flatnonzero(male & ~chubby))
 
 
 def test_strength_zero_returns_the_code_itself() -> None:

@@ -207,21 +207,25 @@ def test_learned_edits_join_the_bundle_and_move_codes_as_far_as_the_vectors_do(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
     copy = shutil.copytree(trained[1], tmp_path / "bundle")
-    guide = tmp_path / "guide"
+    guide, held_out = tmp_path / "guide", tmp_path / "held-out"
     common = ["--data", str(SUBSET), "--cache-dir", str(tmp_path / "cache"), "--guide-dir", str(guide)]
-    edits = ["--steps", "20", "--guide-epochs", "1", "--attributes", "Smiling", "Male"]
+    edits = ["--steps", "20", "--guide-epochs", "1", "--attributes", "Smiling", "Male", "--held-out-dir", str(held_out)]
     assert main(["edits", "--bundle", str(copy), *common, *edits]) == 0
-    assert (guide / "classifier.json").is_file()  # trained once, then reused
+    assert (guide / "classifier.json").is_file() and (held_out / "classifier.json").is_file()  # trained, then reused
     bundle = ModelBundle.load(copy)
     assert bundle.edited_by_editor == ["Smiling", "Male"]
-    assert bundle.manifest.editor is not None and bundle.manifest.editor.parity_max_abs_diff <= export.PARITY_TOLERANCE
+    editor = bundle.manifest.editor
+    assert editor is not None and editor.parity_max_abs_diff <= export.PARITY_TOLERANCE
+    assert set(editor.training["held_out_success"]) == {"Smiling", "Male"}
 
     model = FaceModel.load(copy, threads=1)
     z = np.random.default_rng(0).standard_normal((6, bundle.z_dim)).astype(np.float32)
     smiling = bundle.attributes["Smiling"]
     edited = model.edit_codes(z, {"Smiling": 2.0})
-    # Learned edits choose a direction per face but move as far as the class-mean move of the same strength.
-    np.testing.assert_allclose(np.linalg.norm(edited - z, axis=1), 2.0 * smiling.step, rtol=1e-4)
+    # Learned edits choose a direction per face but move as far as the class-mean move of the same strength, times
+    # the length scale the held-out classifier chose (recorded in the manifest).
+    length = 2.0 * smiling.step * editor.length_scales[0]
+    np.testing.assert_allclose(np.linalg.norm(edited - z, axis=1), length, rtol=1e-4)
     assert not np.allclose(edited, z + 2.0 * smiling.step * smiling.unit, atol=1e-3)
     strip = model.edit(z[0], {"Male": 1.5}, steps=3)
     np.testing.assert_array_equal(strip[1], z[0])

@@ -199,7 +199,12 @@ def add_tiny_editor(path: Path, attributes: tuple[str, ...] = ("Smiling", "Eyegl
     """Give the bundle at `path` an `editor.onnx` (`editor_graph`) for `attributes`, recorded in its manifest."""
     save_graph(editor_graph(len(attributes)), path / EDITOR_FILE)
     manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
-    manifest["editor"] = {"attributes": list(attributes), "parity_max_abs_diff": 0.0, "training": {}}
+    manifest["editor"] = {
+        "attributes": list(attributes),
+        "length_scales": [1.0 + 0.5 * i for i in range(len(attributes))],
+        "parity_max_abs_diff": 0.0,
+        "training": {},
+    }
     manifest["files"][EDITOR_FILE] = sha256_file(path / EDITOR_FILE)
     write_json(path / MANIFEST_FILE, manifest)
     ModelBundle.load(path)

@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the guide classifier edits are trained against (default: runs/edit-guide-<image size>; trained there "
         "first when missing)",
     )
+    edits.add_argument(
+        "--held-out-dir",
+        type=Path,
+        help="the classifier that calibrates each edit's length, never trained against (default: "
+        "runs/edit-guide-<image size>-s<held_out_seed>; trained there first when missing)",
+    )
     edits.add_argument("--steps", type=int, help=f"training steps (default: {EditConfig().steps})")
     edits.add_argument(
         "--guide-epochs",
@@ -248,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         except (ValidationError, TypeError) as error:
             parser.error(f"edits: {error}")
         guide_dir = args.guide_dir or Path("runs") / f"edit-guide-{bundle.image_size}"
+        held_out_dir = args.held_out_dir or Path("runs") / f"edit-guide-{bundle.image_size}-s{settings.held_out_seed}"
         data = prepare_data(config, args.data, cache, args.skip_bad_images)
-        fit_edits(args.bundle, config, data, settings, guide_dir)
+        fit_edits(args.bundle, config, data, settings, guide_dir, held_out_dir)
         return 0
     if args.command == "upgrade":
         from service.core.bundle import MANIFEST_FILE

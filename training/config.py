@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
 from service.core.bundle import DirectionMethod, SamplingMode
 from training.data import CELEBA_CROP
@@ -114,4 +114,17 @@ class EditConfig(BaseModel):
     density_weight: float = Field(2.0, ge=0, description="weight of the edited code's Mahalanobis increase")
     guide_epochs: int = Field(8, gt=0, description="epochs of the guide classifier when it must be trained")
     guide_seed: int = Field(7, description="the guide's seed: not the judge's (0)")
+    held_out_seed: int = Field(
+        11, description="seed of the held-out classifier that calibrates lengths: neither the guide's nor the judge's"
+    )
+    clear_goal: float = Field(
+        0.98, gt=0, le=1, description="share of goal_strength edits the held-out classifier must see done"
+    )
+    length_scales: tuple[PositiveFloat, ...] = Field(
+        (1.0, 1.25, 1.5, 1.75, 2.0), min_length=1, description="lengthenings tried, in order, until clear_goal holds"
+    )
+    calibration_faces: int = Field(400, gt=0, description="training faces lacking each attribute, for calibration")
+    calibration_min_examples: int = Field(
+        20, ge=0, description="a sex joins an attribute's calibration if this many of its training faces have it"
+    )
     seed: int = 0

@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,15 +97,18 @@ def straight_moves(vectors: Sequence[AttributeVector]) -> np.ndarray:
     return np.stack([v.step * v.unit for v in vectors]).astype(np.float32)
 
 
-def build_editor(moves: np.ndarray, correction: keras.Model) -> keras.Model:
-    """z, strengths [N, K] -> z': z moved as far as the straight moves [K, z_dim] (one per strength column) would
-    move it, in the direction of the straight move plus the correction's change from s = 0."""
+def build_editor(moves: np.ndarray, correction: keras.Model, length_scales: np.ndarray | None = None) -> keras.Model:
+    """z, strengths [N, K] -> z': z moved as far as the straight moves [K, z_dim] (one per strength column), each
+    lengthened by its `length_scales` [K] (default 1), would move it, in the direction of the straight move plus the
+    correction's change from s = 0."""
     z_dim = moves.shape[1]
+    scales = np.ones(len(moves), np.float32) if length_scales is None else np.asarray(length_scales, np.float32)
     z = keras.Input(shape=(z_dim,), name=EDITOR_INPUTS[0])
     strengths = keras.Input(shape=(len(moves),), name=EDITOR_INPUTS[1])
     straight = ops.matmul(strengths, ops.convert_to_tensor(moves))
     turned = straight + correction([z, strengths]) - correction([z, ops.zeros_like(strengths)])
-    length = ops.sqrt(ops.sum(ops.square(straight), axis=1, keepdims=True))
+    lengthened = ops.matmul(strengths, ops.convert_to_tensor(moves * scales[:, np.newaxis]))
+    length = ops.sqrt(ops.sum(ops.square(lengthened), axis=1, keepdims=True))
     scale = length / (ops.sqrt(ops.sum(ops.square(turned), axis=1, keepdims=True)) + 1e-6)
     edited = layers.Add(name=EDITOR_OUTPUT)([z, turned * scale])
     return keras.Model([z, strengths], edited, name="editor")
@@ -118,6 +121,9 @@ LOSSES = ("loss", "target", "keep", "identity", "turn", "density", "reached", "c
 JITTER_SHIFT = 2
 #: How fast each attribute's running success (the multipliers' signal) follows a step's.
 SUCCESS_SMOOTHING = 0.1
+#: The label that splits who can carry some attributes in CelebA (moustaches, goatees, lipstick): calibration
+#: keeps to the sexes in which an attribute occurs.
+STRATUM = "Male"
 #: The multipliers stay within these bounds.
 MULTIPLIER_RANGE = (0.05, 50.0)
 
@@ -254,17 +260,81 @@ class EditTrainer(keras.Model):
 
 
 def guide_classifier(
-    folder: Path, training: TrainConfig, data: PreparedData, config: EditConfig
+    folder: Path, training: TrainConfig, data: PreparedData, config: EditConfig, seed: int | None = None
 ) -> AttributeClassifier:
-    """The classifier edits are trained against: loaded from `folder`, or trained there first on the bundle's own
-    framing and training split (blur- and noise-augmented like the judge, from another seed)."""
+    """The classifier edits are trained against (or, with the held-out seed, calibrated with): loaded from `folder`,
+    or trained there first on the bundle's own framing and training split (blur- and noise-augmented like the
+    judge, from `seed`, by default the guide's)."""
     if (folder / "classifier.json").is_file():
         return AttributeClassifier.load(folder)
     settings = ClassifierConfig.framing_like(
-        training, training.max_images, epochs=config.guide_epochs, seed=config.guide_seed
+        training, training.max_images, epochs=config.guide_epochs, seed=config.guide_seed if seed is None else seed
     )
-    log.info("training the edits' guide classifier (%d epochs) into %s", settings.epochs, folder)
+    log.info("training the edits' classifier of seed %d (%d epochs) into %s", settings.seed, settings.epochs, folder)
     return fit_classifier(settings, data, folder)
+
+
+def where_it_occurs(
+    train_labels: np.ndarray, labels: np.ndarray, attribute_names: list[str], name: str, min_examples: int
+) -> np.ndarray:
+    """[N] bool over the faces of `labels`: of a sex in which at least `min_examples` training faces
+    (`train_labels`) have `name`; every face for the sex label itself. No classifier learnt from CelebA can see a
+    moustache on a woman (none of its training women has one): it calls one only once the face turns male, so an
+    edit is calibrated, and its success read, where the attribute occurs."""
+    occurs = np.ones(len(labels), bool)
+    if STRATUM not in attribute_names or name == STRATUM:
+        return occurs
+    has = train_labels[:, attribute_names.index(name)] > 0
+    sex_in_training = train_labels[:, attribute_names.index(STRATUM)] > 0
+    sex = labels[:, attribute_names.index(STRATUM)] > 0
+    for in_training, here in ((sex_in_training, sex), (~sex_in_training, ~sex)):
+        if np.count_nonzero(has & in_training) < min_examples:
+            occurs &= ~here
+    return occurs
+
+
+def calibration_rows(labels: np.ndarray, attribute_names: list[str], name: str, config: EditConfig) -> np.ndarray:
+    """Training faces a +2 edit of `name` is calibrated on: labelled without it, where it occurs (`where_it_occurs`):
+    calibrated on women too, the moustache would be lengthened until the face changes sex, not until it shows."""
+    lacks = labels[:, attribute_names.index(name)] < 0
+    occurs = where_it_occurs(labels, labels, attribute_names, name, config.calibration_min_examples)
+    return np.flatnonzero(lacks & occurs)[: config.calibration_faces]
+
+
+def calibrate_lengths(
+    editor: keras.Model,
+    codes: np.ndarray,
+    labels: np.ndarray,
+    attribute_names: list[str],
+    decode: Callable[[np.ndarray], np.ndarray],
+    held_out: AttributeClassifier,
+    config: EditConfig,
+) -> tuple[np.ndarray, dict[str, dict[str, float]]]:
+    """Per edited attribute, the first of `config.length_scales` at which a classifier the editor was not trained
+    against sees the attribute on `clear_goal` of the +`goal_strength` edits of its `calibration_rows` (1 where
+    none does: a longer move that still does not show buys only side effects). Lengthening a one-attribute edit
+    keeps its direction, so each scale is the editor's move times the scale. Returns the scales [K] and, per
+    attribute, the held-out success at each scale tried."""
+    scales, seen = np.ones(len(config.attributes), np.float32), {}
+    for k, name in enumerate(config.attributes):
+        z = codes[calibration_rows(labels, attribute_names, name, config)]
+        seen[name] = {}
+        if len(z) == 0:
+            log.warning("%s: no training face to calibrate its length on; it stays 1", name)
+            continue
+        strengths = np.zeros((len(z), len(config.attributes)), np.float32)
+        strengths[:, k] = config.goal_strength
+        move = editor.predict([z, strengths], batch_size=BATCH, verbose=0) - z
+        for scale in config.length_scales:
+            edited = z + np.float32(scale) * move
+            faces = np.concatenate([decode(edited[i : i + BATCH]) for i in range(0, len(edited), BATCH)])
+            success = float(np.mean(held_out.predict(faces)[0][:, held_out.column(name)] >= 0.5))
+            seen[name][str(scale)] = round(success, 3)
+            if success >= config.clear_goal:
+                scales[k] = scale
+                break
+        log.info("%s: held-out success at +%g per length %s: %g", name, config.goal_strength, seen[name], scales[k])
+    return scales, seen
 
 
 def train_editor(
@@ -323,9 +393,16 @@ def train_editor(
     return editor, report
 
 
-def add_editor(bundle_dir: Path, editor: keras.Model, attributes: Sequence[str], report: dict[str, Any]) -> None:
+def add_editor(
+    bundle_dir: Path,
+    editor: keras.Model,
+    attributes: Sequence[str],
+    length_scales: Sequence[float],
+    report: dict[str, Any],
+) -> None:
     """Export `editor` into the bundle as `editor.onnx`, check onnxruntime against Keras, and record it in the
-    manifest (format 5: its attributes, its training report and its sha256); the bundle is verified afterwards."""
+    manifest (its attributes, their length scales, its training report and its sha256); the bundle is verified
+    afterwards."""
     path = bundle_dir / EDITOR_FILE
     staging = path.with_name(path.name + ".partial")
     keras_to_onnx(editor, EDITOR_INPUTS, (EDITOR_OUTPUT,), staging)
@@ -344,7 +421,12 @@ def add_editor(bundle_dir: Path, editor: keras.Model, attributes: Sequence[str],
     manifest_path = bundle_dir / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     manifest["format_version"] = FORMAT_VERSION
-    manifest["editor"] = {"attributes": list(attributes), "parity_max_abs_diff": worst, "training": report}
+    manifest["editor"] = {
+        "attributes": list(attributes),
+        "length_scales": [float(scale) for scale in length_scales],
+        "parity_max_abs_diff": worst,
+        "training": report,
+    }
     manifest["files"][EDITOR_FILE] = sha256_file(path)
     write_json(manifest_path, manifest)
     ModelBundle.load(bundle_dir)
@@ -352,11 +434,16 @@ def add_editor(bundle_dir: Path, editor: keras.Model, attributes: Sequence[str],
 
 
 def fit_edits(
-    bundle_dir: Path, training: TrainConfig, data: PreparedData, config: EditConfig, guide_dir: Path
+    bundle_dir: Path,
+    training: TrainConfig,
+    data: PreparedData,
+    config: EditConfig,
+    guide_dir: Path,
+    held_out_dir: Path,
 ) -> dict[str, Any]:
     """The whole job on a finished bundle (trained with `training`, whose faces `data` are): encode the training
-    split as /encode does (refined codes), decode them, load or train the guide, train the editor and add it to the
-    bundle. Returns the training report."""
+    split as /encode does (refined codes), decode them, load or train the guide, train the editor, calibrate its
+    lengths with the held-out classifier (loaded or trained too) and add it to the bundle. Returns the report."""
     if data.labels is None:
         raise ValueError(f"{data.dataset.root} has no attribute labels; learned edits need them")
     model = FaceModel.load(bundle_dir, threads=0)
@@ -368,8 +455,11 @@ def fit_edits(
     codes = np.concatenate([model.encode_pixels(faces[i : i + BATCH]).code for i in range(0, len(faces), BATCH)])
     decoded = np.concatenate([model.decode(codes[i : i + BATCH]) for i in range(0, len(codes), BATCH)])
     guide = guide_classifier(guide_dir, training, data, config)
-    editor, report = train_editor(
-        model.bundle, codes, decoded, data.labels[data.train], data.dataset.attribute_names, guide, config
-    )
-    add_editor(bundle_dir, editor, config.attributes, report)
+    labels, names = data.labels[data.train], data.dataset.attribute_names
+    editor, report = train_editor(model.bundle, codes, decoded, labels, names, guide, config)
+    held_out = guide_classifier(held_out_dir, training, data, config, seed=config.held_out_seed)
+    scales, report["held_out_success"] = calibrate_lengths(editor, codes, labels, names, model.decode, held_out, config)
+    moves = straight_moves([model.bundle.attributes[name] for name in config.attributes])
+    lengthened = build_editor(moves, editor.get_layer("correction"), scales)
+    add_editor(bundle_dir, lengthened, config.attributes, scales, report)
     return report

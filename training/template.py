@@ -45,8 +45,9 @@ def measure(data: PreparedData, preprocess: Preprocess, count: int = TEMPLATE_FA
     return template.tolist()
 
 
-#: Formats the template upgrade turns into this one: 3 (YuNet's template), 4 (no editor, which stays optional).
-UPGRADABLE = (3, 4, FORMAT_VERSION)
+#: Formats the template upgrade turns into this one: 3 (YuNet's template), 4 (no editor, which stays optional),
+#: 5 (an editor that moves exactly as far as the vectors: length scales of 1).
+UPGRADABLE = (3, 4, 5, FORMAT_VERSION)
 
 
 def upgrade(bundle: Path, data: PreparedData) -> ModelBundle:
@@ -64,6 +65,8 @@ def upgrade(bundle: Path, data: PreparedData) -> ModelBundle:
     )
     manifest["preprocess"]["landmarks"] = measure(data, preprocess)
     manifest["preprocess"]["landmark_detector"] = DETECTOR_NAME
+    if manifest.get("editor") and "length_scales" not in manifest["editor"]:
+        manifest["editor"]["length_scales"] = [1.0] * len(manifest["editor"]["attributes"])
     manifest["format_version"] = FORMAT_VERSION
     write_json(path, manifest)
     return ModelBundle.load(bundle)

@@ -61,7 +61,8 @@ Strengths = Annotated[
     AfterValidator(_some_strength),
     Field(
         description="Attribute name (any case) to strength. Strength 1 moves a face by the average difference "
-        "between training faces with and without the attribute, so +2 is a clear edit; several attributes add up.",
+        "between training faces with and without the attribute times its length_scale (GET /attributes), so +2 is "
+        "a clear edit; several attributes add up.",
         examples=[{"Smiling": 1.5, "Eyeglasses": -1}],
         json_schema_extra={STRENGTH_MARK: True, "minProperties": 1},
     ),
@@ -336,6 +337,10 @@ class AttributeInfo(Schema):
     norm: float
     method: str = Field(description="How the direction was found: mean_difference, balanced or linear.")
     step: float = Field(description="One unit of strength moves a face this far along the unit vector.")
+    length_scale: float = Field(
+        description="How many times `step` one unit of strength really moves a face: above 1 where the learned "
+        "editor lengthens a move that would otherwise not show at +2, 1 for attributes moved along the vector alone."
+    )
     projection_std: float = Field(description="Spread of the training faces' projections on the unit vector.")
     positives: int
     negatives: int

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 #: The bundle the lead trains and commits; resolved from the package, so any working directory finds it.
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "celeba-64"
 ENCODER_FILE = "encoder.onnx"
@@ -127,6 +127,9 @@ class Editor(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     attributes: list[str] = Field(min_length=1)
+    length_scales: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        description="per attribute, how many times the class-mean move of the same strength its edit moves"
+    )
     parity_max_abs_diff: float = Field(ge=0, description="onnxruntime against the Keras editor it was exported from")
     training: dict[str, Any] = Field(description="how it was trained (training/edits.py's report)")
 
@@ -452,6 +455,11 @@ class ModelBundle:
                     EDITOR_OUTPUT: [BATCH_DIM, z_dim],
                 },
             )
+            scales = manifest.editor.length_scales
+            if len(scales) != len(edited):
+                raise BundleError(
+                    MANIFEST_FILE, f"editor.length_scales has {len(scales)} values for {len(edited)} attributes"
+                )
 
         for file in (ENCODER_FILE, DECODER_FILE):
             _check_precision(root / file, manifest.precision)

@@ -169,6 +169,15 @@ class FaceModel:
         """The attributes this model's editor moves, in its strength columns' order (none without one)."""
         return self.bundle.edited_by_editor if self.editor is not None else []
 
+    def length_scale(self, name: str) -> float:
+        """How many times the class-mean move of the same strength an edit of `name` moves: the editor's calibrated
+        lengthening for its attributes (bundle-format.md), 1 for the vectors."""
+        learned = self.learned_attributes
+        if name not in learned:
+            return 1.0
+        assert self.bundle.manifest.editor is not None
+        return self.bundle.manifest.editor.length_scales[learned.index(name)]
+
     def without_editor(self) -> FaceModel:
         """The same networks and limits with every attribute moved along its vector alone, as /edit worked before
         learned edits: what the card and the benchmarks compare the editor with."""
@@ -319,11 +328,11 @@ class FaceModel:
         """Edited codes [N, z_dim] of `codes` [N, z_dim]; row i is edited at `scales[i]` (default 1) times `strengths`.
 
         Strength 1 is the average difference between training faces with and without the attribute. Attributes
-        the bundle's editor learned (training/edits.py) are moved by it, one after another: that move plus a
-        correction, learned through the decoder, that keeps the face's other attributes. The others move by their
-        vector alone (strength * step * unit). With `keep`, the kept attributes' directions are projected out of
-        each row's whole change (InterFaceGAN's conditional manipulation), so "Mustache +2, keep Male" leaves the
-        Male projection unchanged.
+        the bundle's editor learned (training/edits.py) are moved by it, one after another, `length_scale(name)`
+        times as far, in a direction learned through the decoder that keeps the face's other attributes. The
+        others move by their vector alone (strength * step * unit). With `keep`, the kept attributes' directions
+        are projected out of each row's whole change (InterFaceGAN's conditional manipulation), so "Mustache +2,
+        keep Male" leaves the Male projection unchanged.
         """
         named = self._strengths(strengths)
         kept = [self.attribute(name, "keep") for name in keep]

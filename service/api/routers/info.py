@@ -41,6 +41,7 @@ async def attributes(model: LoadedModel) -> AttributeList:
                 norm=vector.norm,
                 method=vector.method,
                 step=vector.step,
+                length_scale=model.length_scale(vector.name),
                 projection_std=vector.projection_std,
                 positives=vector.positives,
                 negatives=vector.negatives,
