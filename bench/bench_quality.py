@@ -605,6 +605,9 @@ def quality_table(section: Mapping[str, Any]) -> dict[str, Any]:
         "default_mode": samp["default_mode"],
         "fd_t1": {mode: fd.get(f"{mode} 1") for mode in samp["modes"]},
         "success_plus2": {name: v["success"] if v else None for name, v in adds.items()},
+        "success_plus2_where_it_occurs": {
+            name: v.get("success_where_it_occurs") if v else None for name, v in adds.items()
+        },
         "side_effects_plus2": [min(side), max(side)] if side else None,
         "random_side_effects_plus2": [min(floor), max(floor)] if floor else None,
         "side_ratio_plus2": {name: v.get("side_ratio") if v else None for name, v in adds.items()},
@@ -661,6 +664,14 @@ def side_by_side(report: dict[str, Any]) -> Table:
             "≥ " + " / ".join(f"{TARGETS['success'][a]:g}" for a in attributes),
         ],
         [
+            "the same, on the sexes in which the attribute occurs (men for Mustache)",
+            *(
+                " / ".join(fmt(i.get("success_plus2_where_it_occurs", {}).get(a), 2) or "-" for a in attributes)
+                for i in summaries
+            ),
+            None,
+        ],
+        [
             "side effects at +2 (min-max over the five)",
             *(span(i["side_effects_plus2"]) for i in summaries),
             None,
@@ -715,7 +726,7 @@ def edit_tables(label: str, section: Mapping[str, Any], title: str) -> list[Tabl
                 [
                     [r["attribute"], r["faces"], pct(r["real"]), pct(r["unedited"])]
                     + [
-                        f"{pct(r['strengths'][k]['success'])} / {fmt(r['strengths'][k].get('side_ratio'), 2)} / "
+                        f"{success_cell(r['strengths'][k])} / {fmt(r['strengths'][k].get('side_ratio'), 2)} / "
                         f"{fmt(r['strengths'][k].get('person'), 2)}"
                         for k in keys
                     ]
@@ -725,10 +736,20 @@ def edit_tables(label: str, section: Mapping[str, Any], title: str) -> list[Tabl
                 "= share judged " + ("to have it" if direction == "add" else "not to have it") + " (p ≥ 0.5), "
                 "'real photo' and 'unedited' the same verdict on the photo and on its reconstruction. Side effects: "
                 "unrelated verdicts changed, over those a random move as long as each face's edit changes; person: "
-                "distance in the judge's features from the unedited face, over the random move's.",
+                "distance in the judge's features from the unedited face, over the random move's. In brackets, "
+                "where it differs: the success on the faces of the sexes in which the attribute occurs in the "
+                "training labels (men for Mustache).",
             )
         )
     return result
+
+
+def success_cell(effect: Mapping[str, Any]) -> str | None:
+    """The edit's success, and in brackets its success where the attribute occurs when that differs."""
+    where = effect.get("success_where_it_occurs")
+    if where is None or abs(where - effect["success"]) < 0.005:
+        return pct(effect["success"])
+    return f"{pct(effect['success'])} ({pct(where)})"
 
 
 def tables(report: dict[str, Any]) -> list[Table]:

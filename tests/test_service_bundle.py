@@ -22,6 +22,7 @@ from service.core.bundle import (
     sha256_file,
     write_json,
 )
+from service.core.runtime import FaceModel
 from tests.tiny_bundle import Z_DIM, add_tiny_editor, editor_graph, save_graph
 
 
@@ -195,6 +196,18 @@ def test_an_editor_needs_one_positive_length_scale_per_attribute(
     write_json(with_editor / MANIFEST_FILE, manifest)
     with pytest.raises(BundleError, match=message):
         ModelBundle.load(with_editor)
+
+
+def test_the_model_refuses_an_editor_that_moves_otherwise_than_its_length_scales_say(with_editor: Path) -> None:
+    model = FaceModel.load(with_editor, threads=1)  # the tiny editor keeps its contract: Eyeglasses at 1.5
+    z = np.zeros((1, Z_DIM), np.float32)
+    moved = np.linalg.norm(model.edit_codes(z, {"Eyeglasses": 2.0}) - z)
+    assert moved == pytest.approx(2.0 * model.bundle.attributes["Eyeglasses"].step * 1.5, rel=1e-4)
+    manifest = json.loads((with_editor / MANIFEST_FILE).read_text())
+    manifest["editor"]["length_scales"] = [1.0, 2.0]
+    write_json(with_editor / MANIFEST_FILE, manifest)
+    with pytest.raises(BundleError, match=f"{EDITOR_FILE}: moves Eyeglasses 1.05 per unit of strength; its step"):
+        FaceModel.load(with_editor, threads=1)
 
 
 def test_an_editor_of_another_latent_size_is_refused(with_editor: Path) -> None:

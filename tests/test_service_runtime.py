@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
@@ -20,7 +21,7 @@ from service.core.runtime import FaceModel, InputError, SamplingMode
 from service.core.sessions import CPU, CUDA, select_providers
 from testkit.phone_photos import IMAGE_DIR, face_files
 from tests.images import face_photo
-from tests.tiny_bundle import IMAGE_SIZE, Z_DIM, add_tiny_editor, editor_graph
+from tests.tiny_bundle import IMAGE_SIZE, Z_DIM, add_tiny_editor
 
 MAX_BATCH = 9
 
@@ -193,11 +194,13 @@ def edited_by_editor(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory
     return FaceModel.load(add_tiny_editor(path), threads=1, max_batch=MAX_BATCH, max_strength=5.0)
 
 
-def _editor_output(z: np.ndarray, strengths: np.ndarray) -> np.ndarray:
-    """The tiny editor's function, computed here from its weights."""
-    graph = editor_graph(strengths.shape[1])
-    w, b, c = (numpy_helper.to_array(t) for t in graph.initializer)
-    return z + strengths @ w + np.tanh(strengths @ b) @ c
+def _editor_output(model: FaceModel, z: np.ndarray, strengths: np.ndarray) -> np.ndarray:
+    """The tiny editor's function (tests/tiny_bundle.py `editor_graph`), computed here from the weights in its file."""
+    assert model.bundle.editor_path is not None
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(model.bundle.editor_path).graph.initializer}
+    turned = strengths @ weights["w"] + np.tanh(strengths @ weights["b"]) @ weights["c"]
+    length = np.linalg.norm(strengths @ weights["wf"], axis=1, keepdims=True)
+    return z + turned * length / (np.linalg.norm(turned, axis=1, keepdims=True) + weights["eps"])
 
 
 def test_learned_attributes_move_by_the_editor_and_the_others_by_their_vector(edited_by_editor: FaceModel) -> None:
@@ -206,8 +209,8 @@ def test_learned_attributes_move_by_the_editor_and_the_others_by_their_vector(ed
     male = model.bundle.attributes["Male"]
     # Male first (its vector), then the editor's columns one at a time: Smiling is column 0, Eyeglasses column 1.
     expected = z - 1.0 * male.step * male.unit
-    expected = _editor_output(expected, np.tile([[2.0, 0.0]], (4, 1)))
-    expected = _editor_output(expected, np.tile([[0.0, -1.5]], (4, 1)))
+    expected = _editor_output(model, expected, np.tile([[2.0, 0.0]], (4, 1)))
+    expected = _editor_output(model, expected, np.tile([[0.0, -1.5]], (4, 1)))
     edited = model.edit_codes(z, {"eyeglasses": -1.5, "Male": -1.0, "Smiling": 2.0})
     np.testing.assert_allclose(edited, expected, atol=1e-5)
 
@@ -219,7 +222,9 @@ def test_a_learned_strip_has_z_itself_in_the_middle_and_each_row_at_its_own_stre
     strip = edited_by_editor.edit(z, {"Smiling": 3.0}, steps=5)
     np.testing.assert_array_equal(strip[2], z)
     for row, strength in zip(strip, (-3.0, -1.5, 0.0, 1.5, 3.0), strict=True):
-        np.testing.assert_allclose(row, _editor_output(z[np.newaxis], np.array([[strength, 0.0]]))[0], atol=1e-5)
+        np.testing.assert_allclose(
+            row, _editor_output(edited_by_editor, z[np.newaxis], np.array([[strength, 0.0]]))[0], atol=1e-5
+        )
 
 
 def test_keep_projects_the_kept_directions_out_of_a_learned_edit(edited_by_editor: FaceModel) -> None:

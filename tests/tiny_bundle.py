@@ -169,13 +169,21 @@ def build_tiny_bundle(path: Path) -> Path:
     return path
 
 
-def editor_graph(attributes: int, seed: int = 1) -> onnx.GraphProto:
-    """z + S @ W + tanh(S @ B) @ C for strengths S [N, attributes]: z itself at S = 0, and not a straight line."""
+def editor_graph(
+    attributes: int, seed: int = 1, moves: np.ndarray | None = None, length_scales: np.ndarray | None = None
+) -> onnx.GraphProto:
+    """The editor's contract (docs/bundle-format.md) with a small bent correction: d = S @ M + tanh(S @ B) @ C,
+    z' = z + |S @ (F M)| d / |d| for strengths S [N, attributes], class-mean moves M (random by default) and length
+    scales F (1 by default): z itself at S = 0, as far as the scaled moves, and not a straight line."""
     rng = np.random.default_rng(seed)
+    moves = rng.normal(0.0, 0.5, (attributes, Z_DIM)) if moves is None else moves
+    scales = np.ones(attributes) if length_scales is None else length_scales
     weights = {
-        "w": rng.normal(0.0, 0.5, (attributes, Z_DIM)).astype(np.float32),
+        "w": moves.astype(np.float32),
+        "wf": (moves * scales[:, np.newaxis]).astype(np.float32),
         "b": rng.normal(0.0, 0.5, (attributes, 4)).astype(np.float32),
         "c": rng.normal(0.0, 0.5, (4, Z_DIM)).astype(np.float32),
+        "eps": np.array(1e-6, np.float32),
     }
     z, strengths = EDITOR_INPUTS
     nodes = [
@@ -183,8 +191,14 @@ def editor_graph(attributes: int, seed: int = 1) -> onnx.GraphProto:
         helper.make_node("MatMul", [strengths, "b"], ["hidden"]),
         helper.make_node("Tanh", ["hidden"], ["bent"]),
         helper.make_node("MatMul", ["bent", "c"], ["correction"]),
-        helper.make_node("Add", [z, "straight"], ["moved"]),
-        helper.make_node("Add", ["moved", "correction"], [EDITOR_OUTPUT]),
+        helper.make_node("Add", ["straight", "correction"], ["turned"]),
+        helper.make_node("MatMul", [strengths, "wf"], ["lengthened"]),
+        helper.make_node("ReduceL2", ["lengthened"], ["length"], axes=[1], keepdims=1),
+        helper.make_node("ReduceL2", ["turned"], ["turned_length"], axes=[1], keepdims=1),
+        helper.make_node("Add", ["turned_length", "eps"], ["safe_length"]),
+        helper.make_node("Div", ["length", "safe_length"], ["scale"]),
+        helper.make_node("Mul", ["turned", "scale"], ["move"]),
+        helper.make_node("Add", [z, "move"], [EDITOR_OUTPUT]),
     ]
     return helper.make_graph(
         nodes,
@@ -196,12 +210,16 @@ def editor_graph(attributes: int, seed: int = 1) -> onnx.GraphProto:
 
 
 def add_tiny_editor(path: Path, attributes: tuple[str, ...] = ("Smiling", "Eyeglasses")) -> Path:
-    """Give the bundle at `path` an `editor.onnx` (`editor_graph`) for `attributes`, recorded in its manifest."""
-    save_graph(editor_graph(len(attributes)), path / EDITOR_FILE)
+    """Give the bundle at `path` an `editor.onnx` (`editor_graph`) for `attributes`, recorded in its manifest: the
+    bundle's own class-mean moves, the second attribute's lengthened 1.5 times (the third's 2, ...)."""
+    vectors = {v["name"]: v for v in json.loads((path / ATTRIBUTES_FILE).read_text(encoding="utf-8"))}
+    moves = np.array([np.array(vectors[a]["vector"]) * vectors[a]["step"] / vectors[a]["norm"] for a in attributes])
+    scales = 1.0 + 0.5 * np.arange(len(attributes))
+    save_graph(editor_graph(len(attributes), moves=moves, length_scales=scales), path / EDITOR_FILE)
     manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
     manifest["editor"] = {
         "attributes": list(attributes),
-        "length_scales": [1.0 + 0.5 * i for i in range(len(attributes))],
+        "length_scales": scales.tolist(),
         "parity_max_abs_diff": 0.0,
         "training": {},
     }

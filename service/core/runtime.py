@@ -19,11 +19,13 @@ import numpy as np
 from service.core.bundle import (
     DECODER_INPUT,
     DECODER_OUTPUT,
+    EDITOR_FILE,
     EDITOR_INPUTS,
     EDITOR_OUTPUT,
     ENCODER_INPUT,
     ENCODER_OUTPUTS,
     AttributeVector,
+    BundleError,
     ModelBundle,
     SamplingMode,
 )
@@ -151,6 +153,7 @@ class FaceModel:
             # A two-layer MLP: a GPU launch would cost more than it computes, so it runs on one CPU thread.
             editor=None if bundle.editor_path is None else open_session(bundle.editor_path, [CPU], 1, spin=False),
         )
+        model.check_editor_lengths()
         logger.info(
             "loaded bundle %r (%s) from %s: encoder on %s, decoder on %s (%d threads each)",
             bundle.name,
@@ -177,6 +180,24 @@ class FaceModel:
             return 1.0
         assert self.bundle.manifest.editor is not None
         return self.bundle.manifest.editor.length_scales[learned.index(name)]
+
+    def check_editor_lengths(self) -> None:
+        """Raise BundleError unless the editor moves a code as far per unit of strength as the manifest says
+        (`step` times `length_scale`, bundle-format.md): the scale /attributes reports is the one it applies."""
+        learned = self.learned_attributes
+        z = self.bundle.latent_stats.mean_array[np.newaxis]
+        for k, name in enumerate(learned):
+            strengths = np.zeros((1, len(learned)), np.float32)
+            strengths[0, k] = 1.0
+            feed = dict(zip(EDITOR_INPUTS, (z, strengths), strict=True))
+            (edited,) = self._run("editor", self.editor, [EDITOR_OUTPUT], feed)
+            moved = float(np.linalg.norm(edited - z))
+            expected = self.bundle.attributes[name].step * self.length_scale(name)
+            if not np.isclose(moved, expected, rtol=1e-3):
+                raise BundleError(
+                    EDITOR_FILE,
+                    f"moves {name} {moved:.4g} per unit of strength; its step and length_scale say {expected:.4g}",
+                )
 
     def without_editor(self) -> FaceModel:
         """The same networks and limits with every attribute moved along its vector alone, as /edit worked before
