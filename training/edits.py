@@ -3,15 +3,18 @@ attribute and keeps the others, trained through the bundle's frozen decoder agai
 
 After the Latent Transformer (Yao et al., ICCV 2021), with the attributes read from the decoded image instead of
 from the code: a classifier on codes is satisfied by moves the picture does not show. The edit moves a code exactly
-as far as the shipped class-mean move of the same strength, in a direction the network chooses per face:
+as far as the shipped class-mean move of the same strength times a calibrated length scale, in a direction the
+network chooses per face:
 
-    d = S @ M + C([z, S]) - C([z, 0]),     z' = z + |S @ M| * d / |d|
+    d = S @ M + C([z, S]) - C([z, 0]),     z' = z + |S @ F M| * d / |d|
 
-(M: the class-mean moves of strength 1, C: a two-layer network), so strength keeps its meaning (1 = the average
-difference between faces with and without the attribute, as a distance in latent space), S = 0 is exactly z, and
-the network can only choose where to go, not go further: its edits are compared with a random move of the same
-length, and a longer move would buy a higher floor, not a cleaner edit. Trained on the training split's codes,
-each batch editing one attribute per face at a random strength, with five named losses:
+(M: the class-mean moves of strength 1, F: the length scales, C: a two-layer network), so strength keeps its
+meaning (1 = the average difference between faces with and without the attribute, as a distance in latent space,
+lengthened only where +2 would not show), S = 0 is exactly z, and the network can only choose where to go, not go
+further: its edits are compared with a random move of the same length, and a longer move would buy a higher floor,
+not a cleaner edit. F is chosen after training by a classifier the editor never saw (`calibrate_lengths`), never
+by the side-effect ratio. Trained on the training split's codes, each batch editing one attribute per face at a
+random strength, with five named losses:
 
 - `target`: the guide classifier's logit of the edited attribute reaches |s| * `target_logit` on the requested side
   (a soft hinge), weighted per attribute by a multiplier that training adjusts (dual ascent) until the guide
