@@ -3,6 +3,7 @@ and no further, returns the code itself at strength 0, and keeps the attributes 
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import keras
@@ -81,28 +82,13 @@ def test_calibration_lengthens_only_as_far_as_the_held_out_classifier_needs_and_
     lengths = np.linalg.norm(2.0 * moves, axis=1)  # how far +2 moves at length scale 1
     # Smiling shows from 1.4 times its +2 move on; Chubby not even at twice it.
     judge = _LengthJudge((1.4 * lengths[0], 2.5 * lengths[1]))
-    scales, seen = calibrate_lengths(
-        editor,
-        z,
-        labels,
-        ["Male", "Smiling", "Chubby"],
-        lambda codes: codes,
-        judge,
-        config,  # type: ignore[arg-type]
-    )
+    calibrate = functools.partial(calibrate_lengths, editor, z, labels, ["Male", "Smiling", "Chubby"], lambda c: c)
+    scales, seen = calibrate(judge, config)  # type: ignore[arg-type]
     np.testing.assert_array_equal(scales, [1.5, 1.0])
     assert seen == {"Smiling": {"1.0": 0.0, "1.5": 1.0}, "Chubby": {"1.0": 0.0, "1.5": 0.0, "2.0": 0.0}}
     # Where no training face qualifies (here: every face has Chubby), the length stays 1 and nothing is seen.
     labels[:, 2] = 1
-    scales, seen = calibrate_lengths(
-        editor,
-        z,
-        labels,
-        ["Male", "Smiling", "Chubby"],
-        lambda codes: codes,
-        judge,
-        config,  # type: ignore[arg-type]
-    )
+    scales, seen = calibrate(judge, config)  # type: ignore[arg-type]
     np.testing.assert_array_equal(scales, [1.5, 1.0])
     assert seen["Chubby"] == {}
 
