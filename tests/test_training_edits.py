@@ -1,5 +1,6 @@
 """The learned editor's shape (training/edits.py): it moves a code as far as the class-mean move of the same strength
-and no further, returns the code itself at strength 0, and keeps the attributes the labels say are unrelated."""
+times its length scale and no further, returns the code itself at strength 0, keeps the attributes the labels say
+are unrelated, and its length scales are calibrated only as far as a held-out classifier needs."""
 
 from __future__ import annotations
 
