@@ -11,10 +11,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from pydantic import ValidationError
 
 from service.core.bundle import DEFAULT_MODEL
 from training.cli import _field_value, main
-from training.config import EditConfig
+from training.config import FIRM_KEEP, EditConfig
 from training.edits import (
     EditTrainer,
     build_correction,
@@ -157,3 +158,11 @@ def test_target_multipliers_rise_while_an_attribute_falls_short_and_fall_while_i
     smiling, chubby = trainer.multipliers.numpy()
     assert smiling < 1.0 < chubby
     assert trainer.success.numpy()[0] > 0.9 > trainer.success.numpy()[1]
+
+
+def test_firmly_kept_edits_get_their_own_keep_weight_and_unknown_names_are_refused() -> None:
+    config = EditConfig(attributes=("Smiling", "Chubby", "Mustache"), keep_weight=8)
+    assert config.attribute_keep_weights() == [FIRM_KEEP, 8.0, FIRM_KEEP]
+    assert EditConfig(attributes=("Chubby",)).keep_weight_by_attribute == {}  # `--set attributes=...` still works
+    with pytest.raises(ValidationError, match="Smilng"):
+        EditConfig(attributes=("Chubby",), keep_weight_by_attribute={"Smilng": 3})

@@ -22,7 +22,9 @@ random strength, with five named losses:
   still makes +2 a clear edit and leaves the rest of the move to keeping the others (one weight for all traded
   one attribute's success for another's side effects);
 - `keep`: every other attribute's verdict stays (Bernoulli KL from the unedited face's probabilities), weighted by
-  how independent the two attributes are in the labels (`keep_weights`), so an edit may move what goes with it;
+  how independent the two attributes are in the labels (`keep_weights`), so an edit may move what goes with it,
+  and three times as firmly for the edits whose +2 still shows under it (Smiling, Eyeglasses, Mustache:
+  `EditConfig.keep_weight_by_attribute`; a firm keep everywhere costs Male and Chubby their success);
 - `identity`: the guide's penultimate features stay (the person);
 - `turn`: 1 - cos(edit, class-mean move), a light pull towards the shipped direction;
 - `density`: how much rarer the edited code is than the code under the aggregate posterior (Mahalanobis, per
@@ -167,6 +169,7 @@ class EditTrainer(keras.Model):
         self.columns = tf.constant(columns, tf.int32)  # [K] guide columns of the edited attributes
         self.kept = tf.constant(kept, tf.float32)  # [K, A] keep weights, 0 on the edited column
         attributes = len(config.attributes)
+        self.keep_loss_weights = tf.constant(config.attribute_keep_weights(), tf.float32)  # [K] per edited attribute
         self.multipliers = tf.Variable(tf.fill([attributes], config.target_weight), trainable=False)
         self.success = tf.Variable(tf.fill([attributes], config.success_goal), trainable=False)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSSES}
@@ -232,7 +235,8 @@ class EditTrainer(keras.Model):
                 tf.math.log_sigmoid(-logits0) - tf.math.log_sigmoid(-logits1)
             )
             weights = tf.gather(self.kept, chosen)
-            keep = tf.reduce_mean(tf.reduce_sum(weights * kl, axis=1) / tf.reduce_sum(weights, axis=1))
+            kept_change = tf.reduce_sum(weights * kl, axis=1) / tf.reduce_sum(weights, axis=1)  # [B]
+            keep = tf.reduce_mean(kept_change)
             identity = tf.reduce_mean(tf.square(features1 - features0)) / (tf.reduce_mean(tf.square(features0)) + 1e-6)
             straight = tf.math.l2_normalize(tf.matmul(matrix, self.moves), axis=1)
             turn = tf.reduce_mean(1.0 - tf.reduce_sum(straight * tf.math.l2_normalize(edited - z, axis=1), axis=1))
@@ -240,7 +244,7 @@ class EditTrainer(keras.Model):
             density = tf.reduce_mean(tf.nn.relu(rarer)) / z.shape[1]
             loss = (
                 tf.reduce_mean(tf.gather(self.multipliers, chosen) * short)
-                + self.config.keep_weight * keep
+                + tf.reduce_mean(tf.gather(self.keep_loss_weights, chosen) * kept_change)
                 + self.config.identity_weight * identity
                 + self.config.turn_weight * turn
                 + self.config.density_weight * density
