@@ -76,11 +76,11 @@ class TrainConfig(BaseModel):
 
 
 #: The attributes the API's documentation and the explorer page edit most; the editor covers these by default.
+DEFAULT_EDIT_ATTRIBUTES = ("Smiling", "Male", "Eyeglasses", "Mustache", "Chubby", "Young", "Blond_Hair", "Pale_Skin")
 #: Edits whose +2 still shows to a held-out classifier with the keep loss weighted FIRM_KEEP instead of keep_weight
-#: (docs/benchmarks.md, "Learned edits"); the others lose success to it.
+#: (docs/benchmarks.md, "A firmer keep where +2 still shows"); the others lose success to it.
 FIRMLY_KEPT = ("Smiling", "Eyeglasses", "Mustache")
 FIRM_KEEP = 24.0
-DEFAULT_EDIT_ATTRIBUTES = ("Smiling", "Male", "Eyeglasses", "Mustache", "Chubby", "Young", "Blond_Hair", "Pale_Skin")
 
 
 class EditConfig(BaseModel):
