@@ -166,3 +166,16 @@ def test_firmly_kept_edits_get_their_own_keep_weight_and_unknown_names_are_refus
     assert EditConfig(attributes=("Chubby",)).keep_weight_by_attribute == {}  # `--set attributes=...` still works
     with pytest.raises(ValidationError, match="Smilng"):
         EditConfig(attributes=("Chubby",), keep_weight_by_attribute={"Smilng": 3})
+
+
+def test_the_keep_loss_weighs_each_face_by_its_edited_attributes_keep_weight() -> None:
+    config = EditConfig(attributes=("Smiling", "Chubby"), keep_weight=8)  # Smiling firmly kept
+    kept = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], np.float32)  # [K, A]: Chubby keeps only column 0
+    trainer = SimpleNamespace(kept=tf.constant(kept), keep_loss_weights=tf.constant(config.attribute_keep_weights()))
+    logits0 = tf.zeros([2, 3])
+    logits1 = tf.constant([[5.0, 2.0, 2.0], [2.0, 5.0, 5.0]])  # each face moves its kept columns alike
+    reported, trained = EditTrainer._keep(trainer, tf.constant([0, 1]), logits0, logits1)
+    p1 = 1.0 / (1.0 + np.exp(-2.0))
+    moved = 0.5 * np.log(0.5 / p1) + 0.5 * np.log(0.5 / (1.0 - p1))  # KL(Bernoulli(0.5) || Bernoulli(p1)), each face
+    assert float(reported) == pytest.approx(moved, rel=1e-5)
+    assert float(trained) == pytest.approx((FIRM_KEEP + 8.0) / 2 * moved, rel=1e-5)

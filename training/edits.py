@@ -218,6 +218,17 @@ class EditTrainer(keras.Model):
         self.multipliers.assign(tf.clip_by_value(self.multipliers * change, *MULTIPLIER_RANGE))
         return tf.reduce_sum(done) / tf.maximum(tf.reduce_sum(clear), 1.0)
 
+    def _keep(self, chosen: tf.Tensor, logits0: tf.Tensor, logits1: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """How far the other attributes' verdicts moved (Bernoulli KL, weighted by how independent each is of the
+        edited one), as reported and as trained: each face's times its edited attribute's keep weight."""
+        p0 = tf.sigmoid(logits0)
+        kl = p0 * (tf.math.log_sigmoid(logits0) - tf.math.log_sigmoid(logits1)) + (1 - p0) * (
+            tf.math.log_sigmoid(-logits0) - tf.math.log_sigmoid(-logits1)
+        )
+        weights = tf.gather(self.kept, chosen)
+        moved = tf.reduce_sum(weights * kl, axis=1) / tf.reduce_sum(weights, axis=1)  # [B]
+        return tf.reduce_mean(moved), tf.reduce_mean(tf.gather(self.keep_loss_weights, chosen) * moved)
+
     def train_step(self, batch: tuple[tf.Tensor, ...]) -> dict[str, tf.Tensor]:
         z, labels, logits0, features0 = batch
         chosen, strength, matrix = self._strengths(labels)
@@ -230,13 +241,7 @@ class EditTrainer(keras.Model):
             wanted = tf.abs(strength) * self.config.target_logit
             short = tf.nn.softplus(wanted - moved)
             target = tf.reduce_mean(short)
-            p0 = tf.sigmoid(logits0)
-            kl = p0 * (tf.math.log_sigmoid(logits0) - tf.math.log_sigmoid(logits1)) + (1 - p0) * (
-                tf.math.log_sigmoid(-logits0) - tf.math.log_sigmoid(-logits1)
-            )
-            weights = tf.gather(self.kept, chosen)
-            kept_change = tf.reduce_sum(weights * kl, axis=1) / tf.reduce_sum(weights, axis=1)  # [B]
-            keep = tf.reduce_mean(kept_change)
+            keep, weighted_keep = self._keep(chosen, logits0, logits1)
             identity = tf.reduce_mean(tf.square(features1 - features0)) / (tf.reduce_mean(tf.square(features0)) + 1e-6)
             straight = tf.math.l2_normalize(tf.matmul(matrix, self.moves), axis=1)
             turn = tf.reduce_mean(1.0 - tf.reduce_sum(straight * tf.math.l2_normalize(edited - z, axis=1), axis=1))
@@ -244,7 +249,7 @@ class EditTrainer(keras.Model):
             density = tf.reduce_mean(tf.nn.relu(rarer)) / z.shape[1]
             loss = (
                 tf.reduce_mean(tf.gather(self.multipliers, chosen) * short)
-                + tf.reduce_mean(tf.gather(self.keep_loss_weights, chosen) * kept_change)
+                + weighted_keep
                 + self.config.identity_weight * identity
                 + self.config.turn_weight * turn
                 + self.config.density_weight * density
