@@ -23,8 +23,8 @@ random strength, with five named losses:
   one attribute's success for another's side effects);
 - `keep`: every other attribute's verdict stays (Bernoulli KL from the unedited face's probabilities), weighted by
   how independent the two attributes are in the labels (`keep_weights`), so an edit may move what goes with it,
-  and three times as firmly for the edits whose +2 still shows under it (Smiling, Eyeglasses, Mustache:
-  `EditConfig.keep_weight_by_attribute`; a firm keep everywhere costs Male and Chubby their success);
+  and more firmly for the edits whose +2 still shows under a firm keep (`EditConfig.keep_weight_by_attribute`,
+  by default `FIRM_KEEP` for `FIRMLY_KEPT`; a firm keep everywhere costs Male and Chubby their success);
 - `identity`: the guide's penultimate features stay (the person);
 - `turn`: 1 - cos(edit, class-mean move), a light pull towards the shipped direction;
 - `density`: how much rarer the edited code is than the code under the aggregate posterior (Mahalanobis, per
