@@ -3,6 +3,7 @@
     apt-get install wrk
     python -m bench.bench_open_loop                       # models/celeba-64, a worker per core, 1 onnxruntime thread
     python -m bench.bench_open_loop --model models/celeba-64-int8 --seconds 20
+    python -m bench.bench_open_loop --model models/celeba-64-int8 --clients 1 64    # both traffic models
 
 Requests are sent by a separate process (this module with `--drive`: asyncio on uvloop, raw HTTP/1.1 over a pool of
 keep-alive connections, at most `--max-connections` open), each at its scheduled time whether or not earlier ones
@@ -17,6 +18,12 @@ figure, a rate being kept up with while its p50 stays within `KEEPS_UP` times th
 figure itself is no capacity here: the generator shares the 2 cores with the server and needs more of them at an
 open loop's rates, so 75 % of it overloaded the server (p50 of 0.4 s). Then requests arrive at 25, 50, 75 and 90 %
 of the capacity for `--seconds` each; p50 and p99 per endpoint and load.
+
+Two traffic models (`--clients`): **one client** (1, the default) whose pool opens a connection only when none is idle,
+so a light load travels over a few keep-alive connections; or **N clients** each holding one connection, opened
+first, each request sent on the connection idle longest. The difference matters with several worker processes: a
+connection belongs to the worker that accepted it, so a few connections can load one worker while the other idles.
+Each run reports the busiest worker's share of the server's CPU time (from /proc; 50 % is an even split of two).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from typing import Any
 import numpy as np
 import uvloop
 
-from bench.bench_overhead import cases, wrk
+from bench.bench_overhead import cases, worker_cpu, wrk
 from bench.common import DEFAULT_DATA, REPO_ROOT, RESULTS_DIR, EndpointWork, Table, face_files, machine, write_report
 from service.core.defaults import worker_count
 from service.core.runtime import FaceModel
@@ -73,10 +80,20 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def drive(port: int, request: bytes, rate: float, seconds: float, max_connections: int) -> dict[str, Any]:
-    """Send `request` at `rate` per second for `seconds`; latency of each from its scheduled time (ms)."""
+async def drive(
+    port: int, request: bytes, rate: float, seconds: float, max_connections: int, clients: int = 1
+) -> dict[str, Any]:
+    """Send `request` at `rate` per second for `seconds`; latency of each from its scheduled time (ms).
+
+    `clients` = 1: one client whose pool opens a connection whenever none is idle (up to `max_connections`), so a
+    light load uses a few connections; more: that many connections opened first, each request sent on the one idle
+    longest, as from that many clients."""
     idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
-    opened = 0
+    if clients > 1:
+        for _ in range(clients):
+            idle.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+        max_connections = clients
+    opened = idle.qsize()
     latencies: list[float] = []
     errors: dict[str, int] = {}
     loop = asyncio.get_running_loop()
@@ -86,7 +103,11 @@ async def drive(port: int, request: bytes, rate: float, seconds: float, max_conn
         if idle.empty() and opened < max_connections:
             opened += 1
             return await asyncio.open_connection("127.0.0.1", port)
-        return await idle.get()
+        reader, writer = await idle.get()
+        if reader.at_eof():  # closed by the server while idle (its keep-alive timeout): reconnect, as clients do
+            writer.close()
+            return await asyncio.open_connection("127.0.0.1", port)
+        return reader, writer
 
     async def one(scheduled: float) -> None:
         try:
@@ -160,7 +181,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--capacity-seconds", type=float, default=5.0, help="per closed-loop and search run")
     parser.add_argument("--search-steps", type=int, default=6, help="bisection runs for the capacity")
     parser.add_argument("--loads", type=float, nargs="+", default=list(LOADS))
-    parser.add_argument("--max-connections", type=int, default=64)
+    parser.add_argument("--max-connections", type=int, default=64, help="the one client's pool (--clients 1)")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="traffic models: 1, one client with a pool; N, N clients with a connection each (e.g. --clients 1 64)",
+    )
     parser.add_argument("--workers", type=int, default=0, help="server worker processes; 0: its default, one per core")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "open_loop.json")
@@ -172,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if plan["rate"] is None:
             job = saturate(plan["port"], request, plan["seconds"], CAPACITY_CONNECTIONS)
         else:
-            job = drive(plan["port"], request, plan["rate"], plan["seconds"], plan["max_connections"])
+            job = drive(plan["port"], request, plan["rate"], plan["seconds"], plan["max_connections"], plan["clients"])
         result = uvloop.run(job)
         args.drive[1].write_text(json.dumps(result))
         return
@@ -195,60 +223,73 @@ def main(argv: Sequence[str] | None = None) -> None:
         for case in endpoint_cases:
             request = _raw_request(case.method, case.path, case.body, case.content_type, port)
 
-            def run_driver(rate: float | None, seconds: float, request: bytes = request) -> dict[str, Any]:
-                plan = {"port": port, "request": request.hex(), "rate": rate, "seconds": seconds}
+            def run_driver(
+                rate: float | None, seconds: float, clients: int = 1, request: bytes = request
+            ) -> dict[str, Any]:
+                """One run of the load generator; with a rate, also the busiest worker's share of the server's CPU."""
+                plan = {"port": port, "request": request.hex(), "rate": rate, "seconds": seconds, "clients": clients}
                 (scratch / "plan.json").write_text(json.dumps({**plan, "max_connections": args.max_connections}))
                 command = [sys.executable, "-m", "bench.bench_open_loop", "--drive"]
+                before = worker_cpu(server.process.pid)
                 subprocess.run([*command, str(scratch / "plan.json"), str(scratch / "result.json")], check=True)
-                return json.loads((scratch / "result.json").read_text())
+                used = [cpu - before.get(pid, 0.0) for pid, cpu in worker_cpu(server.process.pid).items()]
+                result = json.loads((scratch / "result.json").read_text())
+                return {**result, "busiest_worker_share": max(used) / sum(used) if sum(used) else np.nan}
 
             wrk(server.base_url, case, 1, CAPACITY_CONNECTIONS, scratch)  # warm-up
             wrk_capacity = wrk(server.base_url, case, args.capacity_seconds, CAPACITY_CONNECTIONS, scratch)["rps"]
             closed_loop = run_driver(None, args.capacity_seconds)["rps"]
-            light = percentiles(run_driver(closed_loop / 10, args.capacity_seconds))[0]
-            low, high = closed_loop / 10, closed_loop
-            for _ in range(args.search_steps):
-                rate = (low + high) / 2
-                result = run_driver(rate, args.capacity_seconds)
-                keeps_up = percentiles(result)[0] <= KEEPS_UP * light and not sum(result["errors"].values())
-                low, high = (rate, high) if keeps_up else (low, rate)
-                print(f"{case.name}: {rate:.0f} req/s {'kept up' if keeps_up else 'fell behind'}", flush=True)
-            capacity = low
-            entry: dict[str, Any] = {
-                "capacity_rps": capacity,
-                "closed_loop_rps": closed_loop,
-                "wrk_capacity_rps": wrk_capacity,
-                "loads": {},
-            }
-            for load in args.loads:
-                rate = load * capacity
-                result = run_driver(rate, args.seconds)
-                p50, p99 = percentiles(result)
-                del result["latencies_ms"]
-                entry["loads"][str(load)] = {**result, "rate": rate, "p50_ms": p50, "p99_ms": p99}
-                errors = sum(result["errors"].values())
-                rows.append(
-                    [
-                        case.name,
-                        f"{wrk_capacity:.0f}",
-                        f"{closed_loop:.0f}",
-                        f"{capacity:.0f}",
-                        f"{load:.0%}",
-                        f"{rate:.1f}",
-                        f"{p50:.1f}",
-                        f"{p99:.1f}",
-                        f"{p99 / p50:.1f}",
-                        str(errors),
-                    ]
-                )
-                print(rows[-1], flush=True)
-                time.sleep(1)
-            report["endpoints"][case.name] = entry
+            entries: dict[str, Any] = {}
+            for clients in args.clients:
+                light = percentiles(run_driver(closed_loop / 10, args.capacity_seconds, clients))[0]
+                low, high = closed_loop / 10, closed_loop
+                for _ in range(args.search_steps):
+                    rate = (low + high) / 2
+                    result = run_driver(rate, args.capacity_seconds, clients)
+                    keeps_up = percentiles(result)[0] <= KEEPS_UP * light and not sum(result["errors"].values())
+                    low, high = (rate, high) if keeps_up else (low, rate)
+                    verdict = "kept up" if keeps_up else "fell behind"
+                    print(f"{case.name}, {clients} client(s): {rate:.0f} req/s {verdict}", flush=True)
+                capacity = low
+                entry: dict[str, Any] = {
+                    "capacity_rps": capacity,
+                    "closed_loop_rps": closed_loop,
+                    "wrk_capacity_rps": wrk_capacity,
+                    "loads": {},
+                }
+                for load in args.loads:
+                    rate = load * capacity
+                    result = run_driver(rate, args.seconds, clients)
+                    p50, p99 = percentiles(result)
+                    del result["latencies_ms"]
+                    entry["loads"][str(load)] = {**result, "rate": rate, "p50_ms": p50, "p99_ms": p99}
+                    errors = sum(result["errors"].values())
+                    rows.append(
+                        [
+                            case.name,
+                            str(clients),
+                            f"{wrk_capacity:.0f}",
+                            f"{closed_loop:.0f}",
+                            f"{capacity:.0f}",
+                            f"{load:.0%}",
+                            f"{rate:.1f}",
+                            f"{p50:.1f}",
+                            f"{p99:.1f}",
+                            f"{p99 / p50:.1f}",
+                            f"{result['busiest_worker_share']:.0%}",
+                            str(errors),
+                        ]
+                    )
+                    print(rows[-1], flush=True)
+                    time.sleep(1)
+                entries[str(clients)] = entry
+            report["endpoints"][case.name] = entries
     table = Table(
         f"Open loop: constant arrival rate, latency from the scheduled send ({worker_count(args.workers)} worker(s), "
         f"{args.threads} onnxruntime thread(s), {args.seconds:.0f} s per load)",
         [
             "endpoint",
+            "clients",
             "wrk req/s",
             "closed loop req/s",
             "capacity req/s",
@@ -257,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "p50 ms",
             "p99 ms",
             "p99 / p50",
+            "busiest worker's CPU share",
             "errors",
         ],
         rows,
@@ -265,8 +307,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"(bisection, {args.search_steps} runs). The load generator is a separate process (uvloop) on the same 2 "
         f"cores; the server runs at nice {NICENESS}.",
     )
-    at75 = [row for row in rows if row[4] == "75%"]
-    headline = "p99 at 75 % of capacity: " + ", ".join(f"{r[0]} {r[7]} ms ({r[8]}x p50)" for r in at75)
+    at75 = [row for row in rows if row[5] == "75%"]
+    headline = "p99 at 75 % of capacity: " + ", ".join(f"{r[0]} ({r[1]}) {r[8]} ms ({r[9]}x p50)" for r in at75)
     write_report(args.out, report, [table], headline)
 
 

@@ -120,8 +120,8 @@ def kserve_server(bundle: Path, threads: int, workers: int, log_path: Path) -> I
         yield base_url, process.pid
 
 
-def process_tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of `pid` and every descendant still running."""
+def _processes() -> tuple[dict[int, int], dict[int, float]]:
+    """Every running process's parent and CPU seconds (user + system), from /proc."""
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
@@ -134,6 +134,12 @@ def process_tree_cpu(pid: int) -> float:
         fields = stat[stat.rindex(")") + 2 :].split()
         parents[int(entry.name)] = int(fields[1])
         times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return parents, times
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of `pid` and every descendant still running."""
+    parents, times = _processes()
     tree, frontier = {pid}, [pid]
     while frontier:
         parent = frontier.pop()
@@ -141,6 +147,12 @@ def process_tree_cpu(pid: int) -> float:
         tree.update(children)
         frontier.extend(children)
     return sum(times.get(p, 0.0) for p in tree)
+
+
+def worker_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each of a server's worker processes (`pid`'s children; `pid` itself when it has none)."""
+    parents, times = _processes()
+    return {child: times[child] for child, parent in parents.items() if parent == pid} or {pid: times.get(pid, 0.0)}
 
 
 def wrk(url: str, case: Case, seconds: float, connections: int, scratch: Path) -> dict[str, float]:
