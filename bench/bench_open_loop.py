@@ -89,10 +89,9 @@ async def drive(
     light load uses a few connections; more: that many connections opened first, each request sent on the one idle
     longest, as from that many clients."""
     idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
-    if clients > 1:
-        for _ in range(clients):
-            idle.put_nowait(await asyncio.open_connection("127.0.0.1", port))
-        max_connections = clients
+    limit = max_connections if clients == 1 else clients
+    for _ in range(0 if clients == 1 else clients):
+        idle.put_nowait(await asyncio.open_connection("127.0.0.1", port))
     opened = idle.qsize()
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -100,7 +99,7 @@ async def drive(
 
     async def connection() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         nonlocal opened
-        if idle.empty() and opened < max_connections:
+        if idle.empty() and opened < limit:
             opened += 1
             return await asyncio.open_connection("127.0.0.1", port)
         reader, writer = await idle.get()
@@ -226,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             def run_driver(
                 rate: float | None, seconds: float, clients: int = 1, request: bytes = request
             ) -> dict[str, Any]:
-                """One run of the load generator; with a rate, also the busiest worker's share of the server's CPU."""
+                """One run of the load generator (closed loop without a rate), with the busiest worker's share of the
+                server's CPU during it."""
                 plan = {"port": port, "request": request.hex(), "rate": rate, "seconds": seconds, "clients": clients}
                 (scratch / "plan.json").write_text(json.dumps({**plan, "max_connections": args.max_connections}))
                 command = [sys.executable, "-m", "bench.bench_open_loop", "--drive"]
