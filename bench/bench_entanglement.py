@@ -214,6 +214,8 @@ def tables(report: dict[str, Any]) -> list[Table]:
                 fmt(row["strengths"][strength]["side_effects"], 3),
                 fmt(row["strengths"][strength]["random_side_effects"], 3),
                 fmt(row["strengths"][strength]["side_ratio"], 2),
+                fmt(row["strengths"][strength]["person_perceptual"], 2),
+                fmt(row["strengths"][strength]["person_inner_face"], 2),
                 fmt(row["strengths"][strength]["person"], 2),
                 fmt(row["strengths"][strength]["move_length"], 2),
                 fmt(row["strengths"][strength]["independent_side_effects"], 3),
@@ -233,7 +235,9 @@ def tables(report: dict[str, Any]) -> list[Table]:
                     "side effects",
                     "random move (floor)",
                     "ratio",
-                    "person",
+                    "person: perceptual",
+                    "inner face",
+                    "judge's features",
                     "length",
                     "judge-independent side effects",
                     "ratio",
@@ -244,8 +248,9 @@ def tables(report: dict[str, Any]) -> list[Table]:
                 f"{EditConfig().calibration_min_examples} training faces have the attribute (men for Mustache); "
                 "projected: unrelated attributes' directions projected out, strength 1 = the class-mean gap along "
                 "what is left; full length: the same direction, moved as far as the shipped vector. Floor: a random "
-                "move as long as each face's edit; ratio: side effects over the floor; person: distance in the "
-                "judge's features from the unedited face, over the random move's; length: the mean latent distance "
+                "move as long as each face's edit; ratio: side effects over the floor; person: the perceptual distance "
+                "from the unedited face (whole picture, inner face) and the distance in the judge's penultimate "
+                "features, each over the random move's; length: the mean latent distance "
                 "moved; judge-independent: the same over the unrelated attributes whose judge verdicts on real "
                 f"photos differ by less than {INDEPENDENT_SHIFT} with and without the edited attribute.",
             )

@@ -28,8 +28,12 @@ The quality table, per bundle:
    spread (aggregate-posterior Cholesky factor times noise, a fresh direction per face): the judge's floor, what
    merely moving a face that far changes; `side_ratio` is the edit's count over the floor (1 = no more disruptive
    than a random nudge of its size).
-7. The person kept: mean distance in the judge's features between the edited and the unedited face, over the same
-   for the random move (`person`); and identity drift, the mean absolute pixel difference (0-255).
+7. The person kept, edit over random move: the perceptual distance between the edited and the unedited face
+   (`perceptual_distances`: LPIPS's distance in the judge's first three ReLU layers, the layers the VAE's perceptual
+   loss compares) over the whole picture (`person_perceptual`) and over the inner face (`person_inner_face`); the
+   distance in the judge's penultimate features (`person`), which read attributes, so any edit that shows moves
+   them; and identity drift, the mean absolute pixel difference (0-255). For scale, the perceptual distance
+   between two different people's unedited faces (`different_people`).
 8. Validation reconstruction MSE per pixel and channel on the [0, 1] scale (the manifest's measure).
 
 Direction comparison: the bundle's training split is encoded and, for each method of
@@ -97,10 +101,17 @@ UNRELATED_PHI = 0.2
 BATCH = 256
 SAMPLE_GRID = 10
 SHOWN_FACES = 8
+#: Faces per attribute in the edit-against-random-move figure (three rows each: the figure stays a readable size).
+SHOWN_EDITED_FACES = 5
 OLD_BUNDLE_PATH = "models/celeba-64"
 OLD_BUNDLE_FILES = (MANIFEST_FILE, ENCODER_FILE, DECODER_FILE, LATENT_STATS_FILE, ATTRIBUTES_FILE)
 #: (attribute, strength, attribute kept, label of the faces edited: -1 = faces without the kept attribute).
 CONDITIONAL_EDITS = (("Mustache", 2.0, "Male", -1),)
+#: The judge's layers the perceptual distance compares: its first three ReLU activations, like the VAE's perceptual
+#: loss in its own face network (`training.model.feature_extractor`).
+PERCEPTUAL_LAYERS = 3
+#: The aligned faces' inner face, rows then columns as fractions of the picture: brows to chin, cheek to cheek.
+INNER_FACE = ((0.25, 0.875), (0.25, 0.75))
 #: The model's quality targets, shown next to the measurements.
 TARGETS = {
     "reconstruction_sharpness": 0.30,
@@ -108,7 +119,7 @@ TARGETS = {
     "male_kept": 0.95,
     "all_kept": 0.93,
     "side_ratio": 1.0,
-    "person": 1.0,
+    "person_perceptual": 1.0,
     "mse": 0.0105,
     "success": {"Smiling": 0.9, "Male": 0.9, "Eyeglasses": 0.9, "Mustache": 0.9, "Chubby": 0.9},
     #: Mustache +2 with keep=["Male"] on women: moustache shown, still judged female.
@@ -387,6 +398,25 @@ class Judged:
         return cls(faces, verdicts, features)
 
 
+def perceptual_distances(ours: Sequence[np.ndarray], theirs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair of faces, LPIPS's distance without its learned weights (Zhang et al. 2018, the "baseline" variant)
+    between two faces' `activations` (`AttributeClassifier.activations`): each layer unit-normalised over channels at
+    every position, squared differences summed over channels and averaged over positions, summed over the layers;
+    over the whole picture and over `INNER_FACE` only. [N] each."""
+    whole, inner = np.zeros(len(ours[0])), np.zeros(len(ours[0]))
+    (top, bottom), (left, right) = INNER_FACE
+    for a, b in zip(ours, theirs, strict=True):
+        unit_a = a / (np.linalg.norm(a, axis=-1, keepdims=True) + 1e-10)
+        unit_b = b / (np.linalg.norm(b, axis=-1, keepdims=True) + 1e-10)
+        squared = np.sum((unit_a - unit_b) ** 2, axis=-1)  # [N, h, w]
+        rows, columns = squared.shape[1:]
+        whole += squared.mean(axis=(1, 2))
+        inner += squared[
+            :, round(top * rows) : round(bottom * rows), round(left * columns) : round(right * columns)
+        ].mean(axis=(1, 2))
+    return whole, inner
+
+
 def edit_effect(
     model: FaceModel,
     classifier: AttributeClassifier,
@@ -403,10 +433,12 @@ def edit_effect(
     effects, identity drift and the person kept; and the same for a random move as long as each face's own edit
     (`random_moves`, the judge's floor at that distance).
 
-    `side_ratio` is the edit's side effects over the random move's; `person` is the mean distance in the judge's
-    features from the unedited face, edit over random move (below 1: the edit keeps the person better than a
-    random nudge of its size). `success_where_it_occurs` is the success over the faces `occurs` [N] marks (all by
-    default): those of a sex in which the attribute occurs in the training labels (`where_it_occurs`)."""
+    `side_ratio` is the edit's side effects over the random move's; `person_perceptual` and `person_inner_face` the
+    mean perceptual distance from the unedited face (`perceptual_distances`), whole picture and inner face, and
+    `person` the mean distance in the judge's penultimate features, each edit over random move (below 1: the edit
+    keeps the person better than a random nudge of its size). `success_where_it_occurs` is the success over the
+    faces `occurs` [N] marks (all by default): those of a sex in which the attribute occurs in the training labels
+    (`where_it_occurs`)."""
     edited_codes = model.edit_codes(z, strengths, keep)
     where = np.ones(len(z), bool) if occurs is None else occurs
     lengths = np.linalg.norm(edited_codes - z, axis=1)
@@ -418,6 +450,11 @@ def edit_effect(
     random_side = float(random_changed[:, list(unrelated)].mean()) if len(unrelated) else None
     distance = float(np.linalg.norm(edited.features - unedited.features, axis=1).mean())
     random_distance = float(np.linalg.norm(moved.features - unedited.features, axis=1).mean())
+    looks = classifier.activations(unedited.faces, PERCEPTUAL_LAYERS)
+    perceptual, inner = perceptual_distances(classifier.activations(edited.faces, PERCEPTUAL_LAYERS), looks)
+    random_perceptual, random_inner = perceptual_distances(
+        classifier.activations(moved.faces, PERCEPTUAL_LAYERS), looks
+    )
     return {
         "success": float(np.mean(edited.verdicts[:, target] == positive)),
         "success_where_it_occurs": float(np.mean(edited.verdicts[where, target] == positive)),
@@ -425,6 +462,9 @@ def edit_effect(
         "random_side_effects": random_side,
         "side_ratio": ratio(side, random_side),
         "person": ratio(distance, random_distance),
+        "person_perceptual": ratio(float(perceptual.mean()), float(random_perceptual.mean())),
+        "person_inner_face": ratio(float(inner.mean()), float(random_inner.mean())),
+        "perceptual_distance": float(perceptual.mean()),
         "move_length": float(lengths.mean()),
         "drift": float(np.mean(np.abs(edited.faces.astype(np.float32) - unedited.faces.astype(np.float32)))),
         "changed": changed.mean(axis=0),
@@ -488,6 +528,8 @@ def edits(subject: Subject, model: FaceModel, judging: EditJudging, per_column: 
             )
             unedited = Judged.of(classifier, batched(model.decode, z))
             photo_verdicts, _ = judge(classifier, data.images[data.val[rows_of]])
+            looks = classifier.activations(unedited.faces, PERCEPTUAL_LAYERS)
+            others = [np.roll(layer, 1, axis=0) for layer in looks]  # each face against another person's
             row: dict[str, Any] = {
                 "attribute": name,
                 "direction": direction,
@@ -495,6 +537,7 @@ def edits(subject: Subject, model: FaceModel, judging: EditJudging, per_column: 
                 "unrelated": len(unrelated[name]),
                 "real": float(np.mean(photo_verdicts[:, target] == (sign > 0))),
                 "unedited": float(np.mean(unedited.verdicts[:, target] == (sign > 0))),
+                "different_people": float(perceptual_distances(looks, others)[0].mean()) if len(z) > 1 else None,
                 "strengths": {},
             }
             for strength in STRENGTHS:
@@ -612,6 +655,8 @@ def quality_table(section: Mapping[str, Any]) -> dict[str, Any]:
         "random_side_effects_plus2": [min(floor), max(floor)] if floor else None,
         "side_ratio_plus2": {name: v.get("side_ratio") if v else None for name, v in adds.items()},
         "person_plus2": {name: v.get("person") if v else None for name, v in adds.items()},
+        "person_perceptual_plus2": {name: v.get("person_perceptual") if v else None for name, v in adds.items()},
+        "person_inner_face_plus2": {name: v.get("person_inner_face") if v else None for name, v in adds.items()},
         "conditional_kept": [kept[0]["success"], 1 - kept[0]["kept_changed"]] if kept else None,
         "drift_plus2": float(np.mean([v["drift"] for v in adds.values() if v])) if adds else None,
         "mse": rec["mse"],
@@ -687,9 +732,25 @@ def side_by_side(report: dict[str, Any]) -> Table:
             f"≤ {TARGETS['side_ratio']:g} each",
         ],
         [
-            "person kept at +2: feature distance ÷ random move, " + " / ".join(attributes),
+            "person kept at +2: perceptual distance ÷ random move, whole picture, " + " / ".join(attributes),
+            *(
+                " / ".join(fmt(i.get("person_perceptual_plus2", {}).get(a), 2) or "-" for a in attributes)
+                for i in summaries
+            ),
+            f"≤ {TARGETS['person_perceptual']:g} each",
+        ],
+        [
+            "the same over the inner face, " + " / ".join(attributes),
+            *(
+                " / ".join(fmt(i.get("person_inner_face_plus2", {}).get(a), 2) or "-" for a in attributes)
+                for i in summaries
+            ),
+            None,
+        ],
+        [
+            "the same in the judge's penultimate features (they read attributes), " + " / ".join(attributes),
             *(" / ".join(fmt(i.get("person_plus2", {}).get(a), 2) or "-" for a in attributes) for i in summaries),
-            f"≤ {TARGETS['person']:g} each",
+            None,
         ],
         [
             "Mustache +2, keep Male, on women: moustache shown / still judged female",
@@ -721,12 +782,14 @@ def edit_tables(label: str, section: Mapping[str, Any], title: str) -> list[Tabl
         keys = [f"{sign}{s:g}" for s in section["strengths"]]
         result.append(
             Table(
-                f"{label}: {title}, {direction}: success / side effects ÷ random move / person (÷ random move)",
+                f"{label}: {title}, {direction}: success / side effects ÷ random move / person kept, perceptual "
+                "and in the judge's features (÷ random move)",
                 ["attribute", "faces", "real photo", "unedited", *keys],
                 [
                     [r["attribute"], r["faces"], pct(r["real"]), pct(r["unedited"])]
                     + [
                         f"{success_cell(r['strengths'][k])} / {fmt(r['strengths'][k].get('side_ratio'), 2)} / "
+                        f"{fmt(r['strengths'][k].get('person_perceptual'), 2)}, "
                         f"{fmt(r['strengths'][k].get('person'), 2)}"
                         for k in keys
                     ]
@@ -735,8 +798,9 @@ def edit_tables(label: str, section: Mapping[str, Any], title: str) -> list[Tabl
                 "Faces: validation faces labelled " + ("without" if direction == "add" else "with") + " it; success "
                 "= share judged " + ("to have it" if direction == "add" else "not to have it") + " (p ≥ 0.5), "
                 "'real photo' and 'unedited' the same verdict on the photo and on its reconstruction. Side effects: "
-                "unrelated verdicts changed, over those a random move as long as each face's edit changes; person: "
-                "distance in the judge's features from the unedited face, over the random move's. In brackets, "
+                "unrelated verdicts changed, over those a random move as long as each face's edit changes; person "
+                "kept: the perceptual distance (whole picture), then the distance in the judge's penultimate "
+                "features, from the unedited face, over the random move's. In brackets, "
                 "where it differs: the success on the faces of the sexes in which the attribute occurs in the "
                 "training labels (men for Mustache).",
             )
@@ -887,7 +951,28 @@ def picture_figures(subjects: Sequence[Subject], attributes: Sequence[str], seed
         if strips:
             paths.append(figures / f"quality_edits_{subject.slug}.png")
             grid(strips, [f"{name} -3..+3" for name in names]).save(paths[-1])
+        paths.append(edit_against_random_figure(subject, attributes, seed, figures))
     return paths
+
+
+def edit_against_random_figure(subject: Subject, attributes: Sequence[str], seed: int, figures: Path) -> Path:
+    """Per attribute, SHOWN_EDITED_FACES validation faces without it: unedited, edited at +2, and moved as far in a
+    random direction (`random_moves`, the floor every side-effect and person-kept ratio divides by)."""
+    model, data = subject.model, subject.data
+    assert data.labels is not None
+    rows, labels = [], []
+    for name in attributes:
+        if name not in model.bundle.attributes:
+            continue
+        lacks = np.flatnonzero(data.labels[data.val, data.dataset.attribute_names.index(name)] < 0)
+        z = subject.z_val[lacks[:SHOWN_EDITED_FACES]]
+        edited = model.edit_codes(z, {name: 2.0})
+        moved = z + random_moves(model, np.linalg.norm(edited - z, axis=1), seed)
+        rows += [model.decode(z), model.decode(edited), model.decode(moved)]
+        labels += [f"{name}: unedited", f"{name} +2", "random move as long"]
+    path = figures / f"quality_edit_vs_random_{subject.slug}.png"
+    grid(rows, labels).save(path)
+    return path
 
 
 def chart_figures(report: dict[str, Any], figures: Path) -> list[Path]:

@@ -68,7 +68,7 @@ def test_feature_extractor_needs_enough_layers_and_is_frozen() -> None:
     assert [tuple(o.shape[1:]) for o in extractor.outputs] == [(8, 8, 4), (4, 4, 8), (2, 2, 8)]
     with_semantic = feature_extractor(_network(), semantic=True)
     assert [tuple(o.shape[1:]) for o in with_semantic.outputs][-1] == (6,)
-    with pytest.raises(ValueError, match="has 3 ReLU layers, the perceptual loss needs 4"):
+    with pytest.raises(ValueError, match="has 3 ReLU layers, 4 were asked for"):
         feature_extractor(_network(), count=4)
 
 

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,14 @@ def build_classifier(config: ClassifierConfig, attributes: int) -> keras.Model:
     return keras.Model(pixels, probabilities, name="attribute_classifier")
 
 
+def relu_outputs(network: keras.Model, count: int) -> list[keras.KerasTensor]:
+    """A face network's first `count` ReLU activations: the layers a perceptual loss or distance compares."""
+    outputs = [layer.output for layer in network.layers if isinstance(layer, layers.ReLU)][:count]
+    if len(outputs) < count:
+        raise ValueError(f"{network.name} has {len(outputs)} ReLU layers, {count} were asked for")
+    return outputs
+
+
 def balanced_crossentropy(positive_rate: np.ndarray) -> Callable[[Any, Any], Any]:
     """Binary cross-entropy with each attribute's two classes weighted equally (weights 0.5 / class rate).
 
@@ -185,6 +193,7 @@ class AttributeClassifier:
     attributes: list[str]
     model: keras.Model  # outputs [probabilities, features]
     report: dict[str, Any]
+    _extractors: dict[int, keras.Model] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_training_model(
@@ -211,6 +220,12 @@ class AttributeClassifier:
 
     def column(self, attribute: str) -> int:
         return self.attributes.index(attribute)
+
+    def activations(self, faces: np.ndarray, count: int) -> list[np.ndarray]:
+        """uint8 faces [N, size, size, 3] -> the first `count` ReLU activations, each [N, h, w, channels]."""
+        if count not in self._extractors:
+            self._extractors[count] = keras.Model(self.model.input, relu_outputs(self.model, count))
+        return list(self._extractors[count].predict(faces.astype(np.float32), batch_size=PREDICT_BATCH, verbose=0))
 
 
 def train_classifier(

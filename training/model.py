@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from service.core.bundle import DECODER_INPUT, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUTS
-from training.classifier import FEATURES_LAYER
+from training.classifier import FEATURES_LAYER, relu_outputs
 
 
 def conv_block(
@@ -137,9 +137,7 @@ def feature_extractor(network: keras.Model, count: int = 3, semantic: bool = Fal
     """A trained face network's first `count` ReLU activations (the perceptual loss's feature space), and with
     `semantic` its `features` layer last (the semantic loss's; left out otherwise, so the default does not pay for
     the network's deeper layers), frozen."""
-    outputs = [layer.output for layer in network.layers if isinstance(layer, layers.ReLU)][:count]
-    if len(outputs) < count:
-        raise ValueError(f"{network.name} has {len(outputs)} ReLU layers, the perceptual loss needs {count}")
+    outputs = relu_outputs(network, count)
     if semantic:
         outputs.append(network.get_layer(FEATURES_LAYER).output)
     extractor = keras.Model(network.input, outputs, name="face_features")
