@@ -118,6 +118,9 @@ class EditConfig(BaseModel):
         0.0, ge=0, description="noise (0-255 scale) on the edited face the guide sees, with a random mirror and shift"
     )
     identity_weight: float = Field(0.5, ge=0)
+    perceptual_weight: float = Field(
+        1.0, ge=0, description="weight of the edited face's perceptual distance from the unedited one"
+    )
     turn_weight: float = Field(0.1, ge=0, description="weight of 1 - cos(edit, straight move)")
     density_weight: float = Field(2.0, ge=0, description="weight of the edited code's Mahalanobis increase")
     guide_epochs: int = Field(8, gt=0, description="epochs of the guide classifier when it must be trained")

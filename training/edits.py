@@ -14,7 +14,7 @@ lengthened only where +2 would not show), S = 0 is exactly z, and the network ca
 further: its edits are compared with a random move of the same length, and a longer move would buy a higher floor,
 not a cleaner edit. F is chosen after training by a classifier the editor never saw (`calibrate_lengths`), never
 by the side-effect ratio. Trained on the training split's codes, each batch editing one attribute per face at a
-random strength, with five named losses:
+random strength, with six named losses:
 
 - `target`: the guide classifier's logit of the edited attribute reaches |s| * `target_logit` on the requested side
   (a soft hinge), weighted per attribute by a multiplier that training adjusts (dual ascent) until the guide
@@ -26,6 +26,9 @@ random strength, with five named losses:
   and more firmly for the edits whose +2 still shows under a firm keep (`EditConfig.keep_weight_by_attribute`,
   by default `FIRM_KEEP` for `FIRMLY_KEPT`; a firm keep everywhere costs Male and Chubby their success);
 - `identity`: the guide's penultimate features stay (the person);
+- `perceptual`: the edited face stays close to the unedited one in the guide's first three ReLU layers (LPIPS's
+  distance without learned weights, the layers the VAE's perceptual loss compares): of the directions that make the
+  edit, the one that changes least of the picture;
 - `turn`: 1 - cos(edit, class-mean move), a light pull towards the shipped direction;
 - `density`: how much rarer the edited code is than the code under the aggregate posterior (Mahalanobis, per
   dimension, only increases count): edits stay where the decoder was trained instead of finding the decoder's
@@ -68,7 +71,7 @@ from service.core.bundle import (
 )
 from service.core.runtime import FaceModel
 from service.core.sessions import open_session
-from training.classifier import AttributeClassifier, ClassifierConfig, fit_classifier
+from training.classifier import AttributeClassifier, ClassifierConfig, fit_classifier, relu_outputs
 from training.config import EditConfig, TrainConfig
 from training.export import PARITY_BATCHES, PARITY_TOLERANCE, ParityError, keras_to_onnx
 from training.onnx_tf import OnnxFunction
@@ -119,9 +122,11 @@ def build_editor(moves: np.ndarray, correction: keras.Model, length_scales: np.n
     return keras.Model([z, strengths], edited, name="editor")
 
 
-#: Reported per step: the weighted sum, the five named losses, the share of edits whose target logit moved far
+#: Reported per step: the weighted sum, the six named losses, the share of edits whose target logit moved far
 #: enough, and the share of edits of at least goal_strength the guide judges done.
-LOSSES = ("loss", "target", "keep", "identity", "turn", "density", "reached", "clear")
+LOSSES = ("loss", "target", "keep", "identity", "perceptual", "turn", "density", "reached", "clear")
+#: The guide's layers the perceptual loss compares.
+PERCEPTUAL_LAYERS = 3
 #: Largest shift, in pixels either way, of the edited face the guide sees.
 JITTER_SHIFT = 2
 #: How fast each attribute's running success (the multipliers' signal) follows a step's.
@@ -164,6 +169,7 @@ class EditTrainer(keras.Model):
         self.whiten = tf.constant(np.linalg.inv(stats.cholesky_array.astype(np.float64)).T.astype(np.float32))
         # The guide up to its features, and its last layer as a matrix: logits stay finite where p saturates.
         self.features = keras.Model(guide.model.input, guide.model.outputs[1])
+        self.looks = keras.Model(guide.model.input, relu_outputs(guide.model, PERCEPTUAL_LAYERS))
         kernel, bias = guide.model.get_layer("attributes").get_weights()
         self.kernel, self.bias = tf.constant(kernel), tf.constant(bias)
         self.columns = tf.constant(columns, tf.int32)  # [K] guide columns of the edited attributes
@@ -229,12 +235,25 @@ class EditTrainer(keras.Model):
         moved = tf.reduce_sum(weights * kl, axis=1) / tf.reduce_sum(weights, axis=1)  # [B]
         return tf.reduce_mean(moved), tf.reduce_mean(tf.gather(self.keep_loss_weights, chosen) * moved)
 
+    def _perceptual(self, faces0: tf.Tensor, faces1: tf.Tensor) -> tf.Tensor:
+        """LPIPS's distance without learned weights between faces (0-255) in the guide's first ReLU layers: each
+        unit-normalised over channels, squared differences summed over channels, averaged over positions and faces,
+        summed over layers."""
+        total = tf.constant(0.0)
+        for a, b in zip(self.looks(faces0, training=False), self.looks(faces1, training=False), strict=True):
+            difference = tf.math.l2_normalize(a, axis=-1, epsilon=1e-10) - tf.math.l2_normalize(
+                b, axis=-1, epsilon=1e-10
+            )
+            total += tf.reduce_mean(tf.reduce_sum(tf.square(difference), axis=-1))
+        return total
+
     def train_step(self, batch: tuple[tf.Tensor, ...]) -> dict[str, tf.Tensor]:
-        z, labels, logits0, features0 = batch
+        z, labels, logits0, features0, faces0 = batch
         chosen, strength, matrix = self._strengths(labels)
         with tf.GradientTape() as tape:
             edited = self.editor([z, matrix], training=True)
-            features1 = self.features(self._jitter(self.decoder(edited) * 255.0), training=False)
+            faces1 = self.decoder(edited) * 255.0
+            features1 = self.features(self._jitter(faces1), training=False)
             logits1 = tf.matmul(features1, self.kernel) + self.bias
             column = tf.gather(self.columns, chosen)
             moved = tf.gather(logits1, column, axis=1, batch_dims=1) * tf.sign(strength)
@@ -243,6 +262,7 @@ class EditTrainer(keras.Model):
             target = tf.reduce_mean(short)
             keep, weighted_keep = self._keep(chosen, logits0, logits1)
             identity = tf.reduce_mean(tf.square(features1 - features0)) / (tf.reduce_mean(tf.square(features0)) + 1e-6)
+            perceptual = self._perceptual(tf.cast(faces0, tf.float32), faces1)
             straight = tf.math.l2_normalize(tf.matmul(matrix, self.moves), axis=1)
             turn = tf.reduce_mean(1.0 - tf.reduce_sum(straight * tf.math.l2_normalize(edited - z, axis=1), axis=1))
             rarer = self._mahalanobis(edited) - self._mahalanobis(z)
@@ -251,6 +271,7 @@ class EditTrainer(keras.Model):
                 tf.reduce_mean(tf.gather(self.multipliers, chosen) * short)
                 + weighted_keep
                 + self.config.identity_weight * identity
+                + self.config.perceptual_weight * perceptual
                 + self.config.turn_weight * turn
                 + self.config.density_weight * density
             )
@@ -263,6 +284,7 @@ class EditTrainer(keras.Model):
             "target": target,
             "keep": keep,
             "identity": identity,
+            "perceptual": perceptual,
             "turn": turn,
             "density": density,
         }
@@ -384,7 +406,7 @@ def train_editor(
     trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     dataset = (
         tf.data.Dataset.from_tensor_slices(
-            (codes.astype(np.float32), guide_labels.astype(np.float32), logits0.astype(np.float32), features)
+            (codes.astype(np.float32), guide_labels.astype(np.float32), logits0.astype(np.float32), features, decoded)
         )
         .shuffle(len(codes), seed=config.seed)
         .repeat()
