@@ -14,6 +14,7 @@ import tensorflow as tf
 from pydantic import ValidationError
 
 from service.core.bundle import DEFAULT_MODEL
+from training.classifier import relu_outputs
 from training.cli import _field_value, main
 from training.config import FIRM_KEEP, EditConfig
 from training.edits import (
@@ -179,3 +180,26 @@ def test_the_keep_loss_weighs_each_face_by_its_edited_attributes_keep_weight() -
     moved = 0.5 * np.log(0.5 / p1) + 0.5 * np.log(0.5 / (1.0 - p1))  # KL(Bernoulli(0.5) || Bernoulli(p1)), each face
     assert float(reported) == pytest.approx(moved, rel=1e-5)
     assert float(trained) == pytest.approx((FIRM_KEEP + 8.0) / 2 * moved, rel=1e-5)
+
+
+def test_the_perceptual_loss_is_the_distance_the_benchmark_measures() -> None:
+    """Trained against the guide's layers, judged in the judge's: the same distance, so the two can be compared."""
+    from bench.bench_quality import perceptual_distances
+
+    pixels = keras.Input(shape=(16, 16, 3))
+    x = pixels
+    for width in (4, 8, 8):
+        x = keras.layers.ReLU()(keras.layers.Conv2D(width, 3, strides=2, padding="same")(x))
+    network = keras.Model(pixels, x)
+    trainer = SimpleNamespace(looks=keras.Model(pixels, relu_outputs(network, 3)))
+    rng = np.random.default_rng(0)
+    faces0 = rng.uniform(0, 255, (5, 16, 16, 3)).astype(np.float32)
+    faces1 = np.clip(faces0 + rng.normal(0, 40, faces0.shape), 0, 255).astype(np.float32)
+
+    assert float(EditTrainer._perceptual(trainer, tf.constant(faces0), tf.constant(faces0))) == pytest.approx(0.0)
+    trained = float(EditTrainer._perceptual(trainer, tf.constant(faces0), tf.constant(faces1)))
+    measured, _ = perceptual_distances(
+        trainer.looks.predict(faces1, verbose=0), trainer.looks.predict(faces0, verbose=0)
+    )
+    assert trained > 0.01
+    assert trained == pytest.approx(float(measured.mean()), rel=1e-4)
