@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from service.core.framing import Align, FaceFramer, Framed
 from service.core.imaging import ImageFormat, PhotoDecoder, decode_upload, encode_image, make_grid, picture
 from service.core.runtime import FaceModel
 from testkit.phone_photos import enlarged, phone_photo
-from training.card import EDIT_ATTRIBUTES
+from training.card import EDIT_ATTRIBUTES, grid
 from training.classifier import AttributeClassifier, default_out
 from training.config import TrainConfig
 from training.prepared import DEFAULT_CACHE, prepare_data
@@ -128,6 +128,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     print()
     timing = latency(model, framer, data, args)
     figure = strips(shown, args.figures)
+    photo_grid(model, framer, data, args.attributes, args.figures)
     return {
         "machine": machine(),
         "bundle": str(args.model),
@@ -146,6 +147,36 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "figure": str(figure),
         "learned_vs_vectors": learned_vs_vectors(model, framer, judge, data, args),
     }
+
+
+def framed_photos(framer: FaceFramer, data: Any, photos: int) -> Iterator[tuple[int, int, Image.Image, Framed]]:
+    """(count, index, photo, framed face) for the phone photos of the first `photos` validation faces in which a face
+    is found, framed as photo /edit frames them (align=auto, the largest face)."""
+    for count, index in enumerate(data.val[:photos]):
+        photo = decode_upload(phone_photo(data.dataset.image_dir / data.dataset.files[index], seed=count).jpeg)
+        if framer.detect(photo):
+            yield count, index, photo, framer.frame(photo, Align.AUTO)
+
+
+def photo_grid(model: FaceModel, framer: FaceFramer, data: Any, attributes: Sequence[str], figures: Path) -> Path:
+    """The model card's photo grid: for SHOWN phone photos, the photo's aligned face, its unedited output and each
+    attribute at +2 as photo /edit answers by default (output=face, detail=keep), by the learned editor and, in the
+    row below, by the attribute vectors alone."""
+    rows, labels = [], []
+    for count, _, photo, framed in framed_photos(framer, data, 2 * SHOWN):
+        if len(rows) == 2 * SHOWN:
+            break
+        z = model.encode_pixels(framed.pixels[np.newaxis]).code
+        for variant, editing in (("learned", model), ("vectors", model.without_editor())):
+            codes = np.concatenate([z, *(editing.edit_codes(z, {a: STRENGTH}) for a in attributes)])
+            decoded = model.decode(codes)
+            outputs = compose(photo, framed.alignment, decoded[0], decoded, Output.FACE, Detail.KEEP)
+            rows.append(np.concatenate([framed.pixels[np.newaxis], outputs]))
+            labels.append(f"photo {count + 1}, {variant}")
+    figures.mkdir(parents=True, exist_ok=True)
+    path = figures / "photo_edit_grid.png"
+    grid(rows, labels).save(path)
+    return path
 
 
 def learned_vs_vectors(
@@ -169,11 +200,7 @@ def learned_vs_vectors(
     editors = {"learned": model, "vectors": model.without_editor()}
     counts = {(v, a): np.zeros(3) for v in editors for a in args.attributes}  # success, side, random side
     faces = dict.fromkeys(args.attributes, 0)
-    for count, index in enumerate(data.val[: args.photos]):
-        photo = decode_upload(phone_photo(data.dataset.image_dir / data.dataset.files[index], seed=count).jpeg)
-        if not framer.detect(photo):
-            continue
-        framed = framer.frame(photo, Align.AUTO)
+    for count, index, photo, framed in framed_photos(framer, data, args.photos):
         z = model.encode_pixels(framed.pixels[np.newaxis]).code
         before = model.decode(z)[0]
         lacking = [a for a in args.attributes if data.labels[index, names.index(a)] < 0]
