@@ -164,8 +164,6 @@ def photo_grid(model: FaceModel, framer: FaceFramer, data: Any, attributes: Sequ
     row below, by the attribute vectors alone."""
     rows, labels = [], []
     for count, _, photo, framed in framed_photos(framer, data, 2 * SHOWN):
-        if len(rows) == 2 * SHOWN:
-            break
         z = model.encode_pixels(framed.pixels[np.newaxis]).code
         for variant, editing in (("learned", model), ("vectors", model.without_editor())):
             codes = np.concatenate([z, *(editing.edit_codes(z, {a: STRENGTH}) for a in attributes)])
@@ -173,6 +171,8 @@ def photo_grid(model: FaceModel, framer: FaceFramer, data: Any, attributes: Sequ
             outputs = compose(photo, framed.alignment, decoded[0], decoded, Output.FACE, Detail.KEEP)
             rows.append(np.concatenate([framed.pixels[np.newaxis], outputs]))
             labels.append(f"photo {count + 1}, {variant}")
+        if len(rows) == 2 * SHOWN:  # SHOWN photos, two rows each
+            break
     figures.mkdir(parents=True, exist_ok=True)
     path = figures / "photo_edit_grid.png"
     grid(rows, labels).save(path)

@@ -87,7 +87,13 @@ from service.core.bundle import (
 from service.core.runtime import REFINE_STEPS, FaceModel, SamplingMode
 from service.core.sessions import open_session
 from training.card import EDIT_ATTRIBUTES, grid, sharpness
-from training.classifier import AttributeClassifier, ClassifierConfig, default_out, train_classifier
+from training.classifier import (
+    AttributeClassifier,
+    ClassifierConfig,
+    default_out,
+    perceptual_distance,
+    train_classifier,
+)
 from training.config import EditConfig, TrainConfig
 from training.edits import where_it_occurs
 from training.export import encode
@@ -386,35 +392,27 @@ def unrelated_columns(subject: Subject, classifier: AttributeClassifier) -> dict
 
 @dataclasses.dataclass(frozen=True)
 class Judged:
-    """Faces [N, H, W, 3] with the judge's verdicts [N, A] and penultimate features [N, F] on them."""
+    """Faces [N, H, W, 3] with the judge's verdicts [N, A], penultimate features [N, F] and first PERCEPTUAL_LAYERS
+    ReLU activations (`looks`, what `perceptual_distances` compares) on them."""
 
     faces: np.ndarray
     verdicts: np.ndarray
     features: np.ndarray
+    looks: list[np.ndarray]
 
     @classmethod
     def of(cls, classifier: AttributeClassifier, faces: np.ndarray) -> Judged:
         verdicts, features = judge(classifier, faces)
-        return cls(faces, verdicts, features)
+        return cls(faces, verdicts, features, classifier.activations(faces, PERCEPTUAL_LAYERS))
 
 
 def perceptual_distances(ours: Sequence[np.ndarray], theirs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per pair of faces, LPIPS's distance without its learned weights (Zhang et al. 2018, the "baseline" variant)
-    between two faces' `activations` (`AttributeClassifier.activations`): each layer unit-normalised over channels at
-    every position, squared differences summed over channels and averaged over positions, summed over the layers;
-    over the whole picture and over `INNER_FACE` only. [N] each."""
-    whole, inner = np.zeros(len(ours[0])), np.zeros(len(ours[0]))
-    (top, bottom), (left, right) = INNER_FACE
-    for a, b in zip(ours, theirs, strict=True):
-        unit_a = a / (np.linalg.norm(a, axis=-1, keepdims=True) + 1e-10)
-        unit_b = b / (np.linalg.norm(b, axis=-1, keepdims=True) + 1e-10)
-        squared = np.sum((unit_a - unit_b) ** 2, axis=-1)  # [N, h, w]
-        rows, columns = squared.shape[1:]
-        whole += squared.mean(axis=(1, 2))
-        inner += squared[
-            :, round(top * rows) : round(bottom * rows), round(left * columns) : round(right * columns)
-        ].mean(axis=(1, 2))
-    return whole, inner
+    """Per pair of faces, the perceptual distance (`training.classifier.perceptual_distance`, the one the editor
+    trains with) between two faces' `looks`, over the whole picture and over `INNER_FACE` only. [N] each."""
+    return (
+        np.asarray(perceptual_distance(ours, theirs)),
+        np.asarray(perceptual_distance(ours, theirs, INNER_FACE)),
+    )
 
 
 def edit_effect(
@@ -450,11 +448,8 @@ def edit_effect(
     random_side = float(random_changed[:, list(unrelated)].mean()) if len(unrelated) else None
     distance = float(np.linalg.norm(edited.features - unedited.features, axis=1).mean())
     random_distance = float(np.linalg.norm(moved.features - unedited.features, axis=1).mean())
-    looks = classifier.activations(unedited.faces, PERCEPTUAL_LAYERS)
-    perceptual, inner = perceptual_distances(classifier.activations(edited.faces, PERCEPTUAL_LAYERS), looks)
-    random_perceptual, random_inner = perceptual_distances(
-        classifier.activations(moved.faces, PERCEPTUAL_LAYERS), looks
-    )
+    perceptual, inner = perceptual_distances(edited.looks, unedited.looks)
+    random_perceptual, random_inner = perceptual_distances(moved.looks, unedited.looks)
     return {
         "success": float(np.mean(edited.verdicts[:, target] == positive)),
         "success_where_it_occurs": float(np.mean(edited.verdicts[where, target] == positive)),
@@ -528,8 +523,8 @@ def edits(subject: Subject, model: FaceModel, judging: EditJudging, per_column: 
             )
             unedited = Judged.of(classifier, batched(model.decode, z))
             photo_verdicts, _ = judge(classifier, data.images[data.val[rows_of]])
-            looks = classifier.activations(unedited.faces, PERCEPTUAL_LAYERS)
-            others = [np.roll(layer, 1, axis=0) for layer in looks]  # each face against another person's
+            others = [np.roll(layer, 1, axis=0) for layer in unedited.looks]  # each face against another person's
+            different_people = float(perceptual_distances(unedited.looks, others)[0].mean()) if len(z) > 1 else None
             row: dict[str, Any] = {
                 "attribute": name,
                 "direction": direction,
@@ -537,7 +532,7 @@ def edits(subject: Subject, model: FaceModel, judging: EditJudging, per_column: 
                 "unrelated": len(unrelated[name]),
                 "real": float(np.mean(photo_verdicts[:, target] == (sign > 0))),
                 "unedited": float(np.mean(unedited.verdicts[:, target] == (sign > 0))),
-                "different_people": float(perceptual_distances(looks, others)[0].mean()) if len(z) > 1 else None,
+                "different_people": different_people,
                 "strengths": {},
             }
             for strength in STRENGTHS:

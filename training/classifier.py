@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,6 +141,32 @@ def relu_outputs(network: keras.Model, count: int) -> list[keras.KerasTensor]:
     if len(outputs) < count:
         raise ValueError(f"{network.name} has {len(outputs)} ReLU layers, {count} were asked for")
     return outputs
+
+
+#: The whole picture, rows then columns as fractions of its height and width.
+WHOLE_PICTURE = ((0.0, 1.0), (0.0, 1.0))
+
+
+def perceptual_distance(
+    ours: Sequence[Any], theirs: Sequence[Any], region: tuple[tuple[float, float], tuple[float, float]] = WHOLE_PICTURE
+) -> Any:
+    """Per pair of faces [N], LPIPS's distance without its learned weights (Zhang et al. 2018, the "baseline"
+    variant) between two faces' ReLU activations (`relu_outputs`, each [N, h, w, channels]): each layer unit-normalised
+    over channels at every position, squared differences summed over channels and averaged over the positions in
+    `region` (rows, then columns, as fractions of the picture), summed over layers. Arrays or tensors in, a tensor
+    out: the editor trains with it (`training.edits`), the benchmarks measure with it (`bench.bench_quality`)."""
+
+    def unit(x: Any) -> Any:  # rsqrt of a floor, not x / norm: finite gradients where a position is all zeros
+        return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-20))
+
+    (top, bottom), (left, right) = region
+    total = 0.0
+    for a, b in zip(ours, theirs, strict=True):
+        rows, columns = a.shape[1], a.shape[2]
+        squared = ops.sum(ops.square(unit(ops.cast(a, "float32")) - unit(ops.cast(b, "float32"))), axis=-1)
+        window = squared[:, round(top * rows) : round(bottom * rows), round(left * columns) : round(right * columns)]
+        total = total + ops.mean(window, axis=(1, 2))
+    return total
 
 
 def balanced_crossentropy(positive_rate: np.ndarray) -> Callable[[Any, Any], Any]:

@@ -71,7 +71,7 @@ from service.core.bundle import (
 )
 from service.core.runtime import FaceModel
 from service.core.sessions import open_session
-from training.classifier import AttributeClassifier, ClassifierConfig, fit_classifier, relu_outputs
+from training.classifier import AttributeClassifier, ClassifierConfig, fit_classifier, perceptual_distance, relu_outputs
 from training.config import EditConfig, TrainConfig
 from training.export import PARITY_BATCHES, PARITY_TOLERANCE, ParityError, keras_to_onnx
 from training.onnx_tf import OnnxFunction
@@ -236,16 +236,11 @@ class EditTrainer(keras.Model):
         return tf.reduce_mean(moved), tf.reduce_mean(tf.gather(self.keep_loss_weights, chosen) * moved)
 
     def _perceptual(self, faces0: tf.Tensor, faces1: tf.Tensor) -> tf.Tensor:
-        """LPIPS's distance without learned weights between faces (0-255) in the guide's first ReLU layers: each
-        unit-normalised over channels, squared differences summed over channels, averaged over positions and faces,
-        summed over layers."""
-        total = tf.constant(0.0)
-        for a, b in zip(self.looks(faces0, training=False), self.looks(faces1, training=False), strict=True):
-            difference = tf.math.l2_normalize(a, axis=-1, epsilon=1e-10) - tf.math.l2_normalize(
-                b, axis=-1, epsilon=1e-10
-            )
-            total += tf.reduce_mean(tf.reduce_sum(tf.square(difference), axis=-1))
-        return total
+        """The mean perceptual distance (`perceptual_distance`) between faces (0-255) in the guide's first ReLU
+        layers."""
+        return tf.reduce_mean(
+            perceptual_distance(self.looks(faces0, training=False), self.looks(faces1, training=False))
+        )
 
     def train_step(self, batch: tuple[tf.Tensor, ...]) -> dict[str, tf.Tensor]:
         z, labels, logits0, features0, faces0 = batch
