@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.core.alignment import apply
-from service.core.compositing import FEATHER, SHAPE, add_change
+from service.core.compositing import FADE_LEVELS, FEATHER, SHAPE, add_change, detail_fade, keep_detail
 from service.core.detection import DetectorUnavailable
 from service.core.framing import FaceFramer
 from service.core.runtime import FaceModel
@@ -153,18 +153,39 @@ def test_detail_keep_is_the_photo_s_own_face_plus_the_model_s_change(
     client: TestClient, face_model: FaceModel, tilted: PhonePhoto
 ) -> None:
     framer: FaceFramer = client.app.state.model_state.framer
-    own = framer.frame(tilted.image()).pixels.astype(np.int16)
+    own = framer.frame(tilted.image()).pixels
     unedited = _edit(client, tilted, {"Smiling": 0})  # detail=keep is the default
     np.testing.assert_array_equal(unedited, own)
-    edited = _edit(client, tilted, {"Smiling": 3}).astype(np.int16)
+    edited = _edit(client, tilted, {"Smiling": 3})
     model_face = _edit(client, tilted, {"Smiling": 3}, detail="model")
-    reconstruction = _edit(client, tilted, {"Smiling": 0}, detail="model").astype(np.int16)
-    change = model_face.astype(np.int16) - reconstruction
-    assert np.abs(change).max() > 20  # the edit changes the face ...
-    unclipped = (own + change >= 0) & (own + change <= 255)
-    # ... and exactly that change lands on the photo's own face (where it stays within 0-255).
-    np.testing.assert_array_equal(edited[unclipped], (own + change)[unclipped])
-    assert unclipped.mean() > 0.5
+    reconstruction = _edit(client, tilted, {"Smiling": 0}, detail="model")
+    assert np.abs(model_face.astype(np.int16) - reconstruction).max() > 20  # the edit changes the face
+    np.testing.assert_array_equal(edited, keep_detail(own, reconstruction, model_face))
+
+
+def test_kept_detail_takes_small_changes_onto_the_photo_and_gives_way_to_large_ones() -> None:
+    side = 64
+    own = np.random.default_rng(0).integers(70, 131, (side, side, 3)).astype(np.uint8)  # the photo's texture
+    before = np.full((side, side, 3), 100, np.uint8)
+    after = before.copy()
+    after[:, : side // 3] += 40  # a large change on the left third
+    after[:, -side // 3 :] += 2  # a small one on the right third
+    result = keep_detail(own, before, after).astype(np.int16)
+    inner = slice(4, -4)
+    left, middle, right = (slice(4, side // 3 - 4), slice(side // 3 + 4, -side // 3 - 4), slice(-side // 3 + 4, -4))
+    assert np.all(result[inner, left] == 140)  # the model's edited face, not the photo's texture under it
+    np.testing.assert_array_equal(result[inner, middle], own[inner, middle])  # unchanged: the photo's own
+    assert np.abs(result[inner, right] - (own[inner, right].astype(np.int16) + 2)).max() <= 1  # the photo's, +2
+
+
+def test_detail_fade_follows_the_size_of_the_change() -> None:
+    side = 64
+    assert np.all(detail_fade(np.zeros((side, side, 3), np.float32)) == 0)  # nothing changes: all the photo's
+    assert np.all(detail_fade(np.full((side, side, 3), FADE_LEVELS, np.float32)) == 1)
+    ramp = np.repeat(np.linspace(0, 2 * FADE_LEVELS, side, dtype=np.float32)[np.newaxis, :, np.newaxis], side, 0)
+    fade = detail_fade(np.repeat(ramp, 3, axis=2) * np.where(np.arange(3) == 1, -1, 1))  # sign does not matter
+    row = fade[side // 2]
+    assert np.all(np.diff(row) >= 0) and row[0] == 0 and row[-1] == 1 and 0 < row[side // 4] < 1
 
 
 def test_output_photo_keeps_the_photo_outside_the_face(client: TestClient, tilted: PhonePhoto) -> None:
@@ -187,8 +208,9 @@ def test_output_photo_unedited_with_kept_detail_is_the_photo(client: TestClient,
     np.testing.assert_array_equal(_edit(client, tilted, {"Smiling": 0}, output="photo"), np.asarray(tilted.image()))
 
 
+@pytest.mark.parametrize("brighter", [0, 40])
 def test_kept_detail_adds_the_change_to_the_photo_s_own_pixels_where_the_face_is(
-    client: TestClient, tilted: PhonePhoto
+    client: TestClient, tilted: PhonePhoto, brighter: int
 ) -> None:
     framer: FaceFramer = client.app.state.model_state.framer
     photo = tilted.image()
@@ -196,20 +218,26 @@ def test_kept_detail_adds_the_change_to_the_photo_s_own_pixels_where_the_face_is
     size = alignment.size
     before = np.full((size, size, 3), 100, dtype=np.uint8)
     after = before.copy()
-    after[:, : size // 2] += 40  # the left half of the face square 40 grey levels brighter
-    change = add_change(photo, before, after, alignment).astype(np.int16) - np.asarray(photo)
-    # Where each photo pixel lies in the face square: the change must be +40 exactly over the left half of the
-    # blend's inner part (the step between halves is left out), 0 on the right half and beyond the blend's rim.
-    rows, columns = np.indices(change.shape[:2])
+    after[:, : size // 2] += brighter  # the left half of the face square brighter (or not at all)
+    result = add_change(photo, before, after, alignment).astype(np.int16)
+    # Where each photo pixel lies in the face square: over the left half of the blend's inner part (the step between
+    # halves left out) a change as large as 40 grey levels replaces the photo's pixels with the edited face (140);
+    # the right half, and everything beyond the blend's rim, stay the photo's own pixels, bit for bit.
+    rows, columns = np.indices(result.shape[:2])
     centres = np.stack([columns.ravel(), rows.ravel()], axis=1) + 0.5
-    x, y = (apply(alignment.matrix, centres) - size / 2).T.reshape(2, *change.shape[:2])
+    x, y = (apply(alignment.matrix, centres) - size / 2).T.reshape(2, *result.shape[:2])
     radius = ((np.abs(x) ** SHAPE + np.abs(y) ** SHAPE) ** (1 / SHAPE)) / (size / 2)  # 1 on the blend's rim
-    room = np.asarray(photo).max(axis=2) <= 255 - 40  # not clipped
-    left = (radius < 1 - FEATHER - 0.05) & (x < -2) & room
+    original = np.asarray(photo).astype(np.int16)
+    left = (radius < 1 - FEATHER - 0.05) & (x < -3)
     assert left.sum() > 2000
-    assert np.all(change[left] == 40)
-    assert np.all(change[(radius < 1 - FEATHER - 0.05) & (x > 2)] == 0)
-    assert np.all(change[radius > 1.05] == 0)  # beyond the blend: the photo's own pixels
+    if brighter:
+        assert np.all(result[left] == 100 + brighter)
+    else:
+        np.testing.assert_array_equal(result, original)
+    np.testing.assert_array_equal(
+        result[(radius < 1 - FEATHER - 0.05) & (x > 3)], original[(radius < 1 - FEATHER - 0.05) & (x > 3)]
+    )
+    np.testing.assert_array_equal(result[radius > 1.05], original[radius > 1.05])
 
 
 def test_output_photo_with_a_strip_is_422(client: TestClient, tilted: PhonePhoto) -> None:

@@ -3,7 +3,9 @@
 A /edit of a photo normally answers with the model's 64x64 face. Two options make it the person's photo instead:
 - `detail=keep` adds only what the edit changes, decode(z + delta) - decode(z), to the photo's own face, so hair,
   skin and eyes stay the photo's instead of the model's average (`keep_detail` for the face square; `add_change`
-  for the whole photo, where the change is added to the photo's own pixels at their own resolution);
+  for the whole photo, where the change is added to the photo's own pixels at their own resolution); where the
+  edit changes the face a lot, the photo's own detail there gives way to the model's edited face (`detail_fade`),
+  or both faces would show (a woman's eyes and make-up under a man's features);
 - `output=photo` returns the whole photo at its own resolution with the edit warped into place by the inverse of
   the alignment over a soft-edged rounded square (`add_change`, or `paste` for the model's face); every pixel
   outside it is the photo's own, and with `detail=keep` so is every pixel the edit does not change.
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
-from PIL import Image, ImageChops
+from PIL import Image, ImageChops, ImageFilter
 
 from service.core.alignment import Alignment
 
@@ -31,6 +33,12 @@ OVERLAY_SIDE = 512
 #: docs/benchmarks.md, "Photo edits per output mode").
 SHAPE = 4
 FEATHER = 0.15
+#: `detail_fade`: where an edit changes the face by FADE_LEVELS grey levels or more (mean over the channels, blurred
+#: over FADE_BLUR of the face's side), the model's edited face replaces the photo's own detail; below, the photo's
+#: detail fades smoothly in, and where nothing changes it is all the photo's. Chosen on phone photos by edit success,
+#: side effects against a random move and by eye (docs/benchmarks.md, "Photo edits per output mode").
+FADE_LEVELS = 24.0
+FADE_BLUR = 1.5 / 64
 
 
 class Output(StrEnum):
@@ -60,12 +68,25 @@ def resize_float(pixels: np.ndarray, side: int) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
+def detail_fade(change: np.ndarray) -> np.ndarray:
+    """float32 [s, s] in [0, 1]: how far the photo's own detail gives way to the model's edited face, from the
+    edit's change `after - before` (float32 [s, s, 3]): 0 where nothing changes, 1 from `FADE_LEVELS` on."""
+    levels = np.clip(np.rint(np.abs(change).mean(axis=2)), 0, 255).astype(np.uint8)
+    blurred = Image.fromarray(levels).filter(ImageFilter.GaussianBlur(FADE_BLUR * change.shape[0]))
+    ramp = np.clip(np.asarray(blurred, dtype=np.float32) / FADE_LEVELS, 0.0, 1.0)
+    return ramp * ramp * (3.0 - 2.0 * ramp)  # smoothstep: no visible edge where the photo's detail returns
+
+
 def keep_detail(own: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """The photo's own face `own` (uint8 [S, S, 3]) plus the model's change `after - before` (uint8 [s, s, 3])."""
+    """The photo's own face `own` (uint8 [S, S, 3]) plus the model's change `after - before` (uint8 [s, s, 3]),
+    the model's edited face instead where the change is large (`detail_fade`)."""
     change = after.astype(np.float32) - before.astype(np.float32)
+    fade = detail_fade(change)[..., np.newaxis]
+    edited = after.astype(np.float32)
     if change.shape[0] != own.shape[0]:
-        change = resize_float(change, own.shape[0])
-    return np.clip(np.rint(own.astype(np.float32) + change), 0, 255).astype(np.uint8)
+        change, fade, edited = (resize_float(v, own.shape[0]) for v in (change, fade, edited))
+    kept = own.astype(np.float32) + change
+    return np.clip(np.rint(kept + np.clip(fade, 0.0, 1.0) * (edited - kept)), 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -115,17 +136,22 @@ def _as_image(values: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
 
 
+def _blend_face(region: Image.Image, placement: _Placement, face: np.ndarray, weights: np.ndarray) -> None:
+    """`face` (uint8 [s, s, 3]) warped into `region` (the photo's pixels over `placement.box`) with `weights`
+    (float32 [side, side] in [0, 1], over the face square at `placement.side`) as its opacity."""
+    side = placement.side
+    enlarged = Image.fromarray(face).resize((side, side), Image.Resampling.BICUBIC)
+    region.paste(placement.draw(enlarged), (0, 0), placement.draw(_as_image(255 * weights)))
+
+
 def paste(photo: Image.Image, face: np.ndarray, alignment: Alignment) -> np.ndarray:
     """The photo (uint8 [H, W, 3]) with the model's `face` (uint8 [s, s, 3], the aligned square) warped into place
     and blended over the rounded square (`blend_mask`); pixels outside it are returned unchanged, bit for bit."""
     result = photo.convert("RGB")
     placement = _Placement.of(alignment, *result.size)
     if placement is not None:
-        side = placement.side
-        enlarged = Image.fromarray(face).resize((side, side), Image.Resampling.BICUBIC)
-        mask = _as_image(255 * blend_mask(side))
         region = result.crop(placement.box)
-        region.paste(placement.draw(enlarged), (0, 0), placement.draw(mask))
+        _blend_face(region, placement, face, blend_mask(placement.side))
         result.paste(region, placement.box[:2])
     return np.asarray(result)
 
@@ -133,13 +159,20 @@ def paste(photo: Image.Image, face: np.ndarray, alignment: Alignment) -> np.ndar
 def add_change(photo: Image.Image, before: np.ndarray, after: np.ndarray, alignment: Alignment) -> np.ndarray:
     """The photo (uint8 [H, W, 3]) plus the model's change `after - before` (uint8 [s, s, 3], decoded aligned
     squares), warped into place and faded out towards the rounded square's rim: each pixel is the photo's own plus
-    the change there, so where nothing changes, inside the blend too, the photo comes back bit for bit."""
+    the change there, the model's edited face instead where the change is large (`detail_fade`), so where nothing
+    changes, inside the blend too, the photo comes back bit for bit."""
     result = photo.convert("RGB")
     placement = _Placement.of(alignment, *result.size)
     if placement is not None:
-        change = resize_float(after.astype(np.float32) - before.astype(np.float32), placement.side)
-        change *= blend_mask(placement.side)[..., np.newaxis]
+        side = placement.side
+        change = after.astype(np.float32) - before.astype(np.float32)
+        fade = np.clip(resize_float(detail_fade(change)[..., np.newaxis], side)[..., 0], 0.0, 1.0)
+        mask = blend_mask(side)
         region = result.crop(placement.box)
+        # photo + mask * change + mask * fade * (after - photo - change): the edited face laid over where the
+        # change is large, then the rest of the change added.
+        _blend_face(region, placement, after, mask * fade)
+        change = resize_float(change, side) * (mask * (1.0 - fade))[..., np.newaxis]
         # Pillow adds and subtracts uint8 images with clipping, so the signed change goes on as its two parts.
         for part, apply_part in ((change, ImageChops.add), (-change, ImageChops.subtract)):
             region = apply_part(region, placement.draw(_as_image(part)))
