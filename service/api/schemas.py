@@ -170,7 +170,8 @@ class EditParams(ImageOptions, FramingParams):
     detail: Detail = Field(
         Detail.KEEP,
         description="A photo edit: keep adds only the edit's change, decode(z + delta) - decode(z), to the photo's "
-        "own face, so hair, skin and eyes stay the person's; model shows the model's own decoding of the face.",
+        "own face, so hair, skin and eyes stay the person's (the model's edited face where the change is large); model "
+        "shows the model's own decoding of the face.",
     )
 
     @model_validator(mode="after")
