@@ -163,23 +163,48 @@ def test_target_multipliers_rise_while_an_attribute_falls_short_and_fall_while_i
 
 def test_firmly_kept_edits_get_their_own_keep_weight_and_unknown_names_are_refused() -> None:
     config = EditConfig(attributes=("Smiling", "Chubby", "Mustache"), keep_weight=8)
-    assert config.attribute_keep_weights() == [FIRM_KEEP, 8.0, FIRM_KEEP]
+    assert config.attribute_keep_weights() == [FIRM_KEEP["Smiling"], 8.0, FIRM_KEEP["Mustache"]]
     assert EditConfig(attributes=("Chubby",)).keep_weight_by_attribute == {}  # `--set attributes=...` still works
     with pytest.raises(ValidationError, match="Smilng"):
         EditConfig(attributes=("Chubby",), keep_weight_by_attribute={"Smilng": 3})
+    with pytest.raises(ValidationError, match="verdict_keep names attributes the editor does not learn"):
+        EditConfig(attributes=("Chubby",), verdict_keep=("Male",))
+
+
+def _keep_trainer(config: EditConfig, kept: np.ndarray) -> SimpleNamespace:
+    return SimpleNamespace(
+        config=config,
+        kept=tf.constant(kept),
+        keep_loss_weights=tf.constant(config.attribute_keep_weights()),
+        verdict_kept=tf.constant([name in config.verdict_keep for name in config.attributes]),
+    )
 
 
 def test_the_keep_loss_weighs_each_face_by_its_edited_attributes_keep_weight() -> None:
     config = EditConfig(attributes=("Smiling", "Chubby"), keep_weight=8)  # Smiling firmly kept
     kept = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], np.float32)  # [K, A]: Chubby keeps only column 0
-    trainer = SimpleNamespace(kept=tf.constant(kept), keep_loss_weights=tf.constant(config.attribute_keep_weights()))
     logits0 = tf.zeros([2, 3])
     logits1 = tf.constant([[5.0, 2.0, 2.0], [2.0, 5.0, 5.0]])  # each face moves its kept columns alike
-    reported, trained = EditTrainer._keep(trainer, tf.constant([0, 1]), logits0, logits1)
+    reported, trained = EditTrainer._keep(_keep_trainer(config, kept), tf.constant([0, 1]), logits0, logits1)
     p1 = 1.0 / (1.0 + np.exp(-2.0))
     moved = 0.5 * np.log(0.5 / p1) + 0.5 * np.log(0.5 / (1.0 - p1))  # KL(Bernoulli(0.5) || Bernoulli(p1)), each face
     assert float(reported) == pytest.approx(moved, rel=1e-5)
-    assert float(trained) == pytest.approx((FIRM_KEEP + 8.0) / 2 * moved, rel=1e-5)
+    assert float(trained) == pytest.approx((FIRM_KEEP["Smiling"] + 8.0) / 2 * moved, rel=1e-5)
+
+
+def test_the_verdict_keep_counts_only_logits_that_come_closer_to_the_other_verdict() -> None:
+    config = EditConfig(
+        attributes=("Smiling", "Chubby"), keep_weight=1, keep_weight_by_attribute={}, verdict_keep=("Smiling",)
+    )
+    kept = np.ones((2, 4), np.float32)
+    logits0 = tf.constant([[3.0, 3.0, -0.5, -2.0]] * 2)
+    # Further from the boundary, towards it but still a margin away, 0.25 closer than it was, across by 1.
+    logits1 = tf.constant([[6.0, 1.5, -0.25, 1.0]] * 2)
+    reported, _ = EditTrainer._keep(_keep_trainer(config, kept), tf.constant([0, 1]), logits0, logits1)
+    crossing = (0.0 + 0.0 + 0.25 + 2.0) / 4  # Smiling's face: how far inside the margin (or its own distance)
+    p0, p1 = (1.0 / (1.0 + np.exp(-np.array(v))) for v in ([3.0, 3.0, -0.5, -2.0], [6.0, 1.5, -0.25, 1.0]))
+    kl = np.mean(p0 * np.log(p0 / p1) + (1 - p0) * np.log((1 - p0) / (1 - p1)))  # Chubby's face: every move counts
+    assert float(reported) == pytest.approx((crossing + kl) / 2, rel=1e-5)
 
 
 def test_the_perceptual_loss_is_the_distance_the_benchmark_measures() -> None:

@@ -21,10 +21,13 @@ random strength, with six named losses:
   judges `success_goal` of the edits of at least `goal_strength` done: each attribute gets the least pull that
   still makes +2 a clear edit and leaves the rest of the move to keeping the others (one weight for all traded
   one attribute's success for another's side effects);
-- `keep`: every other attribute's verdict stays (Bernoulli KL from the unedited face's probabilities), weighted by
-  how independent the two attributes are in the labels (`keep_weights`), so an edit may move what goes with it,
-  and more firmly for the edits whose +2 still shows under a firm keep (`EditConfig.keep_weight_by_attribute`,
-  by default `FIRM_KEEP` for `FIRMLY_KEPT`; a firm keep everywhere costs Male and Chubby their success);
+- `keep`: every other attribute's verdict stays (Bernoulli KL from the unedited face's probabilities; for the
+  edits of `EditConfig.verdict_keep`, by default none, a hinge that only stops a guide logit from coming closer to
+  the other verdict than `keep_margin`, or than it was, and leaves the probabilities that do not cross free),
+  weighted by how independent the two attributes are in the labels (`keep_weights`), so an edit may move
+  what goes with it, and more firmly for the edits whose +2 still shows under a firm keep
+  (`EditConfig.keep_weight_by_attribute`, by default `FIRM_KEEP`; a firm keep everywhere costs Male and Chubby
+  their success);
 - `identity`: the guide's penultimate features stay (the person);
 - `perceptual`: the edited face stays close to the unedited one in the guide's first three ReLU layers (LPIPS's
   distance without learned weights, the layers the VAE's perceptual loss compares): of the directions that make the
@@ -176,6 +179,7 @@ class EditTrainer(keras.Model):
         self.kept = tf.constant(kept, tf.float32)  # [K, A] keep weights, 0 on the edited column
         attributes = len(config.attributes)
         self.keep_loss_weights = tf.constant(config.attribute_keep_weights(), tf.float32)  # [K] per edited attribute
+        self.verdict_kept = tf.constant([name in config.verdict_keep for name in config.attributes])  # [K]
         self.multipliers = tf.Variable(tf.fill([attributes], config.target_weight), trainable=False)
         self.success = tf.Variable(tf.fill([attributes], config.success_goal), trainable=False)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSSES}
@@ -225,14 +229,18 @@ class EditTrainer(keras.Model):
         return tf.reduce_sum(done) / tf.maximum(tf.reduce_sum(clear), 1.0)
 
     def _keep(self, chosen: tf.Tensor, logits0: tf.Tensor, logits1: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """How far the other attributes' verdicts moved (Bernoulli KL, weighted by how independent each is of the
-        edited one), as reported and as trained: each face's times its edited attribute's keep weight."""
+        """How far the other attributes' verdicts moved (Bernoulli KL; for edits of `verdict_keep`, how far each
+        guide logit came closer to the other verdict than `keep_margin` or than it was), weighted by how independent
+        each is of the edited one, as reported and as trained: each face's times its edited attribute's keep
+        weight."""
         p0 = tf.sigmoid(logits0)
         kl = p0 * (tf.math.log_sigmoid(logits0) - tf.math.log_sigmoid(logits1)) + (1 - p0) * (
             tf.math.log_sigmoid(-logits0) - tf.math.log_sigmoid(-logits1)
         )
+        crossing = tf.nn.relu(tf.minimum(self.config.keep_margin, tf.abs(logits0)) - tf.sign(logits0) * logits1)
+        terms = tf.where(tf.gather(self.verdict_kept, chosen)[:, None], crossing, kl)
         weights = tf.gather(self.kept, chosen)
-        moved = tf.reduce_sum(weights * kl, axis=1) / tf.reduce_sum(weights, axis=1)  # [B]
+        moved = tf.reduce_sum(weights * terms, axis=1) / tf.reduce_sum(weights, axis=1)  # [B]
         return tf.reduce_mean(moved), tf.reduce_mean(tf.gather(self.keep_loss_weights, chosen) * moved)
 
     def _perceptual(self, faces0: tf.Tensor, faces1: tf.Tensor) -> tf.Tensor:
