@@ -88,6 +88,7 @@ from service.core.runtime import REFINE_STEPS, FaceModel, SamplingMode
 from service.core.sessions import open_session
 from training.card import EDIT_ATTRIBUTES, grid, sharpness
 from training.classifier import (
+    PERCEPTUAL_LAYERS,
     AttributeClassifier,
     ClassifierConfig,
     default_out,
@@ -113,9 +114,6 @@ OLD_BUNDLE_PATH = "models/celeba-64"
 OLD_BUNDLE_FILES = (MANIFEST_FILE, ENCODER_FILE, DECODER_FILE, LATENT_STATS_FILE, ATTRIBUTES_FILE)
 #: (attribute, strength, attribute kept, label of the faces edited: -1 = faces without the kept attribute).
 CONDITIONAL_EDITS = (("Mustache", 2.0, "Male", -1),)
-#: The judge's layers the perceptual distance compares: its first three ReLU activations, like the VAE's perceptual
-#: loss in its own face network (`training.model.feature_extractor`).
-PERCEPTUAL_LAYERS = 3
 #: The aligned faces' inner face, rows then columns as fractions of the picture: brows to chin, cheek to cheek.
 INNER_FACE = ((0.25, 0.875), (0.25, 0.75))
 #: The model's quality targets, shown next to the measurements.

@@ -143,6 +143,9 @@ def relu_outputs(network: keras.Model, count: int) -> list[keras.KerasTensor]:
     return outputs
 
 
+#: The face network's layers a perceptual loss or distance compares: its first three ReLU activations (the VAE's
+#: perceptual loss, the editor's perceptual keep and the benchmark's person-kept distance all use these).
+PERCEPTUAL_LAYERS = 3
 #: The whole picture, rows then columns as fractions of its height and width.
 WHOLE_PICTURE = ((0.0, 1.0), (0.0, 1.0))
 

@@ -74,7 +74,14 @@ from service.core.bundle import (
 )
 from service.core.runtime import FaceModel
 from service.core.sessions import open_session
-from training.classifier import AttributeClassifier, ClassifierConfig, fit_classifier, perceptual_distance, relu_outputs
+from training.classifier import (
+    PERCEPTUAL_LAYERS,
+    AttributeClassifier,
+    ClassifierConfig,
+    fit_classifier,
+    perceptual_distance,
+    relu_outputs,
+)
 from training.config import EditConfig, TrainConfig
 from training.export import PARITY_BATCHES, PARITY_TOLERANCE, ParityError, keras_to_onnx
 from training.onnx_tf import OnnxFunction
@@ -128,8 +135,6 @@ def build_editor(moves: np.ndarray, correction: keras.Model, length_scales: np.n
 #: Reported per step: the weighted sum, the six named losses, the share of edits whose target logit moved far
 #: enough, and the share of edits of at least goal_strength the guide judges done.
 LOSSES = ("loss", "target", "keep", "identity", "perceptual", "turn", "density", "reached", "clear")
-#: The guide's layers the perceptual loss compares.
-PERCEPTUAL_LAYERS = 3
 #: Largest shift, in pixels either way, of the edited face the guide sees.
 JITTER_SHIFT = 2
 #: How fast each attribute's running success (the multipliers' signal) follows a step's.

@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from service.core.bundle import DECODER_INPUT, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUTS
-from training.classifier import FEATURES_LAYER, relu_outputs
+from training.classifier import FEATURES_LAYER, PERCEPTUAL_LAYERS, relu_outputs
 
 
 def conv_block(
@@ -133,7 +133,7 @@ def _global_energy(activations: tf.Tensor) -> tf.Tensor:
     return ops.stop_gradient(energy / count)
 
 
-def feature_extractor(network: keras.Model, count: int = 3, semantic: bool = False) -> keras.Model:
+def feature_extractor(network: keras.Model, count: int = PERCEPTUAL_LAYERS, semantic: bool = False) -> keras.Model:
     """A trained face network's first `count` ReLU activations (the perceptual loss's feature space), and with
     `semantic` its `features` layer last (the semantic loss's; left out otherwise, so the default does not pay for
     the network's deeper layers), frozen."""
