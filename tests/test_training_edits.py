@@ -24,6 +24,7 @@ from training.edits import (
     calibrate_lengths,
     calibration_rows,
     keep_weights,
+    shortest_near_best,
 )
 
 
@@ -94,6 +95,16 @@ def test_calibration_lengthens_only_as_far_as_the_held_out_classifier_needs_and_
     scales, seen = calibrate(judge, config)  # type: ignore[arg-type]
     np.testing.assert_array_equal(scales, [1.5, 1.0])
     assert seen["Chubby"] == {}
+
+
+def test_where_no_length_is_clear_calibration_takes_the_shortest_as_good_as_the_best() -> None:
+    # 400 faces: one standard error at 0.988 is 0.0054, so 0.983 counts as the best and 0.975 does not.
+    near_goal = {"1.0": 0.955, "1.25": 0.975, "1.5": 0.981, "1.75": 0.983, "2.0": 0.988}
+    assert shortest_near_best(near_goal, 400, shown_goal=0.9) == 1.75
+    assert shortest_near_best(near_goal, 40, shown_goal=0.9) == 1.25  # fewer faces, a wider error
+    # An edit that does not show at any length is not lengthened, nor one that peaks early and falls.
+    assert shortest_near_best({"1.0": 0.302, "1.5": 0.443, "2.0": 0.393}, 400, shown_goal=0.9) == 1.0
+    assert shortest_near_best({"1.0": 0.95, "1.5": 0.93}, 400, shown_goal=0.9) == 1.0
 
 
 def test_calibration_keeps_to_the_sexes_in_which_the_attribute_occurs() -> None:

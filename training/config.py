@@ -142,6 +142,13 @@ class EditConfig(BaseModel):
     clear_goal: float = Field(
         0.99, gt=0, le=1, description="share of goal_strength edits the held-out classifier must see done"
     )
+    shown_goal: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="where no length reaches clear_goal but one reaches this, the shortest within one standard error "
+        "of the best (the edit shows; a cliff to length 1 at clear_goal would only follow the held-out noise)",
+    )
     length_scales: tuple[PositiveFloat, ...] = Field(
         (1.0, 1.25, 1.5, 1.75, 2.0), min_length=1, description="lengthenings tried, in order, until clear_goal holds"
     )

@@ -353,10 +353,12 @@ def calibrate_lengths(
     config: EditConfig,
 ) -> tuple[np.ndarray, dict[str, dict[str, float]]]:
     """Per edited attribute, the first of `config.length_scales` at which a classifier the editor was not trained
-    against sees the attribute on `clear_goal` of the +`goal_strength` edits of its `calibration_rows` (1 where
-    none does: a longer move that still does not show buys only side effects). Lengthening a one-attribute edit
-    keeps its direction, so each scale is the editor's move times the scale. Returns the scales [K] and, per
-    attribute, the held-out success at each scale tried."""
+    against sees the attribute on `clear_goal` of the +`goal_strength` edits of its `calibration_rows`. Where none
+    does but the best reaches `shown_goal`, the shortest within one binomial standard error of the best (a longer
+    move that the held-out classifier cannot tell apart buys only side effects); where not even that, 1 (the edit
+    does not show, and lengthening it would not make it). Lengthening a one-attribute edit keeps its direction, so
+    each scale is the editor's move times the scale. Returns the scales [K] and, per attribute, the held-out
+    success at each scale tried."""
     scales, seen = np.ones(len(config.attributes), np.float32), {}
     for k, name in enumerate(config.attributes):
         z = codes[calibration_rows(labels, attribute_names, name, config)]
@@ -375,8 +377,20 @@ def calibrate_lengths(
             if success >= config.clear_goal:
                 scales[k] = scale
                 break
+        else:
+            scales[k] = shortest_near_best(seen[name], len(z), config.shown_goal)
         log.info("%s: held-out success at +%g per length %s: %g", name, config.goal_strength, seen[name], scales[k])
     return scales, seen
+
+
+def shortest_near_best(success_by_scale: dict[str, float], faces: int, shown_goal: float) -> float:
+    """The shortest scale whose success is within one binomial standard error (over `faces`) of the best, if the
+    best reaches `shown_goal`; else 1."""
+    best = max(success_by_scale.values())
+    if best < shown_goal:
+        return 1.0
+    error = np.sqrt(best * (1.0 - best) / faces)
+    return min(float(scale) for scale, success in success_by_scale.items() if success >= best - error)
 
 
 def train_editor(
