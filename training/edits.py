@@ -22,8 +22,9 @@ random strength, with six named losses:
   still makes +2 a clear edit and leaves the rest of the move to keeping the others (one weight for all traded
   one attribute's success for another's side effects);
 - `keep`: every other attribute's verdict stays (Bernoulli KL from the unedited face's probabilities; for the
-  edits of `EditConfig.verdict_keep`, by default none, a hinge that only stops a guide logit from coming closer to
-  the other verdict than `keep_margin`, or than it was, and leaves the probabilities that do not cross free),
+  edits of `EditConfig.verdict_keep`, by default `VERDICT_KEEP` (Smiling, Male), a hinge that only stops a guide
+  logit from coming closer to the other verdict than `keep_margin`, or than it was, and leaves the probabilities
+  that do not cross free),
   weighted by how independent the two attributes are in the labels (`keep_weights`), so an edit may move
   what goes with it, and more firmly for the edits whose +2 still shows under a firm keep
   (`EditConfig.keep_weight_by_attribute`, by default `FIRM_KEEP`; a firm keep everywhere costs Male and Chubby
