@@ -89,6 +89,7 @@ from service.core.sessions import open_session
 from training.card import EDIT_ATTRIBUTES, grid, sharpness
 from training.classifier import (
     PERCEPTUAL_LAYERS,
+    UPPER_LIP,
     AttributeClassifier,
     ClassifierConfig,
     default_out,
@@ -278,6 +279,27 @@ def classifier_section(classifier: AttributeClassifier, attributes: Sequence[str
             "blur_sigma": getattr(config, "blur_sigma", None),
             "noise_std": getattr(config, "noise_std", 0.0),
         },
+    }
+
+
+def upper_lip_section(judge_: AttributeClassifier, data: PreparedData) -> dict[str, Any]:
+    """The upper-lip judge's validation figures (among men, as it learnt) and how often it sees a moustache on the
+    real validation women, none of whom has one in the labels."""
+    assert data.labels is not None
+    names = data.dataset.attribute_names
+    (name,) = judge_.attributes
+    women = data.val[data.labels[data.val, names.index("Male")] < 0]
+    probabilities, _ = judge_.predict(data.images[women])
+    return {
+        "attribute": name,
+        "region": judge_.config.region,
+        "among": judge_.config.among,
+        "validation_auc": judge_.report["validation_auc"][name],
+        "validation_at_half": judge_.report["validation_at_half"][name],
+        "train": judge_.report["train"],
+        "validation": judge_.report["validation"],
+        "real_women": len(women),
+        "real_women_shown": float(np.mean(probabilities[:, 0] >= THRESHOLD)),
     }
 
 
@@ -482,6 +504,7 @@ class EditJudging:
     attributes: Sequence[str]
     max_faces: int
     unrelated: Mapping[str, list[int]]
+    upper_lip: AttributeClassifier | None = None  # the moustache's own judge (`UPPER_LIP`), where there is one
 
 
 def edits(subject: Subject, model: FaceModel, judging: EditJudging, per_column: bool = False) -> dict[str, Any]:
@@ -555,7 +578,9 @@ def edits(subject: Subject, model: FaceModel, judging: EditJudging, per_column: 
 
 
 def conditional_edits(subject: Subject, model: FaceModel, judging: EditJudging) -> list[dict[str, Any]]:
-    """CONDITIONAL_EDITS with and without `keep`: success, how often the kept verdict flips, side effects."""
+    """CONDITIONAL_EDITS with and without `keep`: success, how often the kept verdict flips, side effects; for a
+    moustache, with the upper-lip judge as well (`upper_lip`: share of the edited faces, of the unedited ones and of
+    a random move as long judged to have one)."""
     classifier, max_faces, unrelated = judging.classifier, judging.max_faces, judging.unrelated
     data = subject.data
     assert data.labels is not None
@@ -582,20 +607,36 @@ def conditional_edits(subject: Subject, model: FaceModel, judging: EditJudging) 
                 unrelated[name],
                 keep,
             )
-            rows.append(
-                {
-                    "edit": f"{name} {strength:+g}",
-                    "faces": f"{'without' if kept_label < 0 else 'with'} {kept}",
-                    "count": len(chosen),
-                    "keep": list(keep),
-                    "success": effect["success"],
-                    "kept_changed": float(effect["changed"][classifier.column(kept)]),
-                    "side_effects": effect["side_effects"],
-                    "side_ratio": effect["side_ratio"],
-                    "drift": effect["drift"],
-                }
-            )
+            row = {
+                "edit": f"{name} {strength:+g}",
+                "faces": f"{'without' if kept_label < 0 else 'with'} {kept}",
+                "count": len(chosen),
+                "keep": list(keep),
+                "success": effect["success"],
+                "kept_changed": float(effect["changed"][classifier.column(kept)]),
+                "side_effects": effect["side_effects"],
+                "side_ratio": effect["side_ratio"],
+                "drift": effect["drift"],
+            }
+            if judging.upper_lip is not None and name in judging.upper_lip.attributes:
+                edited = model.edit_codes(z, {name: strength}, keep)
+                seed = classifier.column(name)
+                row["upper_lip"] = upper_lip_verdicts(model, judging.upper_lip, name, z, edited, seed)
+            rows.append(row)
     return rows
+
+
+def upper_lip_verdicts(
+    model: FaceModel, judge_: AttributeClassifier, name: str, z: np.ndarray, edited: np.ndarray, seed: int
+) -> dict[str, float]:
+    """The share of faces the upper-lip judge sees `name` on: the `edited` codes, the unedited ones `z`, and a random
+    move as long from each (`random_moves` with `seed`: `edit_effect`'s floor uses the main judge's column)."""
+    moved = z + random_moves(model, np.linalg.norm(edited - z, axis=1), seed)
+    shown = {}
+    for key, codes in (("edited", edited), ("unedited", z), ("random_move", moved)):
+        probabilities, _ = judge_.predict(batched(model.decode, codes))
+        shown[key] = float(np.mean(probabilities[:, judge_.column(name)] >= THRESHOLD))
+    return shown
 
 
 def directions(subject: Subject, judging: EditJudging) -> dict[str, Any]:
@@ -651,6 +692,7 @@ def quality_table(section: Mapping[str, Any]) -> dict[str, Any]:
         "person_perceptual_plus2": {name: v.get("person_perceptual") if v else None for name, v in adds.items()},
         "person_inner_face_plus2": {name: v.get("person_inner_face") if v else None for name, v in adds.items()},
         "conditional_kept": [kept[0]["success"], 1 - kept[0]["kept_changed"]] if kept else None,
+        "conditional_upper_lip": kept[0].get("upper_lip") if kept else None,
         "drift_plus2": float(np.mean([v["drift"] for v in adds.values() if v])) if adds else None,
         "mse": rec["mse"],
     }
@@ -752,6 +794,16 @@ def side_by_side(report: dict[str, Any]) -> Table:
                 for i in summaries
             ),
             " / ".join(f"≥ {100 * t:.0f} %" for t in TARGETS["conditional"]),
+        ],
+        [
+            "the same, moustache shown to the upper-lip judge (unedited faces; a random move as long)",
+            *(
+                "{} ({}; {})".format(*(pct(shown[key]) for key in ("edited", "unedited", "random_move")))
+                if (shown := i.get("conditional_upper_lip"))
+                else None
+                for i in summaries
+            ),
+            f"≥ {100 * TARGETS['conditional'][0]:.0f} %",
         ],
         ["identity drift at +2 (mean abs. Δpixel, 0-255)", *(fmt(i["drift_plus2"], 1) for i in summaries), None],
         ["validation reconstruction MSE", *(fmt(i["mse"], 5) for i in summaries), "≤ 0.0105"],
@@ -1118,6 +1170,22 @@ def load_classifier(args: argparse.Namespace, config: TrainConfig) -> AttributeC
     return AttributeClassifier.load(folder)
 
 
+def load_upper_lip_judge(args: argparse.Namespace, config: TrainConfig) -> AttributeClassifier | None:
+    """The moustache's upper-lip judge (`UPPER_LIP`), trained first with --train-classifier; None where there is
+    none (the upper-lip figures are left out)."""
+    folder = args.upper_lip_judge or default_out(config.image_size, upper_lip=True)
+    if (folder / "classifier.json").is_file():
+        return AttributeClassifier.load(folder)
+    if args.train_classifier:
+        settings = ClassifierConfig.framing_like(config, args.classifier_max_images, **UPPER_LIP)
+        return train_classifier(settings, args.data, folder, args.cache_dir)
+    print(
+        f"no upper-lip judge in {folder}; its figures are left out (train it with: python -m training.classifier "
+        f"--data {args.data} --image-size {config.image_size} --upper-lip --out {folder})"
+    )
+    return None
+
+
 def check_classifier(classifier: AttributeClassifier, config: TrainConfig, label: str) -> None:
     judged = classifier.config
     ours, theirs = (
@@ -1146,7 +1214,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--old-bundle-rev", action="append", default=[], help="git revision of a format-1 bundle")
     parser.add_argument("--old-bundle-path", default=OLD_BUNDLE_PATH, help="its folder in git (default: %(default)s)")
     parser.add_argument("--classifier", type=Path, help="classifier folder (default: runs/classifier-<image size>)")
-    parser.add_argument("--train-classifier", action="store_true", help="train the classifier first if it is missing")
+    parser.add_argument(
+        "--upper-lip-judge", type=Path, help="the moustache's judge (default: runs/classifier-<image size>-upper-lip)"
+    )
+    parser.add_argument(
+        "--train-classifier", action="store_true", help="train the classifier (and the upper-lip judge) if missing"
+    )
     parser.add_argument("--classifier-epochs", type=int, help="epochs when training it (default: the module's)")
     parser.add_argument("--classifier-max-images", type=int, help="images when training it (default: all)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CelebA-layout folder (default: %(default)s)")
@@ -1210,11 +1283,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit("nothing to measure: pass --model and/or --old-bundle-rev")
 
         classifier = load_classifier(args, configs[0][1])
+        upper_lip = load_upper_lip_judge(args, configs[0][1])
         for label, config in configs:
-            check_classifier(classifier, config, label)
+            for judge_ in (classifier, upper_lip):
+                if judge_ is not None:
+                    check_classifier(judge_, config, label)
         report: dict[str, Any] = {
             "machine": machine(),
             "classifier": classifier_section(classifier, args.attributes),
+            "upper_lip_judge": upper_lip_section(upper_lip, subjects[0].data) if upper_lip is not None else None,
             "refine_steps": args.refine_steps,
             "threshold": THRESHOLD,
             "unrelated_phi": UNRELATED_PHI,
@@ -1250,7 +1327,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 subject, classifier, real, args.samples, args.repeats, args.temperatures, args.seed
             )
             print("  edits")
-            judging = EditJudging(classifier, args.attributes, args.edit_faces, unrelated)
+            judging = EditJudging(classifier, args.attributes, args.edit_faces, unrelated, upper_lip)
             section["edits"] = edits(subject, subject.model, judging)
             section["conditional"] = conditional_edits(subject, subject.model, judging)
             if subject.model.editor is not None:
