@@ -85,6 +85,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     model = FaceModel.load(args.model, threads=0, max_batch=16, max_strength=5)
     framer = FaceFramer(model.bundle.preprocess)
     judge = AttributeClassifier.load(args.classifier or default_out(model.image_size))
+    lip_folder = args.upper_lip_judge or default_out(model.image_size, upper_lip=True)
+    upper_lip = AttributeClassifier.load(lip_folder) if (lip_folder / "classifier.json").is_file() else None
     config = TrainConfig.from_manifest(model.bundle.manifest.training)
     data = prepare_data(config, args.data, DEFAULT_CACHE, skip_bad=False)
     assert data.labels is not None
@@ -145,7 +147,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         },
         "latency_ms": timing,
         "figure": str(figure),
-        "learned_vs_vectors": learned_vs_vectors(model, framer, judge, data, args),
+        "learned_vs_vectors": learned_vs_vectors(model, framer, judge, upper_lip, data, args),
     }
 
 
@@ -180,11 +182,18 @@ def photo_grid(model: FaceModel, framer: FaceFramer, data: Any, attributes: Sequ
 
 
 def learned_vs_vectors(
-    model: FaceModel, framer: FaceFramer, judge: AttributeClassifier, data: Any, args: argparse.Namespace
+    model: FaceModel,
+    framer: FaceFramer,
+    judge: AttributeClassifier,
+    upper_lip: AttributeClassifier | None,
+    data: Any,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     """The default photo edit (output=face, detail=keep) at +2 by the bundle's editor and by the attribute vectors
     alone, on the same phone photos: success, side effects (unrelated verdicts changed against the unedited output)
-    and the same for a random move as long as each edit (`bench_quality.random_moves`), and their ratio."""
+    and the same for a random move as long as each edit (`bench_quality.random_moves`), and their ratio; for the
+    `upper_lip` judge's attribute (the moustache), its success on the women's photos too, and how often it saw one
+    on their unedited output."""
     if model.editor is None:
         return {}
     names = data.dataset.attribute_names
@@ -200,12 +209,17 @@ def learned_vs_vectors(
     editors = {"learned": model, "vectors": model.without_editor()}
     counts = {(v, a): np.zeros(3) for v in editors for a in args.attributes}  # success, side, random side
     faces = dict.fromkeys(args.attributes, 0)
+    lip_name = upper_lip.attributes[0] if upper_lip is not None else None
+    on_women = {v: np.zeros(2) for v in editors}  # the upper-lip judge: edited, unedited
+    women = 0
     for count, index, photo, framed in framed_photos(framer, data, args.photos):
         z = model.encode_pixels(framed.pixels[np.newaxis]).code
         before = model.decode(z)[0]
         lacking = [a for a in args.attributes if data.labels[index, names.index(a)] < 0]
         for a in lacking:
             faces[a] += 1
+        lip_judged = upper_lip is not None and lip_name in lacking and data.labels[index, names.index("Male")] < 0
+        women += lip_judged
         for variant, editing in editors.items():
             codes = np.concatenate([editing.edit_codes(z, {a: STRENGTH}) for a in lacking])
             moved = z + quality.random_moves(model, np.linalg.norm(codes - z, axis=1), count)
@@ -220,6 +234,8 @@ def learned_vs_vectors(
                     np.mean(edited[i, columns] != verdicts[0, columns]),
                     np.mean(random[i, columns] != verdicts[0, columns]),
                 ]
+            if lip_judged:
+                on_women[variant] += upper_lip.predict(outputs[[1 + lacking.index(lip_name), 0]])[0][:, 0] >= 0.5
     rows = {}
     for (variant, a), (success, side, random_side) in counts.items():
         n = max(faces[a], 1)
@@ -230,6 +246,13 @@ def learned_vs_vectors(
             "random_side_effects": random_side / n,
             "side_ratio": quality.ratio(side, random_side),
         }
+        if a == lip_name and women:
+            edited_women, unedited_women = on_women[variant] / women
+            rows[variant][a] |= {
+                "women": women,
+                "upper_lip_women": edited_women,
+                "upper_lip_women_unedited": unedited_women,
+            }
     return rows
 
 
@@ -265,14 +288,20 @@ def strips(rows: Sequence[Sequence[np.ndarray]], figures: Path) -> Path:
 def comparison_table(compared: dict[str, Any], attributes: Sequence[str]) -> Table:
     def cell(row: dict[str, Any]) -> str:
         side, floor = fmt(row["side_effects"], 3), fmt(row["random_side_effects"], 3)
-        return f"{fmt(row['success'], 2)} / {fmt(row['side_ratio'], 2)} ({side}, {floor})"
+        shown = f"{fmt(row['success'], 2)} / {fmt(row['side_ratio'], 2)} ({side}, {floor})"
+        if "upper_lip_women" in row:
+            edited, unedited = fmt(row["upper_lip_women"], 2), fmt(row["upper_lip_women_unedited"], 2)
+            shown += f"; on women, to the upper-lip judge {edited} (unedited {unedited})"
+        return shown
 
     return Table(
         "Phone photos, output=face, detail=keep, +2: learned editor against the attribute vectors alone",
         ["attribute", *(f"{variant}: success / side ÷ random (side, random)" for variant in compared)],
         [[a, *(cell(compared[v][a]) for v in compared)] for a in attributes],
         "Side effects: unrelated verdicts (|phi| < 0.2) changed against the unedited output; random: the same "
-        "for a random move as long as each face's edit, composited the same way.",
+        "for a random move as long as each face's edit, composited the same way. The upper-lip judge: "
+        "training/classifier.py's UPPER_LIP, on the photos of women (no woman in CelebA has a moustache, so the "
+        "whole-face judge calls one only on a face turned male).",
     )
 
 
@@ -311,6 +340,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path(DEFAULT_MODEL), help="bundle (default: %(default)s)")
     parser.add_argument("--classifier", type=Path, help="judge folder (default: runs/classifier-<image size>)")
+    parser.add_argument(
+        "--upper-lip-judge",
+        type=Path,
+        help="the moustache's judge, used where present (default: runs/classifier-<image size>-upper-lip)",
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CelebA-layout folder (default: %(default)s)")
     parser.add_argument("--photos", type=int, default=200, help="validation faces to photograph (default: 200)")
     parser.add_argument("--attributes", nargs="+", default=list(EDIT_ATTRIBUTES))
