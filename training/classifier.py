@@ -8,7 +8,8 @@ embedding the benchmark's Fréchet distance is measured in: a face-specific stan
 
 writes `runs/classifier-64/` (`classifier.weights.h5` + `classifier.json`: settings, attribute names, per-attribute
 validation AUC). Weights (HDF5) and JSON only, no Python object serialisation: `AttributeClassifier.load`
-rebuilds the network from the JSON.
+rebuilds the network from the JSON. With `--upper-lip` it trains the moustache's own judge instead (`UPPER_LIP`: a
+`region` of the face, learnt `among` men) into `runs/classifier-64-upper-lip/`.
 """
 
 from __future__ import annotations
