@@ -35,6 +35,9 @@ The quality table, per bundle:
    them; and identity drift, the mean absolute pixel difference (0-255). For scale, the perceptual distance
    between two different people's unedited faces (`different_people`).
 8. Validation reconstruction MSE per pixel and channel on the [0, 1] scale (the manifest's measure).
+9. Mustache +2 on women with keep=["Male"] and without: the moustache as the upper-lip judge sees it
+   (training/classifier.py's UPPER_LIP, learnt among men from the upper lip alone; the whole-face judge never saw a
+   woman with a moustache), on the edited faces, the unedited ones and a random move as long; the Male verdict kept.
 
 Direction comparison: the bundle's training split is encoded and, for each method of
 `training.latents.DIRECTION_METHODS`, attribute vectors are rebuilt and judged as in 5-7 at +-1/2/3; plus
