@@ -85,8 +85,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     model = FaceModel.load(args.model, threads=0, max_batch=16, max_strength=5)
     framer = FaceFramer(model.bundle.preprocess)
     judge = AttributeClassifier.load(args.classifier or default_out(model.image_size))
-    lip_folder = args.upper_lip_judge or default_out(model.image_size, upper_lip=True)
-    upper_lip = AttributeClassifier.load(lip_folder) if (lip_folder / "classifier.json").is_file() else None
+    upper_lip = quality.find_upper_lip_judge(args.upper_lip_judge, model.image_size)
     config = TrainConfig.from_manifest(model.bundle.manifest.training)
     data = prepare_data(config, args.data, DEFAULT_CACHE, skip_bad=False)
     assert data.labels is not None
@@ -218,7 +217,7 @@ def learned_vs_vectors(
         lacking = [a for a in args.attributes if data.labels[index, names.index(a)] < 0]
         for a in lacking:
             faces[a] += 1
-        lip_judged = upper_lip is not None and lip_name in lacking and data.labels[index, names.index("Male")] < 0
+        lip_judged = bool(upper_lip is not None and lip_name in lacking and data.labels[index, names.index("Male")] < 0)
         women += lip_judged
         for variant, editing in editors.items():
             codes = np.concatenate([editing.edit_codes(z, {a: STRENGTH}) for a in lacking])
@@ -235,7 +234,9 @@ def learned_vs_vectors(
                     np.mean(random[i, columns] != verdicts[0, columns]),
                 ]
             if lip_judged:
-                on_women[variant] += upper_lip.predict(outputs[[1 + lacking.index(lip_name), 0]])[0][:, 0] >= 0.5
+                on_women[variant] += [
+                    quality.shown_by(upper_lip, outputs[[i]]) for i in (1 + lacking.index(lip_name), 0)
+                ]
     rows = {}
     for (variant, a), (success, side, random_side) in counts.items():
         n = max(faces[a], 1)

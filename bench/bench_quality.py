@@ -91,6 +91,7 @@ from service.core.runtime import REFINE_STEPS, FaceModel, SamplingMode
 from service.core.sessions import open_session
 from training.card import EDIT_ATTRIBUTES, grid, sharpness
 from training.classifier import (
+    CONFIG_FILE,
     PERCEPTUAL_LAYERS,
     UPPER_LIP,
     AttributeClassifier,
@@ -449,6 +450,7 @@ def edit_effect(
     unrelated: Sequence[int],
     keep: Sequence[str] = (),
     occurs: np.ndarray | None = None,
+    upper_lip: AttributeClassifier | None = None,
 ) -> dict[str, Any]:
     """One edit applied to every z as /edit does (`FaceModel.edit_codes`), against the unedited faces: success, side
     effects, identity drift and the person kept; and the same for a random move as long as each face's own edit
@@ -459,7 +461,8 @@ def edit_effect(
     `person` the mean distance in the judge's penultimate features, each edit over random move (below 1: the edit
     keeps the person better than a random nudge of its size). `success_where_it_occurs` is the success over the
     faces `occurs` [N] marks (all by default): those of a sex in which the attribute occurs in the training labels
-    (`where_it_occurs`)."""
+    (`where_it_occurs`). With an `upper_lip` judge, `upper_lip` is the share of the edited, the unedited and the
+    randomly moved faces it sees its attribute on (`shown_by`)."""
     edited_codes = model.edit_codes(z, strengths, keep)
     where = np.ones(len(z), bool) if occurs is None else occurs
     lengths = np.linalg.norm(edited_codes - z, axis=1)
@@ -473,7 +476,7 @@ def edit_effect(
     random_distance = float(np.linalg.norm(moved.features - unedited.features, axis=1).mean())
     perceptual, inner = perceptual_distances(edited.looks, unedited.looks)
     random_perceptual, random_inner = perceptual_distances(moved.looks, unedited.looks)
-    return {
+    effect = {
         "success": float(np.mean(edited.verdicts[:, target] == positive)),
         "success_where_it_occurs": float(np.mean(edited.verdicts[where, target] == positive)),
         "side_effects": side,
@@ -488,6 +491,16 @@ def edit_effect(
         "changed": changed.mean(axis=0),
         "random_changed": random_changed.mean(axis=0),
     }
+    if upper_lip is not None:
+        faces = {"edited": edited.faces, "unedited": unedited.faces, "random_move": moved.faces}
+        effect["upper_lip"] = {key: shown_by(upper_lip, shown) for key, shown in faces.items()}
+    return effect
+
+
+def shown_by(judge_: AttributeClassifier, faces: np.ndarray) -> float:
+    """The share of `faces` a one-attribute judge (the upper-lip judge) sees its attribute on."""
+    probabilities, _ = judge_.predict(faces)
+    return float(np.mean(probabilities[:, 0] >= THRESHOLD))
 
 
 def random_moves(model: FaceModel, lengths: np.ndarray, seed: int) -> np.ndarray:
@@ -609,6 +622,7 @@ def conditional_edits(subject: Subject, model: FaceModel, judging: EditJudging) 
                 True,
                 unrelated[name],
                 keep,
+                upper_lip=judging.upper_lip if judging.upper_lip and name in judging.upper_lip.attributes else None,
             )
             row = {
                 "edit": f"{name} {strength:+g}",
@@ -621,25 +635,10 @@ def conditional_edits(subject: Subject, model: FaceModel, judging: EditJudging) 
                 "side_ratio": effect["side_ratio"],
                 "drift": effect["drift"],
             }
-            if judging.upper_lip is not None and name in judging.upper_lip.attributes:
-                edited = model.edit_codes(z, {name: strength}, keep)
-                seed = classifier.column(name)
-                row["upper_lip"] = upper_lip_verdicts(model, judging.upper_lip, name, z, edited, seed)
+            if "upper_lip" in effect:
+                row["upper_lip"] = effect["upper_lip"]
             rows.append(row)
     return rows
-
-
-def upper_lip_verdicts(
-    model: FaceModel, judge_: AttributeClassifier, name: str, z: np.ndarray, edited: np.ndarray, seed: int
-) -> dict[str, float]:
-    """The share of faces the upper-lip judge sees `name` on: the `edited` codes, the unedited ones `z`, and a random
-    move as long from each (`random_moves` with `seed`: `edit_effect`'s floor uses the main judge's column)."""
-    moved = z + random_moves(model, np.linalg.norm(edited - z, axis=1), seed)
-    shown = {}
-    for key, codes in (("edited", edited), ("unedited", z), ("random_move", moved)):
-        probabilities, _ = judge_.predict(batched(model.decode, codes))
-        shown[key] = float(np.mean(probabilities[:, judge_.column(name)] >= THRESHOLD))
-    return shown
 
 
 def directions(subject: Subject, judging: EditJudging) -> dict[str, Any]:
@@ -1173,12 +1172,20 @@ def load_classifier(args: argparse.Namespace, config: TrainConfig) -> AttributeC
     return AttributeClassifier.load(folder)
 
 
+def find_upper_lip_judge(folder: Path | None, image_size: int) -> AttributeClassifier | None:
+    """The moustache's upper-lip judge (`UPPER_LIP`) in `folder` (default runs/classifier-<image size>-upper-lip),
+    or None where there is none."""
+    folder = folder or default_out(image_size, upper_lip=True)
+    return AttributeClassifier.load(folder) if (folder / CONFIG_FILE).is_file() else None
+
+
 def load_upper_lip_judge(args: argparse.Namespace, config: TrainConfig) -> AttributeClassifier | None:
-    """The moustache's upper-lip judge (`UPPER_LIP`), trained first with --train-classifier; None where there is
-    none (the upper-lip figures are left out)."""
+    """The upper-lip judge (`find_upper_lip_judge`), trained first with --train-classifier; None where there is none
+    (the upper-lip figures are left out)."""
     folder = args.upper_lip_judge or default_out(config.image_size, upper_lip=True)
-    if (folder / "classifier.json").is_file():
-        return AttributeClassifier.load(folder)
+    found = find_upper_lip_judge(folder, config.image_size)
+    if found is not None:
+        return found
     if args.train_classifier:
         settings = ClassifierConfig.framing_like(config, args.classifier_max_images, **UPPER_LIP)
         return train_classifier(settings, args.data, folder, args.cache_dir)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from bench.bench_quality import INNER_FACE, perceptual_distances, upper_lip_verdicts
+from bench.bench_quality import INNER_FACE, Judged, edit_effect, perceptual_distances
 
 
 def activations(rng: np.random.Generator, faces: int = 4) -> list[np.ndarray]:
@@ -56,19 +56,29 @@ def test_a_change_outside_the_inner_face_counts_only_for_the_whole_picture() -> 
 def test_the_upper_lip_judge_counts_the_edited_the_unedited_and_the_randomly_moved_faces_apart() -> None:
     """A moustache judged on the edited faces only, and the random move as long as each face's edit."""
     z_dim = 4
+
+    def edit_codes(z: np.ndarray, strengths: object, keep: object) -> np.ndarray:
+        edited = z.copy()
+        edited[:, 0] = 6.0  # every edit moves code[0] past 5, 6 long
+        return edited
+
     model = SimpleNamespace(
         z_dim=z_dim,
         bundle=SimpleNamespace(latent_stats=SimpleNamespace(cholesky_array=np.eye(z_dim, dtype=np.float32))),
-        decode=lambda codes: codes[:, :1, None, None] * np.ones((1, 2, 2, 3)),  # a "face" showing code[0]
+        decode=lambda codes: codes[:, :1, None, None] * np.ones((1, 8, 8, 3)),  # a "face" showing code[0]
+        edit_codes=edit_codes,
     )
+
+    def predict(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # a "moustache" where code[0] passed 5
+        return (faces[:, :1, 0, 0] > 5.0).astype(np.float32), faces[:, 0, 0, :2]
+
     judge_ = SimpleNamespace(
-        column=lambda name: 0,
-        predict=lambda faces: (faces[:, :1, 0, 0] > 5.0, None),  # a "moustache" where code[0] passed 5
+        predict=predict, activations=lambda faces, count: [faces + 0.1] * count, attributes=["Mustache"]
     )
     z = np.zeros((200, z_dim), np.float32)
-    edited = z.copy()
-    edited[:, 0] = 6.0  # every edit moves code[0] past 5, 6 long
-    shown = upper_lip_verdicts(model, judge_, "Mustache", z, edited, seed=3)
+    unedited = Judged.of(judge_, model.decode(z))
+    effect = edit_effect(model, judge_, z, unedited, {"Mustache": 2.0}, 0, True, [], upper_lip=judge_)
+    shown = effect["upper_lip"]
     assert shown["edited"] == 1.0 and shown["unedited"] == 0.0
     # A random direction 6 long moves code[0] past 5 only when it points almost along it: a few faces of 200.
     assert 0.0 < shown["random_move"] < 0.1
