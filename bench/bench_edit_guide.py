@@ -30,7 +30,7 @@ from service.core.runtime import FaceModel
 from training.card import EDIT_ATTRIBUTES
 from training.classifier import AttributeClassifier
 from training.config import EditConfig
-from training.edits import guide_classifier
+from training.edits import guide_classifier, last_layer
 from training.onnx_tf import OnnxFunction
 from training.prepared import DEFAULT_CACHE, prepare_data
 
@@ -46,7 +46,7 @@ class GuideGradients:
     def __init__(self, model: FaceModel, guide: AttributeClassifier) -> None:
         decoder = OnnxFunction(model.bundle.decoder_path)
         features = keras.Model(guide.model.input, guide.model.outputs[1])
-        kernel, bias = (tf.constant(w) for w in guide.model.get_layer("attributes").get_weights())
+        kernel, bias = (tf.constant(w) for w in last_layer(guide))
 
         @tf.function(reduce_retracing=True)
         def jacobian(z: tf.Tensor, columns: tf.Tensor) -> tf.Tensor:
@@ -116,7 +116,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     data = prepare_data(config, args.data, args.cache_dir, skip_bad=False)
     assert data.labels is not None
     judge = quality.load_classifier(argparse.Namespace(**vars(args), train_classifier=False), config)
-    guide = guide_classifier(args.guide_dir, config, data, EditConfig())
+    guide = guide_classifier(args.guide_dir, config, data, EditConfig(), EditConfig().guide_seeds[0])
     names = data.dataset.attribute_names
     phi = quality.phi_correlations(data.labels[data.train])
     gradients = GuideGradients(model, guide)

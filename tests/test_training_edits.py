@@ -5,6 +5,7 @@ are unrelated, and its length scales are calibrated only as far as a held-out cl
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from types import SimpleNamespace
 
 import keras
@@ -14,7 +15,13 @@ import tensorflow as tf
 from pydantic import ValidationError
 
 from service.core.bundle import DEFAULT_MODEL
-from training.classifier import relu_outputs
+from training.classifier import (
+    AttributeClassifier,
+    ClassifierConfig,
+    build_classifier,
+    fit_classifier,
+    relu_outputs,
+)
 from training.cli import _field_value, main
 from training.config import FIRM_KEEP, VERDICT_KEEP, EditConfig
 from training.edits import (
@@ -23,7 +30,11 @@ from training.edits import (
     build_editor,
     calibrate_lengths,
     calibration_rows,
+    guide_classifier,
+    guide_folders,
+    guide_logits,
     keep_weights,
+    last_layer,
     shortest_near_best,
 )
 
@@ -243,3 +254,57 @@ def test_the_perceptual_loss_is_the_distance_the_benchmark_measures() -> None:
     )
     assert trained > 0.01
     assert trained == pytest.approx(float(measured.mean()), rel=1e-4)
+
+
+def _guide(seed: int) -> AttributeClassifier:
+    config = ClassifierConfig(image_size=16, filters=(4,), features=8, seed=seed)
+    keras.utils.set_random_seed(seed)
+    return AttributeClassifier.from_training_model(config, ["Smiling", "Male"], build_classifier(config, 2), {})
+
+
+def test_several_guides_read_an_edit_by_their_mean_logit_in_training_as_in_the_starting_logits() -> None:
+    guides = [_guide(7), _guide(8)]
+    faces = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3)).astype(np.uint8)
+    each = []
+    for guide in guides:
+        _, features = guide.predict(faces)
+        kernel, bias = last_layer(guide)
+        each.append(features @ kernel + bias)
+    assert np.abs(each[0] - each[1]).max() > 1e-3  # two different classifiers
+
+    logits, first_features = guide_logits(guides, faces)
+    np.testing.assert_allclose(logits, (each[0] + each[1]) / 2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(first_features, guides[0].predict(faces)[1], rtol=1e-6)
+    np.testing.assert_allclose(guide_logits(guides[:1], faces)[0], each[0], rtol=1e-5, atol=1e-5)
+
+    trainer = SimpleNamespace(
+        guides=[(keras.Model(g.model.input, g.model.outputs[1]), *map(tf.constant, last_layer(g))) for g in guides]
+    )
+    trained, trained_features = EditTrainer._guides(trainer, tf.constant(faces, tf.float32))
+    np.testing.assert_allclose(trained.numpy(), logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(trained_features.numpy(), first_features, rtol=1e-4, atol=1e-4)
+
+
+def test_each_guide_has_its_own_folder_and_seed_and_none_is_the_held_out_classifier(tmp_path: Path) -> None:
+    assert guide_folders(tmp_path / "edit-guide-64", [7, 8, 9]) == [
+        tmp_path / "edit-guide-64",
+        tmp_path / "edit-guide-64-s8",
+        tmp_path / "edit-guide-64-s9",
+    ]
+    rng = np.random.default_rng(1)
+    data = SimpleNamespace(
+        labels=np.where(rng.random((20, 2)) < 0.5, 1, -1),
+        images=rng.integers(0, 256, (20, 16, 16, 3)).astype(np.uint8),
+        train=np.arange(15),
+        val=np.arange(15, 20),
+        dataset=SimpleNamespace(attribute_names=["Smiling", "Male"]),
+    )
+    fit_classifier(ClassifierConfig(image_size=16, filters=(4,), features=8, epochs=1, seed=7), data, tmp_path)
+    config = EditConfig()
+    assert guide_classifier(tmp_path, SimpleNamespace(), SimpleNamespace(), config, 7).config.seed == 7
+    with pytest.raises(ValueError, match="seed 7, not 8"):
+        guide_classifier(tmp_path, SimpleNamespace(), SimpleNamespace(), config, 8)
+    with pytest.raises(ValidationError, match="held_out_seed is one of guide_seeds"):
+        EditConfig(guide_seeds=[7, 11], held_out_seed=11)
+    with pytest.raises(ValidationError, match="guide_seeds"):
+        EditConfig(guide_seeds=[])

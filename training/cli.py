@@ -107,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     edits.add_argument(
         "--guide-dir",
         type=Path,
-        help="the guide classifier edits are trained against (default: runs/edit-guide-<image size>; trained there "
-        "first when missing)",
+        help="the first guide classifier edits are trained against (default: runs/edit-guide-<image size>; the "
+        "others of guide_seeds beside it as <folder>-s<seed>; each trained there first when missing)",
     )
     edits.add_argument(
         "--held-out-dir",

@@ -139,7 +139,12 @@ class EditConfig(BaseModel):
     turn_weight: float = Field(0.1, ge=0, description="weight of 1 - cos(edit, straight move)")
     density_weight: float = Field(2.0, ge=0, description="weight of the edited code's Mahalanobis increase")
     guide_epochs: int = Field(8, gt=0, description="epochs of the guide classifier when it must be trained")
-    guide_seed: int = Field(7, description="the guide's seed: not the judge's (0)")
+    guide_seeds: list[int] = Field(
+        [7],
+        min_length=1,
+        description="seeds of the guide classifiers, none the judge's (0): an edit is judged by their mean logit, so "
+        "it cannot lean on one classifier's quirks; the first one's layers also give the identity and perceptual keeps",
+    )
     held_out_seed: int = Field(
         11, description="seed of the held-out classifier that calibrates lengths: neither the guide's nor the judge's"
     )
@@ -171,6 +176,8 @@ class EditConfig(BaseModel):
             unknown = sorted(set(names) - set(self.attributes))
             if unknown:
                 raise ValueError(f"{field_name} names attributes the editor does not learn: {unknown}")
+        if self.held_out_seed in self.guide_seeds:
+            raise ValueError("held_out_seed is one of guide_seeds: the lengths would be calibrated by a guide")
         return self
 
     def attribute_keep_weights(self) -> list[float]:

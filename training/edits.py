@@ -44,7 +44,9 @@ one exact pixel grid is not an edit, and under a strong keep weight the editor o
 (docs/benchmarks.md, "Learned edits").
 
 The guide is a classifier of its own (training.classifier, blur- and noise-augmented, another seed), never the
-judge that bench_quality scores with. The network is exported as `editor.onnx` in the bundle (docs/bundle-format.md).
+judge that bench_quality scores with; with several `guide_seeds`, the edit is read from their mean logit, so a move
+that sways one classifier's quirks but not the others' does not count as the edit. The network is exported as
+`editor.onnx` in the bundle (docs/bundle-format.md).
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ class EditTrainer(keras.Model):
         moves: np.ndarray,
         stats: LatentStats,
         decoder: OnnxFunction,
-        guide: AttributeClassifier,
+        guides: Sequence[AttributeClassifier],
         columns: np.ndarray,
         kept: np.ndarray,
         config: EditConfig,
@@ -176,11 +178,12 @@ class EditTrainer(keras.Model):
         # Whitening by the aggregate posterior (L L^T its covariance): |whiten(z)|^2 is how unlikely a code is.
         self.mean = tf.constant(stats.mean_array)
         self.whiten = tf.constant(np.linalg.inv(stats.cholesky_array.astype(np.float64)).T.astype(np.float32))
-        # The guide up to its features, and its last layer as a matrix: logits stay finite where p saturates.
-        self.features = keras.Model(guide.model.input, guide.model.outputs[1])
-        self.looks = keras.Model(guide.model.input, relu_outputs(guide.model, PERCEPTUAL_LAYERS))
-        kernel, bias = guide.model.get_layer("attributes").get_weights()
-        self.kernel, self.bias = tf.constant(kernel), tf.constant(bias)
+        # Each guide up to its features, and its last layer as a matrix: logits stay finite where p saturates.
+        self.guides = [
+            (keras.Model(guide.model.input, guide.model.outputs[1]), *map(tf.constant, last_layer(guide)))
+            for guide in guides
+        ]
+        self.looks = keras.Model(guides[0].model.input, relu_outputs(guides[0].model, PERCEPTUAL_LAYERS))
         self.columns = tf.constant(columns, tf.int32)  # [K] guide columns of the edited attributes
         self.kept = tf.constant(kept, tf.float32)  # [K, A] keep weights, 0 on the edited column
         attributes = len(config.attributes)
@@ -249,6 +252,15 @@ class EditTrainer(keras.Model):
         moved = tf.reduce_sum(weights * terms, axis=1) / tf.reduce_sum(weights, axis=1)  # [B]
         return tf.reduce_mean(moved), tf.reduce_mean(tf.gather(self.keep_loss_weights, chosen) * moved)
 
+    def _guides(self, faces: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The guides' mean logits [B, A] on faces (0-255), and the first guide's features (the person's)."""
+        logits, first = [], None
+        for features_of, kernel, bias in self.guides:
+            features = features_of(faces, training=False)
+            first = features if first is None else first
+            logits.append(tf.matmul(features, kernel) + bias)
+        return tf.add_n(logits) / len(logits), first
+
     def _perceptual(self, faces0: tf.Tensor, faces1: tf.Tensor) -> tf.Tensor:
         """The mean perceptual distance (`perceptual_distance`) between faces (0-255) in the guide's first ReLU
         layers."""
@@ -262,8 +274,7 @@ class EditTrainer(keras.Model):
         with tf.GradientTape() as tape:
             edited = self.editor([z, matrix], training=True)
             faces1 = self.decoder(edited) * 255.0
-            features1 = self.features(self._jitter(faces1), training=False)
-            logits1 = tf.matmul(features1, self.kernel) + self.bias
+            logits1, features1 = self._guides(self._jitter(faces1))
             column = tf.gather(self.columns, chosen)
             moved = tf.gather(logits1, column, axis=1, batch_dims=1) * tf.sign(strength)
             wanted = tf.abs(strength) * self.config.target_logit
@@ -303,18 +314,42 @@ class EditTrainer(keras.Model):
 
 
 def guide_classifier(
-    folder: Path, training: TrainConfig, data: PreparedData, config: EditConfig, seed: int | None = None
+    folder: Path, training: TrainConfig, data: PreparedData, config: EditConfig, seed: int
 ) -> AttributeClassifier:
-    """The classifier edits are trained against (or, with the held-out seed, calibrated with): loaded from `folder`,
+    """A classifier edits are trained against (or, with the held-out seed, calibrated with): loaded from `folder`,
     or trained there first on the bundle's own framing and training split (blur- and noise-augmented like the
-    judge, from `seed`, by default the guide's)."""
+    judge, from `seed`)."""
     if (folder / "classifier.json").is_file():
-        return AttributeClassifier.load(folder)
-    settings = ClassifierConfig.framing_like(
-        training, training.max_images, epochs=config.guide_epochs, seed=config.guide_seed if seed is None else seed
-    )
+        classifier = AttributeClassifier.load(folder)
+        if classifier.config.seed != seed:
+            raise ValueError(f"{folder} holds the classifier of seed {classifier.config.seed}, not {seed}")
+        return classifier
+    settings = ClassifierConfig.framing_like(training, training.max_images, epochs=config.guide_epochs, seed=seed)
     log.info("training the edits' classifier of seed %d (%d epochs) into %s", settings.seed, settings.epochs, folder)
     return fit_classifier(settings, data, folder)
+
+
+def guide_folders(guide_dir: Path, seeds: Sequence[int]) -> list[Path]:
+    """Where each guide lives: the first in `guide_dir`, each other beside it as `<guide_dir>-s<seed>` (the rule the
+    held-out classifier's default folder follows too)."""
+    return [guide_dir] + [guide_dir.with_name(f"{guide_dir.name}-s{seed}") for seed in seeds[1:]]
+
+
+def last_layer(guide: AttributeClassifier) -> tuple[np.ndarray, np.ndarray]:
+    """The guide's attribute layer as (kernel [F, A], bias [A]): logits = features @ kernel + bias."""
+    kernel, bias = guide.model.get_layer("attributes").get_weights()
+    return kernel, bias
+
+
+def guide_logits(guides: Sequence[AttributeClassifier], faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 faces -> the guides' mean logits [N, A], as the trainer computes them, and the first guide's features."""
+    logits, first = [], None
+    for guide in guides:
+        _, features = guide.predict(faces)
+        first = features if first is None else first
+        kernel, bias = last_layer(guide)
+        logits.append(features @ kernel + bias)
+    return np.mean(logits, axis=0), first
 
 
 def where_it_occurs(
@@ -400,16 +435,15 @@ def train_editor(
     decoded: np.ndarray,
     labels: np.ndarray,
     attribute_names: list[str],
-    guide: AttributeClassifier,
+    guides: Sequence[AttributeClassifier],
     config: EditConfig,
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Train the editor on training-split `codes` [N, z_dim] (what /encode gives), their decoded faces uint8
     [N, size, size, 3] and labels [N, A] (+-1, columns `attribute_names`). Returns the editor and a report."""
     keras.utils.set_random_seed(config.seed)
     moves = straight_moves([bundle.attributes[name] for name in config.attributes])
-    _, features = guide.predict(decoded)
-    kernel, bias = guide.model.get_layer("attributes").get_weights()
-    logits0 = features @ kernel + bias  # as the trainer computes them
+    logits0, features = guide_logits(guides, decoded)
+    guide = guides[0]  # every guide reads the same attributes (one recipe, another seed)
     guide_columns = np.array([guide.column(name) for name in config.attributes])
     label_columns = [attribute_names.index(name) for name in guide.attributes]
     guide_labels = labels[:, label_columns]  # labels in the guide's column order
@@ -421,7 +455,7 @@ def train_editor(
         moves,
         bundle.latent_stats,
         OnnxFunction(bundle.decoder_path),
-        guide,
+        guides,
         guide_columns,
         kept,
         config,
@@ -499,7 +533,7 @@ def fit_edits(
     held_out_dir: Path,
 ) -> dict[str, Any]:
     """The whole job on a finished bundle (trained with `training`, whose faces `data` are): encode the training
-    split as /encode does (refined codes), decode them, load or train the guide, train the editor, calibrate its
+    split as /encode does (refined codes), decode them, load or train the guides, train the editor, calibrate its
     lengths with the held-out classifier (loaded or trained too) and add it to the bundle. Returns the report."""
     if data.labels is None:
         raise ValueError(f"{data.dataset.root} has no attribute labels; learned edits need them")
@@ -511,9 +545,12 @@ def fit_edits(
     faces = data.images[data.train]
     codes = np.concatenate([model.encode_pixels(faces[i : i + BATCH]).code for i in range(0, len(faces), BATCH)])
     decoded = np.concatenate([model.decode(codes[i : i + BATCH]) for i in range(0, len(codes), BATCH)])
-    guide = guide_classifier(guide_dir, training, data, config)
+    guides = [
+        guide_classifier(folder, training, data, config, seed)
+        for folder, seed in zip(guide_folders(guide_dir, config.guide_seeds), config.guide_seeds, strict=True)
+    ]
     labels, names = data.labels[data.train], data.dataset.attribute_names
-    editor, report = train_editor(model.bundle, codes, decoded, labels, names, guide, config)
+    editor, report = train_editor(model.bundle, codes, decoded, labels, names, guides, config)
     held_out = guide_classifier(held_out_dir, training, data, config, seed=config.held_out_seed)
     scales, report["held_out_success"] = calibrate_lengths(editor, codes, labels, names, model.decode, held_out, config)
     moves = straight_moves([model.bundle.attributes[name] for name in config.attributes])
