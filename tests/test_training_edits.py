@@ -36,6 +36,7 @@ from training.edits import (
     keep_weights,
     last_layer,
     shortest_near_best,
+    train_editor,
 )
 
 
@@ -284,6 +285,11 @@ def test_several_guides_read_an_edit_by_their_mean_logit_in_training_as_in_the_s
     np.testing.assert_allclose(trained.numpy(), logits, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(trained_features.numpy(), first_features, rtol=1e-4, atol=1e-4)
 
+    other = _guide(9)
+    other.attributes = ["Male", "Smiling"]  # the same columns in another order: not averageable
+    with pytest.raises(ValueError, match="different attributes"):
+        train_editor(None, faces, faces, np.ones((3, 2)), ["Smiling", "Male"], [guides[0], other], EditConfig())
+
 
 def test_each_guide_has_its_own_folder_and_seed_and_none_is_the_held_out_classifier(tmp_path: Path) -> None:
     assert guide_folders(tmp_path / "edit-guide-64", [7, 8, 9]) == [
@@ -306,5 +312,7 @@ def test_each_guide_has_its_own_folder_and_seed_and_none_is_the_held_out_classif
         guide_classifier(tmp_path, SimpleNamespace(), SimpleNamespace(), config, 8)
     with pytest.raises(ValidationError, match="held_out_seed is one of guide_seeds"):
         EditConfig(guide_seeds=[7, 11], held_out_seed=11)
+    with pytest.raises(ValidationError, match="repeats a seed"):
+        EditConfig(guide_seeds=[7, 7])
     with pytest.raises(ValidationError, match="guide_seeds"):
         EditConfig(guide_seeds=[])

@@ -178,6 +178,8 @@ class EditConfig(BaseModel):
                 raise ValueError(f"{field_name} names attributes the editor does not learn: {unknown}")
         if self.held_out_seed in self.guide_seeds:
             raise ValueError("held_out_seed is one of guide_seeds: the lengths would be calibrated by a guide")
+        if len(set(self.guide_seeds)) < len(self.guide_seeds):
+            raise ValueError("guide_seeds repeats a seed: the same classifier would count twice")
         return self
 
     def attribute_keep_weights(self) -> list[float]:

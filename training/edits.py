@@ -440,10 +440,12 @@ def train_editor(
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Train the editor on training-split `codes` [N, z_dim] (what /encode gives), their decoded faces uint8
     [N, size, size, 3] and labels [N, A] (+-1, columns `attribute_names`). Returns the editor and a report."""
+    guide = guides[0]
+    if any(other.attributes != guide.attributes for other in guides):
+        raise ValueError("the guides read different attributes: their logits cannot be averaged")
     keras.utils.set_random_seed(config.seed)
     moves = straight_moves([bundle.attributes[name] for name in config.attributes])
     logits0, features = guide_logits(guides, decoded)
-    guide = guides[0]  # every guide reads the same attributes (one recipe, another seed)
     guide_columns = np.array([guide.column(name) for name in config.attributes])
     label_columns = [attribute_names.index(name) for name in guide.attributes]
     guide_labels = labels[:, label_columns]  # labels in the guide's column order
