@@ -234,9 +234,7 @@ def learned_vs_vectors(
                     np.mean(random[i, columns] != verdicts[0, columns]),
                 ]
             if lip_judged:
-                on_women[variant] += [
-                    quality.shown_by(upper_lip, outputs[[i]]) for i in (1 + lacking.index(lip_name), 0)
-                ]
+                on_women[variant] += quality.seen_on(upper_lip, outputs[[1 + lacking.index(lip_name), 0]])
     rows = {}
     for (variant, a), (success, side, random_side) in counts.items():
         n = max(faces[a], 1)

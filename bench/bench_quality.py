@@ -497,10 +497,15 @@ def edit_effect(
     return effect
 
 
-def shown_by(judge_: AttributeClassifier, faces: np.ndarray) -> float:
-    """The share of `faces` a one-attribute judge (the upper-lip judge) sees its attribute on."""
+def seen_on(judge_: AttributeClassifier, faces: np.ndarray) -> np.ndarray:
+    """[N] bool: the faces a one-attribute judge (the upper-lip judge) sees its attribute on."""
     probabilities, _ = judge_.predict(faces)
-    return float(np.mean(probabilities[:, 0] >= THRESHOLD))
+    return probabilities[:, 0] >= THRESHOLD
+
+
+def shown_by(judge_: AttributeClassifier, faces: np.ndarray) -> float:
+    """The share of `faces` a one-attribute judge sees its attribute on (`seen_on`)."""
+    return float(np.mean(seen_on(judge_, faces)))
 
 
 def random_moves(model: FaceModel, lengths: np.ndarray, seed: int) -> np.ndarray:
