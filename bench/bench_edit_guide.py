@@ -116,7 +116,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     data = prepare_data(config, args.data, args.cache_dir, skip_bad=False)
     assert data.labels is not None
     judge = quality.load_classifier(argparse.Namespace(**vars(args), train_classifier=False), config)
-    guide = guide_classifier(args.guide_dir, config, data, EditConfig(), EditConfig().guide_seeds[0])
+    edit_config = EditConfig()
+    guide = guide_classifier(args.guide_dir, config, data, edit_config, edit_config.guide_seeds[0])
     names = data.dataset.attribute_names
     phi = quality.phi_correlations(data.labels[data.train])
     gradients = GuideGradients(model, guide)

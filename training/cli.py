@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "edits":
         from service.core.bundle import ModelBundle
-        from training.edits import fit_edits
+        from training.edits import fit_edits, seed_folder
 
         bundle = ModelBundle.load(args.bundle)
         config = TrainConfig.from_manifest(bundle.manifest.training)
@@ -253,8 +253,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         except (ValidationError, TypeError) as error:
             parser.error(f"edits: {error}")
-        guide_dir = args.guide_dir or Path("runs") / f"edit-guide-{bundle.image_size}"
-        held_out_dir = args.held_out_dir or Path("runs") / f"edit-guide-{bundle.image_size}-s{settings.held_out_seed}"
+        default_guide_dir = Path("runs") / f"edit-guide-{bundle.image_size}"
+        guide_dir = args.guide_dir or default_guide_dir
+        held_out_dir = args.held_out_dir or seed_folder(default_guide_dir, settings.held_out_seed)
         data = prepare_data(config, args.data, cache, args.skip_bad_images)
         fit_edits(args.bundle, config, data, settings, guide_dir, held_out_dir)
         return 0

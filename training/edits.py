@@ -329,10 +329,15 @@ def guide_classifier(
     return fit_classifier(settings, data, folder)
 
 
+def seed_folder(guide_dir: Path, seed: int) -> Path:
+    """Where the classifier of `seed` lives beside the first guide's folder: `<guide_dir>-s<seed>`."""
+    return guide_dir.with_name(f"{guide_dir.name}-s{seed}")
+
+
 def guide_folders(guide_dir: Path, seeds: Sequence[int]) -> list[Path]:
-    """Where each guide lives: the first in `guide_dir`, each other beside it as `<guide_dir>-s<seed>` (the rule the
-    held-out classifier's default folder follows too)."""
-    return [guide_dir] + [guide_dir.with_name(f"{guide_dir.name}-s{seed}") for seed in seeds[1:]]
+    """Where each guide lives: the first in `guide_dir`, each other beside it (`seed_folder`, the rule the held-out
+    classifier's default folder follows too)."""
+    return [guide_dir] + [seed_folder(guide_dir, seed) for seed in seeds[1:]]
 
 
 def last_layer(guide: AttributeClassifier) -> tuple[np.ndarray, np.ndarray]:
