@@ -33,7 +33,7 @@ test: $(VENV)/.test-deps  ## lint, then the whole test suite
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
-train: $(VENV)/.test-deps  ## retrain the default bundle from scratch (about 45 min on 2 CPU cores), resumable
+train: $(VENV)/.test-deps  ## retrain the default bundle from scratch (2-3 hours on 2 CPU cores: the VAE 45-90 min, resumable; the editor and its classifiers 50-70)
 	$(PY) -m training train --data $(DATA) --out models/celeba-64 --resume
 	$(PY) -m training edits --data $(DATA) --bundle models/celeba-64
 	$(PY) -m training card --data $(DATA) --bundle models/celeba-64

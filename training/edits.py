@@ -314,17 +314,20 @@ class EditTrainer(keras.Model):
 
 
 def guide_classifier(
-    folder: Path, training: TrainConfig, data: PreparedData, config: EditConfig, seed: int
+    folder: Path, training: TrainConfig, data: PreparedData, seed: int, epochs: int
 ) -> AttributeClassifier:
     """A classifier edits are trained against (or, with the held-out seed, calibrated with): loaded from `folder`,
-    or trained there first on the bundle's own framing and training split (blur- and noise-augmented like the
-    judge, from `seed`)."""
+    or trained there first for `epochs` on the bundle's own framing and training split (blur- and noise-augmented
+    like the judge, from `seed`)."""
     if (folder / "classifier.json").is_file():
         classifier = AttributeClassifier.load(folder)
-        if classifier.config.seed != seed:
-            raise ValueError(f"{folder} holds the classifier of seed {classifier.config.seed}, not {seed}")
+        if (classifier.config.seed, classifier.config.epochs) != (seed, epochs):
+            raise ValueError(
+                f"{folder} holds the classifier of seed {classifier.config.seed} trained for "
+                f"{classifier.config.epochs} epochs, not seed {seed} for {epochs}"
+            )
         return classifier
-    settings = ClassifierConfig.framing_like(training, training.max_images, epochs=config.guide_epochs, seed=seed)
+    settings = ClassifierConfig.framing_like(training, training.max_images, epochs=epochs, seed=seed)
     log.info("training the edits' classifier of seed %d (%d epochs) into %s", settings.seed, settings.epochs, folder)
     return fit_classifier(settings, data, folder)
 
@@ -553,12 +556,12 @@ def fit_edits(
     codes = np.concatenate([model.encode_pixels(faces[i : i + BATCH]).code for i in range(0, len(faces), BATCH)])
     decoded = np.concatenate([model.decode(codes[i : i + BATCH]) for i in range(0, len(codes), BATCH)])
     guides = [
-        guide_classifier(folder, training, data, config, seed)
+        guide_classifier(folder, training, data, seed, config.guide_epochs)
         for folder, seed in zip(guide_folders(guide_dir, config.guide_seeds), config.guide_seeds, strict=True)
     ]
     labels, names = data.labels[data.train], data.dataset.attribute_names
     editor, report = train_editor(model.bundle, codes, decoded, labels, names, guides, config)
-    held_out = guide_classifier(held_out_dir, training, data, config, seed=config.held_out_seed)
+    held_out = guide_classifier(held_out_dir, training, data, config.held_out_seed, config.held_out_epochs)
     scales, report["held_out_success"] = calibrate_lengths(editor, codes, labels, names, model.decode, held_out, config)
     moves = straight_moves([model.bundle.attributes[name] for name in config.attributes])
     lengthened = build_editor(moves, editor.get_layer("correction"), scales)
