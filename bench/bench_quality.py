@@ -100,7 +100,7 @@ from training.classifier import (
     perceptual_distance,
     train_classifier,
 )
-from training.config import EditConfig, TrainConfig
+from training.config import JUDGE_EPOCHS, EditConfig, TrainConfig
 from training.edits import where_it_occurs
 from training.export import encode
 from training.latents import DIRECTION_METHODS, aggregate_posterior, attribute_vectors
@@ -1168,10 +1168,10 @@ def load_classifier(args: argparse.Namespace, config: TrainConfig) -> AttributeC
             raise SystemExit(
                 f"no classifier in {folder}: pass --train-classifier, or train one with\n"
                 f"  python -m training.classifier --data {args.data} --image-size {config.image_size} "
-                f"--val-fraction {config.val_fraction} --out {folder}"
+                f"--val-fraction {config.val_fraction} --epochs {JUDGE_EPOCHS} --out {folder}"
             )
         settings = ClassifierConfig.framing_like(
-            config, args.classifier_max_images, epochs=args.classifier_epochs or ClassifierConfig().epochs
+            config, args.classifier_max_images, epochs=args.classifier_epochs or JUDGE_EPOCHS
         )
         return train_classifier(settings, args.data, folder, args.cache_dir)
     return AttributeClassifier.load(folder)
@@ -1235,7 +1235,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--train-classifier", action="store_true", help="train the classifier (and the upper-lip judge) if missing"
     )
-    parser.add_argument("--classifier-epochs", type=int, help="epochs when training it (default: the module's)")
+    parser.add_argument("--classifier-epochs", type=int, help=f"epochs when training it (default: {JUDGE_EPOCHS})")
     parser.add_argument("--classifier-max-images", type=int, help="images when training it (default: all)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CelebA-layout folder (default: %(default)s)")
     parser.add_argument("--max-images", type=int, help="use only the first N images (smoke runs; default: all)")

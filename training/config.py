@@ -81,7 +81,8 @@ DEFAULT_EDIT_ATTRIBUTES = ("Smiling", "Male", "Eyeglasses", "Mustache", "Chubby"
 #: much (docs/benchmarks.md, "A firmer keep where +2 still shows" and "Three guides, calibrated by a classifier
 #: trained as the judge is"); the others lose success to it.
 FIRM_KEEP = {"Smiling": 36.0, "Eyeglasses": 36.0, "Mustache": 36.0}
-#: Epochs of the project's judge (docs/benchmarks.md trains it with `python -m training.classifier --epochs 12`).
+#: Epochs of the project's judge: `bench_quality --train-classifier` trains it for these, as docs/benchmarks.md's
+#: command does (`python -m training.classifier ... --epochs 12`), and the edits' held-out classifier as long.
 JUDGE_EPOCHS = 12
 #: Edits whose keep is the verdict keep (a hinge on the guide's logits) instead of the KL of every verdict: these
 #: change fewer unrelated verdicts with it and still show; Mustache and Chubby do not (docs/benchmarks.md, "A
