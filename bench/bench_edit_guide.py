@@ -117,7 +117,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     assert data.labels is not None
     judge = quality.load_classifier(argparse.Namespace(**vars(args), train_classifier=False), config)
     edit_config = EditConfig()
-    guide = guide_classifier(args.guide_dir, config, data, edit_config, edit_config.guide_seeds[0])
+    guide = guide_classifier(args.guide_dir, config, data, edit_config.guide_seeds[0], edit_config.guide_epochs)
     names = data.dataset.attribute_names
     phi = quality.phi_correlations(data.labels[data.train])
     gradients = GuideGradients(model, guide)
