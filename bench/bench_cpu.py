@@ -15,8 +15,10 @@ The ratios to the reference (the `--before` networks if given, else float32) are
 their median and range over the rounds.
 
 Share of peak = the network's multiply-adds per face (from its ONNX graph: Conv and Gemm/MatMul) / (CPU seconds per
-face x clock x multiply-adds per cycle): float32 16 per cycle (two 8-wide FMA pipes, AVX2), int8 32 (AVX2 without
-VNNI: vpmaddubsw multiplies 32 uint8 x int8 pairs, and vpmaddwd widens them, both on the two multiply pipes).
+face x the core's peak), the peak measured in the same run as what onnxruntime's own matrix multiplication of
+512 x 512 by 512 x 512 reaches per CPU second on one thread (`MatMul` in float32; `MatMulInteger`, uint8 by int8, for
+int8): the best its kernels do on this CPU, whatever its clock, boost and instruction set (AVX2, AVX-512, VNNI), which
+a clock and a per-cycle count read from /proc/cpuinfo cannot say inside a virtual machine.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import shape_inference
+from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from bench.common import REPO_ROOT, RESULTS_DIR, Table, fmt, machine, write_report
 from service.core.bundle import (
@@ -41,8 +43,10 @@ from service.core.bundle import (
 )
 from service.core.sessions import open_session
 
-MACS_PER_CYCLE = {"float32": 16, "int8": 32}
 NETWORKS = ("encoder", "decoder")
+PRECISIONS = ("float32", "int8")
+#: Side of the square matrices whose product measures the core's peak (134 M multiply-adds: a millisecond or two).
+PEAK_SIDE = 512
 
 
 def multiply_adds(path: Path) -> int:
@@ -68,12 +72,43 @@ def multiply_adds(path: Path) -> int:
     return total
 
 
-def clock_hz() -> float:
-    """The cores' clock as /proc/cpuinfo reports it (the first core), in Hz."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("cpu MHz"):
-            return float(line.split(":")[1]) * 1e6
-    return float("nan")
+def _product_graph(precision: str) -> bytes:
+    """An ONNX graph multiplying its input by a constant PEAK_SIDE-square matrix, in float32 or uint8 x int8."""
+    rng = np.random.default_rng(0)
+    side = [PEAK_SIDE, PEAK_SIDE]
+    if precision == "float32":
+        weights = numpy_helper.from_array(rng.standard_normal(side).astype(np.float32), "b")
+        node = helper.make_node("MatMul", ["a", "b"], ["c"])
+        types = TensorProto.FLOAT, TensorProto.FLOAT
+    else:
+        weights = numpy_helper.from_array(rng.integers(-64, 64, side).astype(np.int8), "b")
+        node = helper.make_node("MatMulInteger", ["a", "b"], ["c"])
+        types = TensorProto.UINT8, TensorProto.INT32
+    graph = helper.make_graph(
+        [node],
+        f"peak_{precision}",
+        [helper.make_tensor_value_info("a", types[0], side)],
+        [helper.make_tensor_value_info("c", types[1], side)],
+        [weights],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def peak_macs_per_second(precision: str, rounds: int, calls: int) -> float:
+    """Multiply-adds per CPU second of onnxruntime's matrix product on one thread: median over `rounds`."""
+    session = open_session(_product_graph(precision), threads=1, spin=False)
+    rng = np.random.default_rng(1)
+    side = (PEAK_SIDE, PEAK_SIDE)
+    a = rng.standard_normal(side).astype(np.float32) if precision == "float32" else rng.integers(0, 256, side, np.uint8)
+    for _ in range(3):
+        session.run(None, {"a": a})
+    rates = []
+    for _ in range(rounds):
+        cpu = time.thread_time()
+        for _ in range(calls):
+            session.run(None, {"a": a})
+        rates.append(calls * PEAK_SIDE**3 / (time.thread_time() - cpu))
+    return float(np.median(rates))
 
 
 def inputs(bundle: ModelBundle, count: int) -> dict[str, np.ndarray]:
@@ -162,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run(args: argparse.Namespace, files: dict[str, dict[str, Path]], data: dict[str, np.ndarray]) -> None:
     """Time every labelled file per network, thread count and batch; the first label is the reference."""
-    hz = clock_hz()
+    peak_rate = {precision: peak_macs_per_second(precision, args.rounds, args.calls) for precision in PRECISIONS}
     labels = list(files["decoder"])
     reference, others = labels[0], labels[1:]
     # int8 graphs hold their weights behind DequantizeLinear: they do the float32 graph's multiply-adds
@@ -184,8 +219,7 @@ def run(args: argparse.Namespace, files: dict[str, dict[str, Path]], data: dict[
                 wall_ratio = {label: _ratio(timed[label], timed[reference], "wall_ms") for label in others}
                 # CPU seconds of all cores together, so this is the share of what that core time could do
                 peak = {
-                    label: macs[network][label] / (cpu[label] / 1000 * hz * MACS_PER_CYCLE[_precision(label)])
-                    for label in cpu
+                    label: macs[network][label] / (cpu[label] / 1000 * peak_rate[_precision(label)]) for label in cpu
                 }
                 cases.append(
                     {
@@ -229,8 +263,9 @@ def run(args: argparse.Namespace, files: dict[str, dict[str, Path]], data: dict[
             f"{network} " + ", ".join(f"{label} {value / 1e6:.1f} M" for label, value in macs[network].items())
             for network in NETWORKS
         )
-        + f"; peak at {hz / 1e9:.2f} GHz, {MACS_PER_CYCLE['float32']} float32 or {MACS_PER_CYCLE['int8']} int8 "
-        "multiply-adds per cycle per core.",
+        + f"; a core's peak, onnxruntime's {PEAK_SIDE}-square matrix product on one thread: "
+        f"{peak_rate['float32'] / 1e9:.1f} G float32 (MatMul) and {peak_rate['int8'] / 1e9:.1f} G uint8 x int8 "
+        "(MatMulInteger) multiply-adds per CPU second.",
     )
     one = [c for c in cases if c["threads"] == 1]
     headline = f"CPU per face at 1 thread, over {reference}: " + "; ".join(
@@ -242,7 +277,7 @@ def run(args: argparse.Namespace, files: dict[str, dict[str, Path]], data: dict[
         "files": {network: {label: str(path) for label, path in by.items()} for network, by in files.items()},
         "reference": reference,
         "multiply_adds": macs,
-        "clock_hz": hz,
+        "peak_multiply_adds_per_cpu_second": peak_rate,
         "cases": cases,
     }
     write_report(args.out, report, [table], headline)
