@@ -403,6 +403,13 @@ def main(argv: list[str] | None = None) -> None:
         help="train the moustache's upper-lip judge instead (UPPER_LIP: the upper lip only, among men, 12 epochs "
         "unless --epochs; default out: runs/classifier-<image size>-upper-lip)",
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="(default: %(default)s, the judge's; other seeds give the further judges of docs/benchmarks.md, "
+        "not 7-9 or 11, the edits' guides and held-out classifier)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="decoded-face cache (as training's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -416,6 +423,7 @@ def main(argv: list[str] | None = None) -> None:
         blur_sigma=tuple(args.blur_sigma),
         noise_std=args.noise_std,
         balanced=not args.unbalanced,
+        seed=args.seed,
         **(UPPER_LIP if args.upper_lip else {}) | ({"epochs": args.epochs} if args.epochs else {}),
     )
     out = args.out or default_out(args.image_size, args.upper_lip)
