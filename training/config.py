@@ -79,8 +79,8 @@ class TrainConfig(BaseModel):
 DEFAULT_EDIT_ATTRIBUTES = ("Smiling", "Male", "Eyeglasses", "Mustache", "Chubby", "Young", "Blond_Hair", "Pale_Skin")
 #: Edits whose +2 still shows to a held-out classifier with the keep loss weighted more than keep_weight, and how
 #: much (docs/benchmarks.md, "A firmer keep where +2 still shows", "Three guides, calibrated by a classifier
-#: trained as the judge is" and "Three judges"); the others lose success to it, and Chubby to 36.
-FIRM_KEEP = {"Smiling": 36.0, "Eyeglasses": 36.0, "Mustache": 36.0, "Chubby": 24.0}
+#: trained as the judge is" and "Three judges, and firmer keeps"); the others lose success to it (Chubby at 36).
+FIRM_KEEP = {"Smiling": 36.0, "Male": 24.0, "Eyeglasses": 60.0, "Mustache": 60.0, "Chubby": 24.0}
 #: Epochs of the project's judge: `bench_quality --train-classifier` trains it for these, as docs/benchmarks.md's
 #: command does (`python -m training.classifier ... --epochs 12`), and the edits' held-out classifier as long.
 JUDGE_EPOCHS = 12
