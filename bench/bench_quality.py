@@ -92,6 +92,7 @@ from service.core.sessions import open_session
 from training.card import EDIT_ATTRIBUTES, grid, sharpness
 from training.classifier import (
     CONFIG_FILE,
+    INNER_FACE,
     PERCEPTUAL_LAYERS,
     UPPER_LIP,
     AttributeClassifier,
@@ -101,7 +102,7 @@ from training.classifier import (
     train_classifier,
 )
 from training.config import JUDGE_EPOCHS, EditConfig, TrainConfig
-from training.edits import where_it_occurs
+from training.edits import red_patch, where_it_occurs
 from training.export import encode
 from training.latents import DIRECTION_METHODS, aggregate_posterior, attribute_vectors
 from training.prepared import DEFAULT_CACHE, PreparedData, prepare_data
@@ -119,8 +120,6 @@ OLD_BUNDLE_PATH = "models/celeba-64"
 OLD_BUNDLE_FILES = (MANIFEST_FILE, ENCODER_FILE, DECODER_FILE, LATENT_STATS_FILE, ATTRIBUTES_FILE)
 #: (attribute, strength, attribute kept, label of the faces edited: -1 = faces without the kept attribute).
 CONDITIONAL_EDITS = (("Mustache", 2.0, "Male", -1),)
-#: The aligned faces' inner face, rows then columns as fractions of the picture: brows to chin, cheek to cheek.
-INNER_FACE = ((0.25, 0.875), (0.25, 0.75))
 #: The model's quality targets, shown next to the measurements.
 TARGETS = {
     "reconstruction_sharpness": 0.30,
@@ -462,7 +461,9 @@ def edit_effect(
     keeps the person better than a random nudge of its size). `success_where_it_occurs` is the success over the
     faces `occurs` [N] marks (all by default): those of a sex in which the attribute occurs in the training labels
     (`where_it_occurs`). With an `upper_lip` judge, `upper_lip` is the share of the edited, the unedited and the
-    randomly moved faces it sees its attribute on (`shown_by`)."""
+    randomly moved faces it sees its attribute on (`shown_by`). `red_patch` is how much redder the reddest patch of
+    the inner face got (`training.edits.red_patch`, YCbCr's Cr, 0-1), a red nose every classifier reads as male and
+    so no side-effect count sees; `random_red_patch` the random move's."""
     edited_codes = model.edit_codes(z, strengths, keep)
     where = np.ones(len(z), bool) if occurs is None else occurs
     lengths = np.linalg.norm(edited_codes - z, axis=1)
@@ -488,6 +489,8 @@ def edit_effect(
         "perceptual_distance": float(perceptual.mean()),
         "move_length": float(lengths.mean()),
         "drift": float(np.mean(np.abs(edited.faces.astype(np.float32) - unedited.faces.astype(np.float32)))),
+        "red_patch": float(np.mean(red_patch(unedited.faces, edited.faces))),
+        "random_red_patch": float(np.mean(red_patch(unedited.faces, moved.faces))),
         "changed": changed.mean(axis=0),
         "random_changed": random_changed.mean(axis=0),
     }
@@ -701,6 +704,8 @@ def quality_table(section: Mapping[str, Any]) -> dict[str, Any]:
         "conditional_kept": [kept[0]["success"], 1 - kept[0]["kept_changed"]] if kept else None,
         "conditional_upper_lip": kept[0].get("upper_lip") if kept else None,
         "drift_plus2": float(np.mean([v["drift"] for v in adds.values() if v])) if adds else None,
+        "red_patch_plus2": {name: v.get("red_patch") if v else None for name, v in adds.items()},
+        "random_red_patch_plus2": {name: v.get("random_red_patch") if v else None for name, v in adds.items()},
         "mse": rec["mse"],
     }
 
@@ -813,6 +818,19 @@ def side_by_side(report: dict[str, Any]) -> Table:
             f"≥ {100 * TARGETS['conditional'][0]:.0f} %",
         ],
         ["identity drift at +2 (mean abs. Δpixel, 0-255)", *(fmt(i["drift_plus2"], 1) for i in summaries), None],
+        [
+            "red painted at +2: Cr gain of the inner face's reddest patch (0-1), " + " / ".join(attributes),
+            *(" / ".join(fmt(i.get("red_patch_plus2", {}).get(a), 3) or "-" for a in attributes) for i in summaries),
+            None,
+        ],
+        [
+            "the same for the random move as long",
+            *(
+                " / ".join(fmt(i.get("random_red_patch_plus2", {}).get(a), 3) or "-" for a in attributes)
+                for i in summaries
+            ),
+            None,
+        ],
         ["validation reconstruction MSE", *(fmt(i["mse"], 5) for i in summaries), "≤ 0.0105"],
     ]
     return Table(

@@ -49,6 +49,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: The whole picture, rows then columns as fractions of its height and width.
 WHOLE_PICTURE = ((0.0, 1.0), (0.0, 1.0))
+#: The aligned faces' inner face, rows then columns as fractions of the picture: brows to chin, cheek to cheek.
+INNER_FACE = ((0.25, 0.875), (0.25, 0.75))
 
 
 class ClassifierConfig(BaseModel):

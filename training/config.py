@@ -142,6 +142,15 @@ class EditConfig(BaseModel):
     )
     turn_weight: float = Field(0.1, ge=0, description="weight of 1 - cos(edit, straight move)")
     density_weight: float = Field(2.0, ge=0, description="weight of the edited code's Mahalanobis increase")
+    redness_weight: float = Field(
+        100.0,
+        ge=0,
+        description="weight of how much redder the inner face's reddest patch got (`redness`; docs/benchmarks.md, "
+        "'A red nose is not a man')",
+    )
+    redness_margin: float = Field(
+        0.02, ge=0, description="how much redder (YCbCr's Cr, 0-1) the reddest patch may get for free"
+    )
     guide_epochs: int = Field(8, gt=0, description="epochs of the guide classifier when it must be trained")
     guide_seeds: list[int] = Field(
         [7, 8, 9],

@@ -14,7 +14,7 @@ lengthened only where +2 would not show), S = 0 is exactly z, and the network ca
 further: its edits are compared with a random move of the same length, and a longer move would buy a higher floor,
 not a cleaner edit. F is chosen after training by a classifier the editor never saw (`calibrate_lengths`), never
 by the side-effect ratio. Trained on the training split's codes, each batch editing one attribute per face at a
-random strength, with six named losses:
+random strength, with seven named losses:
 
 - `target`: the guide classifier's logit of the edited attribute reaches |s| * `target_logit` on the requested side
   (a soft hinge), weighted per attribute by a multiplier that training adjusts (dual ascent) until the guide
@@ -36,7 +36,10 @@ random strength, with six named losses:
 - `turn`: 1 - cos(edit, class-mean move), a light pull towards the shipped direction;
 - `density`: how much rarer the edited code is than the code under the aggregate posterior (Mahalanobis, per
   dimension, only increases count): edits stay where the decoder was trained instead of finding the decoder's
-  blind spots that fool the guide (patterned texture).
+  blind spots that fool the guide (patterned texture);
+- `redness`: how much redder the inner face's reddest patch got (`red_patch`): every classifier here, the judges
+  too, reads a red nose as male, so the guides reward painting one and no side-effect count sees it
+  (docs/benchmarks.md, "A red nose is not a man").
 
 The guide sees each edited face mirrored at random, shifted by up to `JITTER_SHIFT` pixels and with noise of
 `guide_jitter` (it was trained under blur and noise, so its verdicts hold): a pattern that sways the guide only on
@@ -78,6 +81,7 @@ from service.core.bundle import (
 from service.core.runtime import FaceModel
 from service.core.sessions import open_session
 from training.classifier import (
+    INNER_FACE,
     PERCEPTUAL_LAYERS,
     AttributeClassifier,
     ClassifierConfig,
@@ -137,7 +141,13 @@ def build_editor(moves: np.ndarray, correction: keras.Model, length_scales: np.n
 
 #: Reported per step: the weighted sum, the six named losses, the share of edits whose target logit moved far
 #: enough, and the share of edits of at least goal_strength the guide judges done.
-LOSSES = ("loss", "target", "keep", "identity", "perceptual", "turn", "density", "reached", "clear")
+LOSSES = ("loss", "target", "keep", "identity", "perceptual", "turn", "density", "redness", "reached", "clear")
+#: YCbCr's Cr row (JPEG's, for RGB in 0-1): how red a pixel is against its brightness.
+RED_CHROMA = (0.5, -0.4187, -0.0813)
+#: Side, in pixels, of the blocks whose mean redness the `redness` loss compares.
+REDNESS_BLOCK = 4
+#: Blocks in a red patch (`red_patch`): about a nose, at 64 pixels.
+RED_PATCH_BLOCKS = 8
 #: Largest shift, in pixels either way, of the edited face the guide sees.
 JITTER_SHIFT = 2
 #: How fast each attribute's running success (the multipliers' signal) follows a step's.
@@ -147,6 +157,30 @@ SUCCESS_SMOOTHING = 0.1
 STRATUM = "Male"
 #: The multipliers stay within these bounds.
 MULTIPLIER_RANGE = (0.05, 50.0)
+
+
+def reddening(faces0: tf.Tensor | np.ndarray, faces1: tf.Tensor | np.ndarray) -> tf.Tensor:
+    """[N, H / REDNESS_BLOCK, W / REDNESS_BLOCK]: how much redder (`RED_CHROMA`, 0-1) each block of `REDNESS_BLOCK`
+    pixels of faces1 is than of faces0 (0-255, [N, H, W, 3]); what the editor's `redness` loss holds down and the
+    benchmarks count."""
+
+    def blocks(faces: tf.Tensor | np.ndarray) -> tf.Tensor:
+        pixels = tf.cast(faces, tf.float32) / 255.0
+        chroma = tf.tensordot(pixels, tf.constant(RED_CHROMA), axes=1)[..., tf.newaxis]
+        return tf.nn.avg_pool2d(chroma, REDNESS_BLOCK, REDNESS_BLOCK, "VALID")[..., 0]
+
+    return blocks(faces1) - blocks(faces0)
+
+
+def red_patch(faces0: tf.Tensor | np.ndarray, faces1: tf.Tensor | np.ndarray) -> tf.Tensor:
+    """[N]: how much redder faces1's `RED_PATCH_BLOCKS` most reddened blocks of the inner face are than faces0's, on
+    average (`reddening`): a red nose or cheek, not the hair (Blond_Hair) or the background."""
+    blocks = reddening(faces0, faces1)
+    (top, bottom), (left, right) = INNER_FACE
+    rows, columns = blocks.shape[1], blocks.shape[2]
+    inner = blocks[:, round(top * rows) : round(bottom * rows), round(left * columns) : round(right * columns)]
+    patch = min(RED_PATCH_BLOCKS, inner.shape[1] * inner.shape[2])  # small test faces have fewer blocks
+    return tf.reduce_mean(tf.math.top_k(tf.reshape(inner, [tf.shape(inner)[0], -1]), patch).values, axis=1)
 
 
 def keep_weights(labels: np.ndarray, free: float = 0.2, loose: float = 0.4) -> np.ndarray:
@@ -268,6 +302,11 @@ class EditTrainer(keras.Model):
             perceptual_distance(self.looks(faces0, training=False), self.looks(faces1, training=False))
         )
 
+    def _redness(self, faces0: tf.Tensor, faces1: tf.Tensor) -> tf.Tensor:
+        """How much redder the edited faces' reddest patch got than the unedited ones (`red_patch`), beyond
+        `redness_margin`: every classifier here, the judges too, reads a red nose as male."""
+        return tf.reduce_mean(tf.nn.relu(red_patch(faces0, faces1) - self.config.redness_margin))
+
     def train_step(self, batch: tuple[tf.Tensor, ...]) -> dict[str, tf.Tensor]:
         z, labels, logits0, features0, faces0 = batch
         chosen, strength, matrix = self._strengths(labels)
@@ -287,6 +326,7 @@ class EditTrainer(keras.Model):
             turn = tf.reduce_mean(1.0 - tf.reduce_sum(straight * tf.math.l2_normalize(edited - z, axis=1), axis=1))
             rarer = self._mahalanobis(edited) - self._mahalanobis(z)
             density = tf.reduce_mean(tf.nn.relu(rarer)) / z.shape[1]
+            redness = self._redness(tf.cast(faces0, tf.float32), faces1)
             loss = (
                 tf.reduce_mean(tf.gather(self.multipliers, chosen) * short)
                 + weighted_keep
@@ -294,6 +334,7 @@ class EditTrainer(keras.Model):
                 + self.config.perceptual_weight * perceptual
                 + self.config.turn_weight * turn
                 + self.config.density_weight * density
+                + self.config.redness_weight * redness
             )
         variables = self.editor.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
@@ -307,6 +348,7 @@ class EditTrainer(keras.Model):
             "perceptual": perceptual,
             "turn": turn,
             "density": density,
+            "redness": redness,
         }
         for name, value in {**values, "reached": reached, "clear": clear}.items():
             self.trackers[name].update_state(value)
