@@ -139,7 +139,7 @@ def build_editor(moves: np.ndarray, correction: keras.Model, length_scales: np.n
     return keras.Model([z, strengths], edited, name="editor")
 
 
-#: Reported per step: the weighted sum, the six named losses, the share of edits whose target logit moved far
+#: Reported per step: the weighted sum, the seven named losses, the share of edits whose target logit moved far
 #: enough, and the share of edits of at least goal_strength the guide judges done.
 LOSSES = ("loss", "target", "keep", "identity", "perceptual", "turn", "density", "redness", "reached", "clear")
 #: YCbCr's Cr row (JPEG's, for RGB in 0-1): how red a pixel is against its brightness.
@@ -159,23 +159,17 @@ STRATUM = "Male"
 MULTIPLIER_RANGE = (0.05, 50.0)
 
 
-def reddening(faces0: tf.Tensor | np.ndarray, faces1: tf.Tensor | np.ndarray) -> tf.Tensor:
-    """[N, H / REDNESS_BLOCK, W / REDNESS_BLOCK]: how much redder (`RED_CHROMA`, 0-1) each block of `REDNESS_BLOCK`
-    pixels of faces1 is than of faces0 (0-255, [N, H, W, 3]); what the editor's `redness` loss holds down and the
-    benchmarks count."""
+def red_patch(faces0: tf.Tensor | np.ndarray, faces1: tf.Tensor | np.ndarray) -> tf.Tensor:
+    """[N]: how much redder (`RED_CHROMA`, 0-1) the `RED_PATCH_BLOCKS` most reddened blocks of `REDNESS_BLOCK`
+    pixels of the inner face are in faces1 than in faces0 (0-255, [N, H, W, 3]), on average: a red nose or cheek,
+    not the hair (Blond_Hair) or the background. What the editor's `redness` loss holds down and bench_quality
+    reports."""
 
-    def blocks(faces: tf.Tensor | np.ndarray) -> tf.Tensor:
-        pixels = tf.cast(faces, tf.float32) / 255.0
-        chroma = tf.tensordot(pixels, tf.constant(RED_CHROMA), axes=1)[..., tf.newaxis]
+    def redness(faces: tf.Tensor | np.ndarray) -> tf.Tensor:
+        chroma = tf.tensordot(tf.cast(faces, tf.float32) / 255.0, tf.constant(RED_CHROMA), axes=1)[..., tf.newaxis]
         return tf.nn.avg_pool2d(chroma, REDNESS_BLOCK, REDNESS_BLOCK, "VALID")[..., 0]
 
-    return blocks(faces1) - blocks(faces0)
-
-
-def red_patch(faces0: tf.Tensor | np.ndarray, faces1: tf.Tensor | np.ndarray) -> tf.Tensor:
-    """[N]: how much redder faces1's `RED_PATCH_BLOCKS` most reddened blocks of the inner face are than faces0's, on
-    average (`reddening`): a red nose or cheek, not the hair (Blond_Hair) or the background."""
-    blocks = reddening(faces0, faces1)
+    blocks = redness(faces1) - redness(faces0)
     (top, bottom), (left, right) = INNER_FACE
     rows, columns = blocks.shape[1], blocks.shape[2]
     inner = blocks[:, round(top * rows) : round(bottom * rows), round(left * columns) : round(right * columns)]
