@@ -263,21 +263,21 @@ def test_the_redness_loss_counts_a_red_patch_on_the_face_and_not_hair_darkening_
     (outside the inner face), a dark moustache, lipstick taken away and a tint within the margin do not."""
     trainer = SimpleNamespace(config=EditConfig(redness_margin=0.02))
     faces0 = np.full((1, 64, 64, 3), 150.0, np.float32)
-    red = np.array([60.0, -25.0, -25.0], np.float32)  # Cr up by (60 * 0.5 + 25 * 0.4187 + 25 * 0.0813) / 255
+    red = np.array([60.0, -25.0, -25.0], np.float32)
+    redder = (60.0 * 0.5 + 25.0 * 0.4187 + 25.0 * 0.0813) / 255.0  # YCbCr's Cr
 
     def redness(faces1: np.ndarray) -> float:
         return float(EditTrainer._redness(trainer, tf.constant(faces0), tf.constant(faces1, tf.float32)))
 
     nose, hair = faces0.copy(), faces0.copy()
-    nose[:, 32:40, 28:36] += red  # four blocks of 4 x 4 pixels, half the patch
+    nose[:, 32:40, 28:36] += red  # four blocks of 4 x 4 pixels
     hair[:, 0:12] += red
     moustache = faces0 - 60.0
     paler = faces0 + np.array([-30.0, 10.0, 10.0], np.float32)
     tint = faces0 + np.array([4.0, 0.0, 0.0], np.float32)
     assert redness(faces0) == redness(hair) == 0.0
     assert redness(moustache) == redness(paler) == redness(tint) == 0.0
-    assert RED_PATCH_BLOCKS == 8
-    assert redness(nose) == pytest.approx((30.0 + 25.0 * 0.5) / 255.0 / 2 - 0.02, rel=1e-4)
+    assert redness(nose) == pytest.approx(4 * redder / RED_PATCH_BLOCKS - 0.02, rel=1e-4)
 
 
 def _guide(seed: int) -> AttributeClassifier:

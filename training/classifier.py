@@ -191,14 +191,18 @@ def perceptual_distance(
     def unit(x: Any) -> Any:  # rsqrt of a floor, not x / norm: finite gradients where a position is all zeros
         return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-20))
 
-    (top, bottom), (left, right) = region
     total = 0.0
     for a, b in zip(ours, theirs, strict=True):
-        rows, columns = a.shape[1], a.shape[2]
         squared = ops.sum(ops.square(unit(ops.cast(a, "float32")) - unit(ops.cast(b, "float32"))), axis=-1)
-        window = squared[:, round(top * rows) : round(bottom * rows), round(left * columns) : round(right * columns)]
-        total = total + ops.mean(window, axis=(1, 2))
+        total = total + ops.mean(crop(squared, region), axis=(1, 2))
     return total
+
+
+def crop(maps: Any, region: tuple[tuple[float, float], tuple[float, float]]) -> Any:
+    """Maps [N, h, w, ...] (an array or a tensor) cut to `region`: rows, then columns, as fractions of h and w."""
+    (top, bottom), (left, right) = region
+    rows, columns = maps.shape[1], maps.shape[2]
+    return maps[:, round(top * rows) : round(bottom * rows), round(left * columns) : round(right * columns)]
 
 
 def balanced_crossentropy(positive_rate: np.ndarray) -> Callable[[Any, Any], Any]:

@@ -85,6 +85,7 @@ from training.classifier import (
     PERCEPTUAL_LAYERS,
     AttributeClassifier,
     ClassifierConfig,
+    crop,
     fit_classifier,
     perceptual_distance,
     relu_outputs,
@@ -169,10 +170,7 @@ def red_patch(faces0: tf.Tensor | np.ndarray, faces1: tf.Tensor | np.ndarray) ->
         chroma = tf.tensordot(tf.cast(faces, tf.float32) / 255.0, tf.constant(RED_CHROMA), axes=1)[..., tf.newaxis]
         return tf.nn.avg_pool2d(chroma, REDNESS_BLOCK, REDNESS_BLOCK, "VALID")[..., 0]
 
-    blocks = redness(faces1) - redness(faces0)
-    (top, bottom), (left, right) = INNER_FACE
-    rows, columns = blocks.shape[1], blocks.shape[2]
-    inner = blocks[:, round(top * rows) : round(bottom * rows), round(left * columns) : round(right * columns)]
+    inner = crop(redness(faces1) - redness(faces0), INNER_FACE)
     patch = min(RED_PATCH_BLOCKS, inner.shape[1] * inner.shape[2])  # small test faces have fewer blocks
     return tf.reduce_mean(tf.math.top_k(tf.reshape(inner, [tf.shape(inner)[0], -1]), patch).values, axis=1)
 
@@ -320,7 +318,7 @@ class EditTrainer(keras.Model):
             turn = tf.reduce_mean(1.0 - tf.reduce_sum(straight * tf.math.l2_normalize(edited - z, axis=1), axis=1))
             rarer = self._mahalanobis(edited) - self._mahalanobis(z)
             density = tf.reduce_mean(tf.nn.relu(rarer)) / z.shape[1]
-            redness = self._redness(tf.cast(faces0, tf.float32), faces1)
+            redness = self._redness(faces0, faces1)
             loss = (
                 tf.reduce_mean(tf.gather(self.multipliers, chosen) * short)
                 + weighted_keep
