@@ -19,6 +19,8 @@ attribute, how much more often the judge says it on validation photos labelled w
 those without (within each sex, CelebA's strongest confounder). The mean of those shifts is about what a perfect
 edit, one that turns a face into a real photo of the same person with the attribute, would show as side effects;
 and the side effects are counted a second time on the *judge-independent* attributes alone (shift below 0.1).
+Per edit it also names the unrelated attributes it changes most often beyond the random move, each beside its
+real-photo shift: where the side effects fall, and whether a real change would bring them too.
 
 It also measures the judge's own floor on the real photos, where nothing about the person changes: the same faces
 (labelled without the attribute) mirrored, shifted by one pixel, saved as JPEG at quality 75, and reconstructed
@@ -52,6 +54,9 @@ JPEG_QUALITY = 75
 #: An unrelated attribute whose judge verdicts differ by less than this between real photos with and without the
 #: edited attribute is one the judge reads independently of it.
 INDEPENDENT_SHIFT = 0.1
+#: How many unrelated attributes the side-effect breakdown names per edit (those the edit changes most beyond the
+#: random move).
+EXCESS_SHOWN = 4
 #: A sex is a stratum of the real-photo shift only with at least this many validation photos on either side.
 STRATUM_FACES = 5
 
@@ -114,17 +119,37 @@ def real_shifts(subject: quality.Subject, judging: quality.EditJudging) -> dict[
     return shifts
 
 
-def independent_side_effects(rows: list[dict[str, Any]], independent: dict[str, list[int]]) -> None:
+def independent_side_effects(
+    rows: list[dict[str, Any]],
+    independent: dict[str, list[int]],
+    unrelated: dict[str, list[int]],
+    shifts: dict[str, np.ndarray],
+    columns: Sequence[str],
+) -> None:
     """Add to every strength of `rows` (bench_quality.edits rows with per-column changes, which are dropped) the side
-    effects, the random move's and their ratio over the attribute's judge-independent columns alone."""
+    effects, the random move's and their ratio over the attribute's judge-independent columns alone; and
+    `largest_excess`: the `EXCESS_SHOWN` unrelated attributes (`columns` names the judge's) whose verdicts the edit
+    changes most often beyond the random move, each with that excess and its real-photo shift (`real_shifts`)."""
     for row in rows:
-        columns = independent[row["attribute"]]
+        kept, unrelated_columns, shift = (
+            independent[row["attribute"]],
+            unrelated[row["attribute"]],
+            shifts[row["attribute"]],
+        )
         for effect in row["strengths"].values():
             changed, moved = np.asarray(effect.pop("changed")), np.asarray(effect.pop("random_changed"))
-            side = float(changed[columns].mean()) if columns else None
-            floor = float(moved[columns].mean()) if columns else None
+            side = float(changed[kept].mean()) if kept else None
+            floor = float(moved[kept].mean()) if kept else None
+            excess = changed - moved
+            largest = sorted(unrelated_columns, key=lambda c: -excess[c])[:EXCESS_SHOWN]
             effect.update(
-                independent_side_effects=side, independent_random=floor, independent_ratio=quality.ratio(side, floor)
+                independent_side_effects=side,
+                independent_random=floor,
+                independent_ratio=quality.ratio(side, floor),
+                largest_excess={
+                    columns[c]: {"excess": round(float(excess[c]), 3), "real_shift": round(float(shift[c]), 3)}
+                    for c in largest
+                },
             )
 
 
@@ -187,7 +212,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     for variant, model in models.items():
         print(f"{variant} ...")
         section = quality.edits(subject, model, judging, per_column=True)
-        independent_side_effects(section["rows"], independent)
+        independent_side_effects(section["rows"], independent, judging.unrelated, shifts, classifier.attributes)
         rows += [{"variant": variant, **row} for row in section["rows"]]
     print("the judge on the same faces ...")
     floor = judge_floor(subject, judging)
@@ -255,6 +280,30 @@ def tables(report: dict[str, Any]) -> list[Table]:
                 f"photos differ by less than {INDEPENDENT_SHIFT} with and without the edited attribute.",
             )
         )
+    result.append(
+        Table(
+            f"{report['model']}: where the learned edits' side effects fall at +2",
+            ["attribute", "side effects - floor, summed", "unrelated attributes changed most beyond the random move"],
+            [
+                [
+                    row["attribute"],
+                    fmt((effect["side_effects"] - effect["random_side_effects"]) * row["unrelated"], 2),
+                    ", ".join(
+                        f"{name} {e['excess']:+.2f} (real {e['real_shift']:+.2f})"
+                        for name, e in effect["largest_excess"].items()
+                    ),
+                ]
+                for row in report["rows"]
+                if row["variant"] == "learned" and row["direction"] == "add"
+                for effect in [row["strengths"]["+2"]]
+            ],
+            "Per unrelated attribute, the share of faces whose verdict the edit changed minus the share the random "
+            "move of the same length changed (summed over the unrelated attributes in the second column: the side "
+            "effects' excess over the floor, in verdicts per face); in brackets how much more often the judge says "
+            "that attribute on real validation photos with the edited attribute than without, within each sex "
+            "(a real change brings about that much).",
+        )
+    )
     result.append(
         Table(
             f"{report['model']}: the judge on real photos that keep the person (unrelated verdicts changed)",

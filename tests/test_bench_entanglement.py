@@ -14,6 +14,7 @@ from bench.bench_entanglement import (
     projected_vectors,
     real_shifts,
     same_face_variants,
+    tables,
 )
 from service.core.bundle import AttributeVector
 
@@ -80,17 +81,23 @@ def test_same_face_variants_move_or_re_encode_the_photo_s_own_pixels() -> None:
 
 
 def test_independent_side_effects_count_only_the_judge_independent_columns() -> None:
-    strength = {"changed": [0.5, 0.1, 0.3], "random_changed": [0.1, 0.1, 0.1], "side_effects": 0.3}
+    strength = {"changed": [0.5, 0.1, 0.3, 0.0], "random_changed": [0.1, 0.1, 0.1, 0.2], "side_effects": 0.3}
     rows = [
         {"attribute": "A", "strengths": {"+2": dict(strength)}},
         {"attribute": "B", "strengths": {"+2": dict(strength)}},
     ]
-    independent_side_effects(rows, {"A": [1, 2], "B": []})
+    shifts = {"A": np.array([0.0, 0.3, -0.2, 0.05]), "B": np.zeros(4)}
+    independent_side_effects(rows, {"A": [1, 2], "B": []}, {"A": [1, 2, 3], "B": []}, shifts, list("WXYZ"))
     a, b = rows[0]["strengths"]["+2"], rows[1]["strengths"]["+2"]
     assert a["independent_side_effects"] == pytest.approx(0.2) and a["independent_random"] == pytest.approx(0.1)
     assert a["independent_ratio"] == pytest.approx(2.0)
     assert b["independent_side_effects"] is None and b["independent_ratio"] is None  # nothing to count on
     assert "changed" not in a and "random_changed" not in a and a["side_effects"] == 0.3  # the lists are dropped
+    # Only unrelated columns are named (W is the edited attribute's own), the largest excess over the random move first.
+    assert list(a["largest_excess"]) == ["Y", "X", "Z"]
+    assert a["largest_excess"]["Y"] == {"excess": pytest.approx(0.2), "real_shift": pytest.approx(-0.2)}
+    assert a["largest_excess"]["Z"]["excess"] == pytest.approx(-0.2)
+    assert b["largest_excess"] == {}
 
 
 def test_real_shifts_compare_photos_with_and_without_within_each_sex(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,3 +116,53 @@ def test_real_shifts_compare_photos_with_and_without_within_each_sex(monkeypatch
     judging = SimpleNamespace(classifier=None, attributes=["Mustache"])
     shifts = real_shifts(SimpleNamespace(data=data), judging)
     np.testing.assert_allclose(shifts["Mustache"], [0.0, 0.0, 1.0])
+
+
+def test_the_breakdown_table_names_the_learned_edits_largest_excesses_with_their_real_shifts() -> None:
+    def effect(side: float, excess: dict[str, dict[str, float]]) -> dict[str, object]:
+        keys = ("success", "success_where_it_occurs", "side_ratio", "person_perceptual", "person_inner_face")
+        more = ("person", "move_length", "independent_side_effects", "independent_ratio")
+        return {
+            **dict.fromkeys(keys + more, 1.0),
+            "side_effects": side,
+            "random_side_effects": 0.1,
+            "largest_excess": excess,
+        }
+
+    excess = {"Eyeglasses": {"excess": 0.43, "real_shift": 0.29}}
+    rows = [
+        {
+            "attribute": "Chubby",
+            "variant": "learned",
+            "direction": "add",
+            "unrelated": 30,
+            "strengths": {"+2": effect(0.2, excess)},
+        },
+        {
+            "attribute": "Chubby",
+            "variant": "learned",
+            "direction": "remove",
+            "unrelated": 30,
+            "strengths": {"-2": effect(0.1, {})},
+        },
+        {
+            "attribute": "Chubby",
+            "variant": "shipped",
+            "direction": "add",
+            "unrelated": 30,
+            "strengths": {"+2": effect(0.3, {})},
+        },
+    ]
+    floor = [
+        {
+            "attribute": "Chubby",
+            "faces": 1,
+            "unrelated": 30,
+            **dict.fromkeys(SAME_FACE, 0.1),
+            "real change": 0.1,
+            "independent": 16,
+            "largest shifts": {"Eyeglasses": 0.29},
+        }
+    ]
+    found = [t for t in tables({"model": "m", "rows": rows, "floor": floor}) if "fall" in t.title]
+    assert len(found) == 1 and found[0].rows == [["Chubby", "3.00", "Eyeglasses +0.43 (real +0.29)"]]

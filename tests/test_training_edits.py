@@ -34,9 +34,11 @@ from training.edits import (
     guide_classifier,
     guide_folders,
     guide_logits,
+    keep_matrix,
     keep_weights,
     last_layer,
     shortest_near_best,
+    soft_box,
     train_editor,
 )
 
@@ -150,6 +152,23 @@ def test_keep_weights_hold_unrelated_attributes_and_free_those_that_go_together(
     assert weights[0, 1] == 0.0 and weights[0, 2] == 1.0
     assert 0.2 < weights[0, 3] < 0.8
     np.testing.assert_allclose(weights, weights.T)
+
+
+def test_a_hidden_target_region_is_one_inside_zero_outside_with_a_short_ramp() -> None:
+    mask = soft_box(64, ((0.25, 0.5), (0.5, 0.75)))[..., 0]
+    assert mask.shape == (64, 64)
+    assert mask[20, 40] == 1.0 and mask[10, 40] == 0.0 and mask[20, 20] == 0.0 and mask[40, 40] == 0.0
+    assert 0.0 < mask[16, 40] < 1.0 and 0.0 < mask[20, 32] < 1.0  # a ramp at the edges, not a hard cut
+    assert mask[14, 40] == 0.0 and mask[17, 40] == 1.0  # two pixels wide
+
+
+def test_the_keep_matrix_boosts_the_named_attributes_for_one_edit_only_and_frees_each_edits_own() -> None:
+    labels = np.where(np.random.default_rng(4).random((4000, 3)) < 0.5, 1, -1)  # three unrelated attributes
+    config = EditConfig(attributes=("A", "C"), keep_boost={"C": {"B": 8.0}})
+    kept = keep_matrix(labels, ["A", "B", "C"], config)
+    np.testing.assert_allclose(kept, [[0.0, 1.0, 1.0], [1.0, 8.0, 0.0]])
+    with pytest.raises(ValueError, match="keep_boost"):
+        EditConfig(attributes=("A",), keep_boost={"C": {"B": 8.0}})
 
 
 @pytest.mark.parametrize(

@@ -123,6 +123,15 @@ class EditConfig(BaseModel):
         },
         description="the keep loss's weight for edits of these attributes instead of keep_weight",
     )
+    keep_boost: dict[str, dict[str, PositiveFloat]] = Field(
+        default_factory=dict,
+        description="for edits of an attribute, other attributes' keep weights multiplied by these factors",
+    )
+    target_hidden: dict[str, tuple[tuple[float, float], tuple[float, float]]] = Field(
+        default_factory=dict,
+        description="for edits of an attribute, a region (rows, then columns, as fractions) the guides read the "
+        "target on from the unedited face: the edit must show elsewhere",
+    )
     guide_jitter: float = Field(
         0.0, ge=0, description="noise (0-255 scale) on the edited face the guide sees, with a random mirror and shift"
     )
@@ -193,6 +202,8 @@ class EditConfig(BaseModel):
         for field_name, names in (
             ("keep_weight_by_attribute", self.keep_weight_by_attribute),
             ("verdict_keep", self.verdict_keep),
+            ("keep_boost", self.keep_boost),
+            ("target_hidden", self.target_hidden),
         ):
             unknown = sorted(set(names) - set(self.attributes))
             if unknown:

@@ -175,6 +175,17 @@ def red_patch(faces0: tf.Tensor | np.ndarray, faces1: tf.Tensor | np.ndarray) ->
     return tf.reduce_mean(tf.math.top_k(tf.reshape(inner, [tf.shape(inner)[0], -1]), patch).values, axis=1)
 
 
+def soft_box(size: int, region: tuple[tuple[float, float], tuple[float, float]], ramp: float = 2.0) -> np.ndarray:
+    """[size, size, 1]: 1 inside `region` (rows, then columns, as fractions), falling to 0 over `ramp` pixels."""
+    (top, bottom), (left, right) = region
+    at = np.arange(size) + 0.5
+
+    def edge(low: float, high: float) -> np.ndarray:
+        return np.clip(np.minimum(at - low * size, high * size - at) / ramp + 0.5, 0.0, 1.0)
+
+    return (edge(top, bottom)[:, None] * edge(left, right)[None, :])[..., None].astype(np.float32)
+
+
 def keep_weights(labels: np.ndarray, free: float = 0.2, loose: float = 0.4) -> np.ndarray:
     """[A, A]: how firmly an edit of one attribute must keep another, from |phi| of their +-1 labels [N, A]: 1 up to
     `free` (unrelated: the judge counts it as a side effect), 0 from `loose` on (Mustache may bring Goatee), linear
@@ -182,6 +193,18 @@ def keep_weights(labels: np.ndarray, free: float = 0.2, loose: float = 0.4) -> n
     positive = (labels > 0).astype(np.float64)
     phi = np.abs(np.nan_to_num(np.corrcoef(positive, rowvar=False)))
     return np.clip((loose - phi) / (loose - free), 0.0, 1.0).astype(np.float32)
+
+
+def keep_matrix(labels: np.ndarray, columns: Sequence[str], config: EditConfig) -> np.ndarray:
+    """[K, A]: per edited attribute of `config`, how firmly its edits keep each of the guide's `columns` (labels
+    [N, A] in that order): `keep_weights`, times `config.keep_boost`'s factors, 0 on its own column."""
+    edited = [list(columns).index(name) for name in config.attributes]
+    kept = keep_weights(labels)[edited]
+    for name, boosts in config.keep_boost.items():
+        for other, factor in boosts.items():
+            kept[config.attributes.index(name), list(columns).index(other)] *= factor
+    kept[np.arange(len(edited)), edited] = 0.0
+    return kept
 
 
 class EditTrainer(keras.Model):
@@ -218,6 +241,13 @@ class EditTrainer(keras.Model):
         self.multipliers = tf.Variable(tf.fill([attributes], config.target_weight), trainable=False)
         self.success = tf.Variable(tf.fill([attributes], config.success_goal), trainable=False)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSSES}
+        self.target_masks = None
+        if config.target_hidden:
+            size = int(guides[0].model.input.shape[1])
+            masks = np.zeros((attributes, size, size, 1), np.float32)
+            for name, region in config.target_hidden.items():
+                masks[config.attributes.index(name)] = soft_box(size, region)
+            self.target_masks = tf.constant(masks)
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
@@ -307,7 +337,11 @@ class EditTrainer(keras.Model):
             faces1 = self.decoder(edited) * 255.0
             logits1, features1 = self._guides(self._jitter(faces1))
             column = tf.gather(self.columns, chosen)
-            moved = tf.gather(logits1, column, axis=1, batch_dims=1) * tf.sign(strength)
+            shown = logits1
+            if self.target_masks is not None:
+                masks = tf.gather(self.target_masks, chosen)
+                shown, _ = self._guides(self._jitter(faces1 * (1.0 - masks) + tf.cast(faces0, tf.float32) * masks))
+            moved = tf.gather(shown, column, axis=1, batch_dims=1) * tf.sign(strength)
             wanted = tf.abs(strength) * self.config.target_logit
             short = tf.nn.softplus(wanted - moved)
             target = tf.reduce_mean(short)
@@ -491,8 +525,7 @@ def train_editor(
     guide_columns = np.array([guide.column(name) for name in config.attributes])
     label_columns = [attribute_names.index(name) for name in guide.attributes]
     guide_labels = labels[:, label_columns]  # labels in the guide's column order
-    kept = keep_weights(guide_labels)[guide_columns]
-    kept[np.arange(len(guide_columns)), guide_columns] = 0.0
+    kept = keep_matrix(guide_labels, guide.attributes, config)
     editor = build_editor(moves, build_correction(bundle.z_dim, len(moves), config.hidden))
     trainer = EditTrainer(
         editor,
