@@ -23,7 +23,7 @@ from training.classifier import (
     relu_outputs,
 )
 from training.cli import _field_value, main
-from training.config import FIRM_KEEP, JUDGE_EPOCHS, VERDICT_KEEP, EditConfig
+from training.config import FIRM_KEEP, FIRM_REDNESS, JUDGE_EPOCHS, VERDICT_KEEP, EditConfig
 from training.edits import (
     RED_PATCH_BLOCKS,
     EditTrainer,
@@ -204,7 +204,7 @@ def test_target_multipliers_rise_while_an_attribute_falls_short_and_fall_while_i
     assert trainer.success.numpy()[0] > 0.9 > trainer.success.numpy()[1]
 
 
-def test_firmly_and_verdict_kept_edits_default_to_their_tables_and_unknown_names_are_refused() -> None:
+def test_firmly_verdict_and_redness_kept_edits_default_to_their_tables_and_unknown_names_are_refused() -> None:
     config = EditConfig(attributes=("Smiling", "Young", "Mustache"), keep_weight=8)
     assert config.attribute_keep_weights() == [FIRM_KEEP["Smiling"], 8.0, FIRM_KEEP["Mustache"]]
     assert config.verdict_keep == ("Smiling",)
@@ -212,6 +212,8 @@ def test_firmly_and_verdict_kept_edits_default_to_their_tables_and_unknown_names
     # `--set attributes=...` still works: the tables keep to the attributes learnt.
     assert EditConfig(attributes=("Young",)).keep_weight_by_attribute == {}
     assert EditConfig(attributes=("Chubby",)).verdict_keep == ()
+    assert EditConfig().redness_weight_by_attribute == FIRM_REDNESS
+    assert EditConfig(attributes=("Chubby",)).redness_weight_by_attribute == {}
     with pytest.raises(ValidationError, match="Smilng"):
         EditConfig(attributes=("Chubby",), keep_weight_by_attribute={"Smilng": 3})
     with pytest.raises(ValidationError, match="verdict_keep names attributes the editor does not learn"):
@@ -280,13 +282,16 @@ def test_the_perceptual_loss_is_the_distance_the_benchmark_measures() -> None:
 def test_the_redness_loss_counts_a_red_patch_on_the_face_and_not_hair_darkening_paling_or_a_faint_tint() -> None:
     """The red nose every classifier here reads as male: a patch of the inner face that turns red counts; red hair
     (outside the inner face), a dark moustache, lipstick taken away and a tint within the margin do not."""
-    trainer = SimpleNamespace(config=EditConfig(redness_margin=0.02))
+    trainer = SimpleNamespace(config=EditConfig(redness_margin=0.02), redness_weights=tf.constant([100.0, 300.0]))
     faces0 = np.full((1, 64, 64, 3), 150.0, np.float32)
     red = np.array([60.0, -25.0, -25.0], np.float32)
     redder = (60.0 * 0.5 + 25.0 * 0.4187 + 25.0 * 0.0813) / 255.0  # YCbCr's Cr
 
-    def redness(faces1: np.ndarray) -> float:
-        return float(EditTrainer._redness(trainer, tf.constant(faces0), tf.constant(faces1, tf.float32)))
+    def redness(faces1: np.ndarray, chosen: int = 0) -> tuple[float, float]:
+        reported, weighted = EditTrainer._redness(
+            trainer, tf.constant([chosen]), tf.constant(faces0), tf.constant(faces1, tf.float32)
+        )
+        return float(reported), float(weighted)
 
     nose, hair = faces0.copy(), faces0.copy()
     nose[:, 32:40, 28:36] += red  # four blocks of 4 x 4 pixels
@@ -294,9 +299,11 @@ def test_the_redness_loss_counts_a_red_patch_on_the_face_and_not_hair_darkening_
     moustache = faces0 - 60.0
     paler = faces0 + np.array([-30.0, 10.0, 10.0], np.float32)
     tint = faces0 + np.array([4.0, 0.0, 0.0], np.float32)
-    assert redness(faces0) == redness(hair) == 0.0
-    assert redness(moustache) == redness(paler) == redness(tint) == 0.0
-    assert redness(nose) == pytest.approx(4 * redder / RED_PATCH_BLOCKS - 0.02, rel=1e-4)
+    assert redness(faces0) == redness(hair) == (0.0, 0.0)
+    assert redness(moustache) == redness(paler) == redness(tint) == (0.0, 0.0)
+    expected = 4 * redder / RED_PATCH_BLOCKS - 0.02
+    assert redness(nose) == pytest.approx((expected, 100 * expected), rel=1e-4)
+    assert redness(nose, chosen=1) == pytest.approx((expected, 300 * expected), rel=1e-4)  # its edit's own weight
 
 
 def _guide(seed: int) -> AttributeClassifier:

@@ -88,6 +88,9 @@ JUDGE_EPOCHS = 12
 #: change fewer unrelated verdicts with it and still show; Mustache and Chubby do not (docs/benchmarks.md, "A
 #: verdict keep: only the verdicts that would cross").
 VERDICT_KEEP = ("Smiling", "Male")
+#: Edits held back from reddening the face more firmly than redness_weight, and how much: Male +2, whose guides read a
+#: red nose as male (docs/benchmarks.md, "A red nose is not a man"); at 300 for every edit Chubby lost success.
+FIRM_REDNESS = {"Male": 300.0}
 
 
 class EditConfig(BaseModel):
@@ -157,6 +160,12 @@ class EditConfig(BaseModel):
         description="weight of how much redder the inner face's reddest patch got (`redness`; docs/benchmarks.md, "
         "'A red nose is not a man')",
     )
+    redness_weight_by_attribute: dict[str, NonNegativeFloat] = Field(
+        default_factory=lambda data: {
+            name: weight for name, weight in FIRM_REDNESS.items() if name in data.get("attributes", ())
+        },
+        description="the redness loss's weight for edits of these attributes instead of redness_weight",
+    )
     redness_margin: float = Field(
         0.02, ge=0, description="how much redder (YCbCr's Cr, 0-1) the reddest patch may get for free"
     )
@@ -204,6 +213,7 @@ class EditConfig(BaseModel):
             ("verdict_keep", self.verdict_keep),
             ("keep_boost", self.keep_boost),
             ("target_hidden", self.target_hidden),
+            ("redness_weight_by_attribute", self.redness_weight_by_attribute),
         ):
             unknown = sorted(set(names) - set(self.attributes))
             if unknown:

@@ -237,6 +237,10 @@ class EditTrainer(keras.Model):
         self.kept = tf.constant(kept, tf.float32)  # [K, A] keep weights, 0 on the edited column
         attributes = len(config.attributes)
         self.keep_loss_weights = tf.constant(config.attribute_keep_weights(), tf.float32)  # [K] per edited attribute
+        self.redness_weights = tf.constant(
+            [config.redness_weight_by_attribute.get(name, config.redness_weight) for name in config.attributes],
+            tf.float32,
+        )
         self.verdict_kept = tf.constant([name in config.verdict_keep for name in config.attributes])  # [K]
         self.multipliers = tf.Variable(tf.fill([attributes], config.target_weight), trainable=False)
         self.success = tf.Variable(tf.fill([attributes], config.success_goal), trainable=False)
@@ -324,10 +328,12 @@ class EditTrainer(keras.Model):
             perceptual_distance(self.looks(faces0, training=False), self.looks(faces1, training=False))
         )
 
-    def _redness(self, faces0: tf.Tensor, faces1: tf.Tensor) -> tf.Tensor:
+    def _redness(self, chosen: tf.Tensor, faces0: tf.Tensor, faces1: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """How much redder the edited faces' reddest patch got than the unedited ones (`red_patch`), beyond
-        `redness_margin`: every classifier here, the judges too, reads a red nose as male."""
-        return tf.reduce_mean(tf.nn.relu(red_patch(faces0, faces1) - self.config.redness_margin))
+        `redness_margin` (every classifier here, the judges too, reads a red nose as male), as reported and as
+        trained: each face's times its edited attribute's redness weight."""
+        redder = tf.nn.relu(red_patch(faces0, faces1) - self.config.redness_margin)
+        return tf.reduce_mean(redder), tf.reduce_mean(tf.gather(self.redness_weights, chosen) * redder)
 
     def train_step(self, batch: tuple[tf.Tensor, ...]) -> dict[str, tf.Tensor]:
         z, labels, logits0, features0, faces0 = batch
@@ -352,7 +358,7 @@ class EditTrainer(keras.Model):
             turn = tf.reduce_mean(1.0 - tf.reduce_sum(straight * tf.math.l2_normalize(edited - z, axis=1), axis=1))
             rarer = self._mahalanobis(edited) - self._mahalanobis(z)
             density = tf.reduce_mean(tf.nn.relu(rarer)) / z.shape[1]
-            redness = self._redness(faces0, faces1)
+            redness, weighted_redness = self._redness(chosen, faces0, faces1)
             loss = (
                 tf.reduce_mean(tf.gather(self.multipliers, chosen) * short)
                 + weighted_keep
@@ -360,7 +366,7 @@ class EditTrainer(keras.Model):
                 + self.config.perceptual_weight * perceptual
                 + self.config.turn_weight * turn
                 + self.config.density_weight * density
-                + self.config.redness_weight * redness
+                + weighted_redness
             )
         variables = self.editor.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
