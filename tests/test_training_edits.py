@@ -213,6 +213,7 @@ def test_firmly_verdict_and_redness_kept_edits_default_to_their_tables_and_unkno
     assert EditConfig(attributes=("Young",)).keep_weight_by_attribute == {}
     assert EditConfig(attributes=("Chubby",)).verdict_keep == ()
     assert EditConfig().redness_weight_by_attribute == FIRM_REDNESS
+    assert config.attribute_redness_weights() == [config.redness_weight] * 3  # FIRM_REDNESS names none of them
     assert EditConfig(attributes=("Chubby",)).redness_weight_by_attribute == {}
     with pytest.raises(ValidationError, match="Smilng"):
         EditConfig(attributes=("Chubby",), keep_weight_by_attribute={"Smilng": 3})

@@ -226,4 +226,11 @@ class EditConfig(BaseModel):
 
     def attribute_keep_weights(self) -> list[float]:
         """The keep loss's weight for edits of each of `attributes`, in order."""
-        return [self.keep_weight_by_attribute.get(name, self.keep_weight) for name in self.attributes]
+        return self._per_attribute(self.keep_weight_by_attribute, self.keep_weight)
+
+    def attribute_redness_weights(self) -> list[float]:
+        """The redness loss's weight for edits of each of `attributes`, in order."""
+        return self._per_attribute(self.redness_weight_by_attribute, self.redness_weight)
+
+    def _per_attribute(self, weights: dict[str, float], default: float) -> list[float]:
+        return [weights.get(name, default) for name in self.attributes]

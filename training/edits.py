@@ -237,10 +237,7 @@ class EditTrainer(keras.Model):
         self.kept = tf.constant(kept, tf.float32)  # [K, A] keep weights, 0 on the edited column
         attributes = len(config.attributes)
         self.keep_loss_weights = tf.constant(config.attribute_keep_weights(), tf.float32)  # [K] per edited attribute
-        self.redness_weights = tf.constant(
-            [config.redness_weight_by_attribute.get(name, config.redness_weight) for name in config.attributes],
-            tf.float32,
-        )
+        self.redness_weights = tf.constant(config.attribute_redness_weights(), tf.float32)  # [K] likewise
         self.verdict_kept = tf.constant([name in config.verdict_keep for name in config.attributes])  # [K]
         self.multipliers = tf.Variable(tf.fill([attributes], config.target_weight), trainable=False)
         self.success = tf.Variable(tf.fill([attributes], config.success_goal), trainable=False)
