@@ -818,19 +818,16 @@ def side_by_side(report: dict[str, Any]) -> Table:
             f"≥ {100 * TARGETS['conditional'][0]:.0f} %",
         ],
         ["identity drift at +2 (mean abs. Δpixel, 0-255)", *(fmt(i["drift_plus2"], 1) for i in summaries), None],
-        [
-            "red painted at +2: Cr gain of the inner face's reddest patch (0-1), " + " / ".join(attributes),
-            *(" / ".join(fmt(i.get("red_patch_plus2", {}).get(a), 3) or "-" for a in attributes) for i in summaries),
-            None,
-        ],
-        [
-            "the same for the random move as long",
-            *(
-                " / ".join(fmt(i.get("random_red_patch_plus2", {}).get(a), 3) or "-" for a in attributes)
-                for i in summaries
-            ),
-            None,
-        ],
+        *(
+            [label, *(" / ".join(fmt(i.get(key, {}).get(a), 3) or "-" for a in attributes) for i in summaries), None]
+            for label, key in (
+                (
+                    "red painted at +2: Cr gain of the inner face's reddest patch (0-1), " + " / ".join(attributes),
+                    "red_patch_plus2",
+                ),
+                ("the same for the random move as long", "random_red_patch_plus2"),
+            )
+        ),
         ["validation reconstruction MSE", *(fmt(i["mse"], 5) for i in summaries), "≤ 0.0105"],
     ]
     return Table(

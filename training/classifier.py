@@ -34,7 +34,7 @@ from keras import layers, ops
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sklearn.metrics import roc_auc_score
 
-from training.config import TrainConfig
+from training.config import Region, TrainConfig
 from training.data import CELEBA_CROP
 from training.prepared import DEFAULT_CACHE, PreparedData, prepare_data
 
@@ -79,9 +79,7 @@ class ClassifierConfig(BaseModel):
     epochs: int = Field(6, gt=0)
     batch_size: int = Field(64, gt=0)
     learning_rate: float = Field(1e-3, gt=0)
-    region: tuple[tuple[float, float], tuple[float, float]] = Field(
-        WHOLE_PICTURE, description="the part of the face it sees: rows, then columns, as fractions"
-    )
+    region: Region = Field(WHOLE_PICTURE, description="the part of the face it sees: rows, then columns, as fractions")
     among: str | None = Field(None, description="learn only from the faces labelled with this attribute")
     attributes: tuple[str, ...] = Field((), description="the attributes it predicts (default: every label)")
     seed: int = 0
@@ -179,9 +177,7 @@ def relu_outputs(network: keras.Model, count: int) -> list[keras.KerasTensor]:
 PERCEPTUAL_LAYERS = 3
 
 
-def perceptual_distance(
-    ours: Sequence[Any], theirs: Sequence[Any], region: tuple[tuple[float, float], tuple[float, float]] = WHOLE_PICTURE
-) -> Any:
+def perceptual_distance(ours: Sequence[Any], theirs: Sequence[Any], region: Region = WHOLE_PICTURE) -> Any:
     """Per pair of faces [N], LPIPS's distance without its learned weights (Zhang et al. 2018, the "baseline"
     variant) between two faces' ReLU activations (`relu_outputs`, each [N, h, w, channels]): each layer unit-normalised
     over channels at every position, squared differences summed over channels and averaged over the positions in
@@ -198,7 +194,7 @@ def perceptual_distance(
     return total
 
 
-def crop(maps: Any, region: tuple[tuple[float, float], tuple[float, float]]) -> Any:
+def crop(maps: Any, region: Region) -> Any:
     """Maps [N, h, w, ...] (an array or a tensor) cut to `region`: rows, then columns, as fractions of h and w."""
     (top, bottom), (left, right) = region
     rows, columns = maps.shape[1], maps.shape[2]

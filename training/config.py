@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFlo
 from service.core.bundle import DirectionMethod, SamplingMode
 from training.data import CELEBA_CROP
 
+#: A part of the picture: (top, bottom) rows, then (left, right) columns, as fractions of its height and width.
+Region = tuple[tuple[float, float], tuple[float, float]]
+
 #: tf.distribute strategies a run can train under (training/distribute.py); not part of the recipe, so not recorded.
 StrategyName = Literal["default", "mirrored", "multi-worker"]
 STRATEGIES: tuple[StrategyName, ...] = get_args(StrategyName)
@@ -130,7 +133,7 @@ class EditConfig(BaseModel):
         default_factory=dict,
         description="for edits of an attribute, other attributes' keep weights multiplied by these factors",
     )
-    target_hidden: dict[str, tuple[tuple[float, float], tuple[float, float]]] = Field(
+    target_hidden: dict[str, Region] = Field(
         default_factory=dict,
         description="for edits of an attribute, a region (rows, then columns, as fractions) the guides read the "
         "target on from the unedited face: the edit must show elsewhere",

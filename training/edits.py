@@ -90,7 +90,7 @@ from training.classifier import (
     perceptual_distance,
     relu_outputs,
 )
-from training.config import EditConfig, TrainConfig
+from training.config import EditConfig, Region, TrainConfig
 from training.export import PARITY_BATCHES, PARITY_TOLERANCE, ParityError, keras_to_onnx
 from training.onnx_tf import OnnxFunction
 from training.prepared import PreparedData
@@ -175,7 +175,7 @@ def red_patch(faces0: tf.Tensor | np.ndarray, faces1: tf.Tensor | np.ndarray) ->
     return tf.reduce_mean(tf.math.top_k(tf.reshape(inner, [tf.shape(inner)[0], -1]), patch).values, axis=1)
 
 
-def soft_box(size: int, region: tuple[tuple[float, float], tuple[float, float]], ramp: float = 2.0) -> np.ndarray:
+def soft_box(size: int, region: Region, ramp: float = 2.0) -> np.ndarray:
     """[size, size, 1]: 1 inside `region` (rows, then columns, as fractions), falling to 0 over `ramp` pixels."""
     (top, bottom), (left, right) = region
     at = np.arange(size) + 0.5
@@ -198,11 +198,12 @@ def keep_weights(labels: np.ndarray, free: float = 0.2, loose: float = 0.4) -> n
 def keep_matrix(labels: np.ndarray, columns: Sequence[str], config: EditConfig) -> np.ndarray:
     """[K, A]: per edited attribute of `config`, how firmly its edits keep each of the guide's `columns` (labels
     [N, A] in that order): `keep_weights`, times `config.keep_boost`'s factors, 0 on its own column."""
-    edited = [list(columns).index(name) for name in config.attributes]
+    index = {name: i for i, name in enumerate(columns)}
+    edited = [index[name] for name in config.attributes]
     kept = keep_weights(labels)[edited]
     for name, boosts in config.keep_boost.items():
         for other, factor in boosts.items():
-            kept[config.attributes.index(name), list(columns).index(other)] *= factor
+            kept[config.attributes.index(name), index[other]] *= factor
     kept[np.arange(len(edited)), edited] = 0.0
     return kept
 
