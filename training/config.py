@@ -82,8 +82,12 @@ class TrainConfig(BaseModel):
 DEFAULT_EDIT_ATTRIBUTES = ("Smiling", "Male", "Eyeglasses", "Mustache", "Chubby", "Young", "Blond_Hair", "Pale_Skin")
 #: Edits whose +2 still shows to a held-out classifier with the keep loss weighted more than keep_weight, and how
 #: much (docs/benchmarks.md, "A firmer keep where +2 still shows", "Three guides, calibrated by a classifier
-#: trained as the judge is" and "Three judges, and firmer keeps"); the others lose success to it (Chubby at 36).
-FIRM_KEEP = {"Smiling": 36.0, "Male": 24.0, "Eyeglasses": 60.0, "Mustache": 60.0, "Chubby": 24.0}
+#: trained as the judge is", "Three judges, and firmer keeps" and "Where Chubby's side effects fall").
+FIRM_KEEP = {"Smiling": 36.0, "Male": 24.0, "Eyeglasses": 60.0, "Mustache": 60.0, "Chubby": 42.0}
+#: Attributes an edit is let change (their keep weights multiplied by these): the judges read real chubby faces as
+#: having less pointed noses, narrower eyes and higher hairlines, and an editor held to keep those changed more of
+#: everything else (docs/benchmarks.md, "Where Chubby's side effects fall").
+FREED = {"Chubby": {"Pointy_Nose": 0.01, "Narrow_Eyes": 0.01, "Receding_Hairline": 0.01}}
 #: Epochs of the project's judge: `bench_quality --train-classifier` trains it for these, as docs/benchmarks.md's
 #: command does (`python -m training.classifier ... --epochs 12`), and the edits' held-out classifier as long.
 JUDGE_EPOCHS = 12
@@ -130,7 +134,9 @@ class EditConfig(BaseModel):
         description="the keep loss's weight for edits of these attributes instead of keep_weight",
     )
     keep_boost: dict[str, dict[str, PositiveFloat]] = Field(
-        default_factory=dict,
+        default_factory=lambda data: {
+            name: factors for name, factors in FREED.items() if name in data.get("attributes", ())
+        },
         description="for edits of an attribute, other attributes' keep weights multiplied by these factors",
     )
     target_hidden: dict[str, Region] = Field(
@@ -199,7 +205,7 @@ class EditConfig(BaseModel):
         "of the best (the edit shows; a cliff to length 1 at clear_goal would only follow the held-out noise)",
     )
     length_scales: tuple[PositiveFloat, ...] = Field(
-        (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5),
+        (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0),
         min_length=1,
         description="lengthenings tried, in order, until clear_goal holds",
     )

@@ -28,7 +28,8 @@ random strength, with seven named losses:
   weighted by how independent the two attributes are in the labels (`keep_weights`), so an edit may move
   what goes with it, and more firmly for the edits whose +2 still shows under a firm keep
   (`EditConfig.keep_weight_by_attribute`, by default `FIRM_KEEP`; Male and Chubby lose their success to a keep
-  as firm as the others');
+  as firm as the others'), and less firmly for what real photos with the attribute show too
+  (`EditConfig.keep_boost`, by default `FREED`: Chubby's edits may narrow the eyes);
 - `identity`: the guide's penultimate features stay (the person);
 - `perceptual`: the edited face stays close to the unedited one in the guide's first three ReLU layers (LPIPS's
   distance without learned weights, the layers the VAE's perceptual loss compares): of the directions that make the
