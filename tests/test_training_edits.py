@@ -23,7 +23,7 @@ from training.classifier import (
     relu_outputs,
 )
 from training.cli import _field_value, main
-from training.config import FIRM_KEEP, FIRM_REDNESS, JUDGE_EPOCHS, VERDICT_KEEP, EditConfig
+from training.config import FIRM_KEEP, FIRM_REDNESS, FREED, JUDGE_EPOCHS, VERDICT_KEEP, EditConfig
 from training.edits import (
     RED_PATCH_BLOCKS,
     EditTrainer,
@@ -204,7 +204,7 @@ def test_target_multipliers_rise_while_an_attribute_falls_short_and_fall_while_i
     assert trainer.success.numpy()[0] > 0.9 > trainer.success.numpy()[1]
 
 
-def test_firmly_verdict_and_redness_kept_edits_default_to_their_tables_and_unknown_names_are_refused() -> None:
+def test_firmly_verdict_redness_kept_and_freed_edits_default_to_their_tables_and_unknown_names_are_refused() -> None:
     config = EditConfig(attributes=("Smiling", "Young", "Mustache"), keep_weight=8)
     assert config.attribute_keep_weights() == [FIRM_KEEP["Smiling"], 8.0, FIRM_KEEP["Mustache"]]
     assert config.verdict_keep == ("Smiling",)
@@ -215,6 +215,9 @@ def test_firmly_verdict_and_redness_kept_edits_default_to_their_tables_and_unkno
     assert EditConfig().redness_weight_by_attribute == FIRM_REDNESS
     assert config.attribute_redness_weights() == [config.redness_weight] * 3  # FIRM_REDNESS names none of them
     assert EditConfig(attributes=("Chubby",)).redness_weight_by_attribute == {}
+    assert EditConfig().keep_boost == FREED
+    assert EditConfig(attributes=("Chubby",)).keep_boost == {"Chubby": FREED["Chubby"]}
+    assert config.keep_boost == {}  # FREED frees only Chubby's edits
     with pytest.raises(ValidationError, match="Smilng"):
         EditConfig(attributes=("Chubby",), keep_weight_by_attribute={"Smilng": 3})
     with pytest.raises(ValidationError, match="verdict_keep names attributes the editor does not learn"):
