@@ -102,14 +102,58 @@ def test_calibration_lengthens_only_as_far_as_the_held_out_classifier_needs_and_
     # Smiling shows from 1.4 times its +2 move on; Chubby not even at twice it.
     judge = _LengthJudge((1.4 * lengths[0], 2.5 * lengths[1]))
     calibrate = functools.partial(calibrate_lengths, editor, z, labels, ["Male", "Smiling", "Chubby"], lambda c: c)
-    scales, seen = calibrate(judge, config)  # type: ignore[arg-type]
+    scales, seen, _ = calibrate(judge, config)  # type: ignore[arg-type]
     np.testing.assert_array_equal(scales, [1.5, 1.0])
     assert seen == {"Smiling": {"1.0": 0.0, "1.5": 1.0}, "Chubby": {"1.0": 0.0, "1.5": 0.0, "2.0": 0.0}}
     # Where no training face qualifies (here: every face has Chubby), the length stays 1 and nothing is seen.
     labels[:, 2] = 1
-    scales, seen = calibrate(judge, config)  # type: ignore[arg-type]
+    scales, seen, _ = calibrate(judge, config)  # type: ignore[arg-type]
     np.testing.assert_array_equal(scales, [1.5, 1.0])
     assert seen["Chubby"] == {}
+
+
+class _SideJudge:
+    """Stands for the held-out classifier on 'faces' that are the codes themselves, from the origin: Chubby is seen
+    from `chubby` times the length of the +2 move along it on, and Bangs, an unrelated attribute, only between
+    `bangs` times that length along it (a side effect of some lengths of the edit and of no random move)."""
+
+    attributes = ("Smiling", "Chubby", "Bangs")
+
+    def __init__(self, move: np.ndarray, chubby: float, bangs: tuple[float, float]) -> None:
+        self.unit = move / np.linalg.norm(move) ** 2  # faces @ unit: how many +2 moves along it
+        self.chubby, self.bangs = chubby, bangs
+
+    def column(self, name: str) -> int:
+        return self.attributes.index(name)
+
+    def predict(self, faces: np.ndarray) -> tuple[np.ndarray, None]:
+        along = faces @ self.unit
+        seen = [np.ones_like(along), along >= self.chubby, (along >= self.bangs[0]) & (along <= self.bangs[1])]
+        return np.stack(seen, axis=1).astype(np.float32), None
+
+
+def test_calibration_lengthens_a_clear_edit_until_it_changes_no_more_unrelated_verdicts_than_a_random_move() -> None:
+    editor, _ = _editor()
+    config = EditConfig(
+        attributes=("Smiling", "Chubby"), length_scales=(1.0, 1.5, 2.0), clear_goal=0.98, calibration_min_examples=0
+    )
+    z = np.zeros((10, 6), np.float32)
+    # columns: Male, Smiling (every face has it: not calibrated), Chubby (none has it), Bangs (unrelated to Chubby)
+    labels = np.stack([-np.ones(10), np.ones(10), -np.ones(10), np.tile([1, -1], 5)], axis=1).astype(np.int8)
+    move = editor.predict([z[:1], np.array([[0.0, 2.0]], np.float32)], verbose=0)[0]
+    names = ["Male", "Smiling", "Chubby", "Bangs"]
+    calibrate = functools.partial(calibrate_lengths, editor, z, labels, names, lambda c: c)
+    # Chubby shows from 1.5 on, where Bangs comes with it; at 2.0 Bangs has gone again: the length is 2.
+    scales, seen, sides = calibrate(_SideJudge(move, 1.4, (1.2, 1.8)), config)  # type: ignore[arg-type]
+    assert scales[1] == 2.0 and seen["Chubby"] == {"1.0": 0.0, "1.5": 1.0, "2.0": 1.0}
+    assert sides["Chubby"]["1.5"] > 1.0 >= sides["Chubby"]["2.0"]
+    # Success alone: the first clear length, as before; no clear length without Bangs: the cleanest, then shortest.
+    success_alone = config.model_copy(update={"side_goal": None})
+    scales, _, sides = calibrate(_SideJudge(move, 1.4, (1.2, 1.8)), success_alone)  # type: ignore[arg-type]
+    assert scales[1] == 1.5 and sides["Chubby"] == {}
+    scales, _, sides = calibrate(_SideJudge(move, 1.4, (1.2, 9.0)), config)  # type: ignore[arg-type]
+    assert sides["Chubby"]["1.5"] > sides["Chubby"]["2.0"] > 1.0  # some random moves reach Bangs at 2.0
+    assert scales[1] == 2.0
 
 
 def test_where_no_length_is_clear_calibration_takes_the_shortest_as_good_as_the_best() -> None:

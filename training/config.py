@@ -204,6 +204,12 @@ class EditConfig(BaseModel):
         description="where no length reaches clear_goal but one reaches this, the shortest within one standard error "
         "of the best (the edit shows; a cliff to length 1 at clear_goal would only follow the held-out noise)",
     )
+    side_goal: PositiveFloat | None = Field(
+        1.0,
+        description="a clear length must also change no more of the calibration faces' unrelated verdicts (|phi| <= "
+        "0.2 in the labels) to the held-out classifier than a random move as long, times this; where no clear length "
+        "does, the clear one with the lowest ratio (None: success alone)",
+    )
     length_scales: tuple[PositiveFloat, ...] = Field(
         (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0),
         min_length=1,

@@ -192,7 +192,8 @@ def keep_weights(labels: np.ndarray, free: float = 0.2, loose: float = 0.4) -> n
     `free` (unrelated: the judge counts it as a side effect), 0 from `loose` on (Mustache may bring Goatee), linear
     between."""
     positive = (labels > 0).astype(np.float64)
-    phi = np.abs(np.nan_to_num(np.corrcoef(positive, rowvar=False)))
+    with np.errstate(invalid="ignore", divide="ignore"):  # an attribute no face (or every face) has: phi 0
+        phi = np.abs(np.nan_to_num(np.corrcoef(positive, rowvar=False)))
     return np.clip((loose - phi) / (loose - free), 0.0, 1.0).astype(np.float32)
 
 
@@ -468,36 +469,72 @@ def calibrate_lengths(
     decode: Callable[[np.ndarray], np.ndarray],
     held_out: AttributeClassifier,
     config: EditConfig,
-) -> tuple[np.ndarray, dict[str, dict[str, float]]]:
+) -> tuple[np.ndarray, dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Per edited attribute, the first of `config.length_scales` at which a classifier the editor was not trained
-    against sees the attribute on `clear_goal` of the +`goal_strength` edits of its `calibration_rows`. Where none
-    does but the best reaches `shown_goal`, the shortest within one binomial standard error of the best (a longer
-    move that the held-out classifier cannot tell apart buys only side effects); where not even that, 1 (the edit
-    does not show, and lengthening it would not make it). Lengthening a one-attribute edit keeps its direction, so
-    each scale is the editor's move times the scale. Returns the scales [K] and, per attribute, the held-out
-    success at each scale tried."""
-    scales, seen = np.ones(len(config.attributes), np.float32), {}
+    against sees the attribute on `clear_goal` of the +`goal_strength` edits of its `calibration_rows` and, with
+    `side_goal` set, changes no more of their unrelated verdicts than a random move as long, times `side_goal`
+    (`held_out_side_ratio`); where no clear length does, the clear one with the fewest (a longer edit often changes
+    fewer of them than a random move as long, and shows better). Where none is clear but the best
+    reaches `shown_goal`, the shortest within one binomial standard error of the best (a longer move that the
+    held-out classifier cannot tell apart buys only side effects); where not even that, 1 (the edit does not show,
+    and lengthening it would not make it). Lengthening a one-attribute edit keeps its direction, so each scale is the
+    editor's move times the scale. Returns the scales [K] and, per attribute, the held-out success at each scale
+    tried and the side-effect ratio at each clear one."""
+    scales, seen, sides = np.ones(len(config.attributes), np.float32), {}, {}
+    unrelated = keep_weights(labels) >= 1.0  # |phi| <= 0.2: what the judge counts as a side effect
+    rng = np.random.default_rng(config.seed)
+
+    def verdicts(z: np.ndarray) -> np.ndarray:
+        faces = np.concatenate([decode(z[i : i + BATCH]) for i in range(0, len(z), BATCH)])
+        return held_out.predict(faces)[0] >= 0.5
+
     for k, name in enumerate(config.attributes):
         z = codes[calibration_rows(labels, attribute_names, name, config)]
-        seen[name] = {}
+        seen[name], sides[name] = {}, {}
         if len(z) == 0:
             log.warning("%s: no training face to calibrate its length on; it stays 1", name)
             continue
         strengths = np.zeros((len(z), len(config.attributes)), np.float32)
         strengths[:, k] = config.goal_strength
         move = editor.predict([z, strengths], batch_size=BATCH, verbose=0) - z
+        row = attribute_names.index(name)
+        others = [
+            held_out.column(other)
+            for other in held_out.attributes
+            if other != name and other in attribute_names and unrelated[row, attribute_names.index(other)]
+        ]
+        unedited = verdicts(z)[:, others] if config.side_goal is not None and others else None
+        heading = rng.normal(size=move.shape)
+        heading /= np.linalg.norm(heading, axis=1, keepdims=True)
+        clear: list[float] = []
+        chosen = None
         for scale in config.length_scales:
-            edited = z + np.float32(scale) * move
-            faces = np.concatenate([decode(edited[i : i + BATCH]) for i in range(0, len(edited), BATCH)])
-            success = float(np.mean(held_out.predict(faces)[0][:, held_out.column(name)] >= 0.5))
+            edited = verdicts(z + np.float32(scale) * move)
+            success = float(np.mean(edited[:, held_out.column(name)]))
             seen[name][str(scale)] = round(success, 3)
-            if success >= config.clear_goal:
-                scales[k] = scale
+            if success < config.clear_goal:
+                continue
+            clear.append(scale)
+            if unedited is None or config.side_goal is None:
+                chosen = scale
                 break
-        else:
-            scales[k] = shortest_near_best(seen[name], len(z), config.shown_goal)
-        log.info("%s: held-out success at +%g per length %s: %g", name, config.goal_strength, seen[name], scales[k])
-    return scales, seen
+            length = np.linalg.norm(scale * move, axis=1, keepdims=True)
+            random = verdicts((z + heading * length).astype(np.float32))[:, others]
+            ratio = float(np.mean(edited[:, others] != unedited) / max(float(np.mean(random != unedited)), 1e-9))
+            sides[name][str(scale)] = round(ratio, 3)
+            if ratio <= config.side_goal:
+                chosen = scale
+                break
+        if chosen is None and clear:  # no clear length as clean as a random move: the cleanest of them
+            chosen = min(clear, key=lambda scale: (sides[name].get(str(scale), 0.0), scale))
+        if chosen is None:
+            chosen = shortest_near_best(seen[name], len(z), config.shown_goal)
+        scales[k] = chosen
+        log.info(
+            "%s: held-out success at +%g per length %s, side effects / random move %s: %g",
+            *(name, config.goal_strength, seen[name], sides[name], scales[k]),
+        )
+    return scales, seen, sides
 
 
 def shortest_near_best(success_by_scale: dict[str, float], faces: int, shown_goal: float) -> float:
@@ -634,7 +671,8 @@ def fit_edits(
     labels, names = data.labels[data.train], data.dataset.attribute_names
     editor, report = train_editor(model.bundle, codes, decoded, labels, names, guides, config)
     held_out = guide_classifier(held_out_dir, training, data, config.held_out_seed, config.held_out_epochs)
-    scales, report["held_out_success"] = calibrate_lengths(editor, codes, labels, names, model.decode, held_out, config)
+    calibration = calibrate_lengths(editor, codes, labels, names, model.decode, held_out, config)
+    scales, report["held_out_success"], report["held_out_side_ratio"] = calibration
     moves = straight_moves([model.bundle.attributes[name] for name in config.attributes])
     lengthened = build_editor(moves, editor.get_layer("correction"), scales)
     add_editor(bundle_dir, lengthened, config.attributes, scales, report)
