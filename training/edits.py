@@ -515,14 +515,14 @@ def calibrate_lengths(
             if success < config.clear_goal:
                 continue
             clear.append(scale)
-            if unedited is None or config.side_goal is None:
+            if unedited is None:  # success alone (no side_goal, or nothing unrelated to read)
                 chosen = scale
                 break
             length = np.linalg.norm(scale * move, axis=1, keepdims=True)
             random = verdicts((z + heading * length).astype(np.float32))[:, others]
             ratio = float(np.mean(edited[:, others] != unedited) / max(float(np.mean(random != unedited)), 1e-9))
             sides[name][str(scale)] = round(ratio, 3)
-            if ratio <= config.side_goal:
+            if config.side_goal is not None and ratio <= config.side_goal:
                 chosen = scale
                 break
         if chosen is None and clear:  # no clear length as clean as a random move: the cleanest of them
@@ -530,10 +530,8 @@ def calibrate_lengths(
         if chosen is None:
             chosen = shortest_near_best(seen[name], len(z), config.shown_goal)
         scales[k] = chosen
-        log.info(
-            "%s: held-out success at +%g per length %s, side effects / random move %s: %g",
-            *(name, config.goal_strength, seen[name], sides[name], scales[k]),
-        )
+        message = "%s: held-out success at +%g per length %s, side effects / random move %s: %g"
+        log.info(message, name, config.goal_strength, seen[name], sides[name], scales[k])
     return scales, seen, sides
 
 
