@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, model_validator
 
@@ -99,6 +100,14 @@ VERDICT_KEEP = ("Smiling", "Male")
 #: red nose as male (docs/benchmarks.md, "A red nose is not a man"); at 300 for every edit Chubby lost success.
 FIRM_REDNESS = {"Male": 300.0}
 
+V = TypeVar("V")
+
+
+def _for_learned(table: Mapping[str, V]) -> Callable[[dict[str, Any]], dict[str, V]]:
+    """A default factory: `table`'s entries for the attributes the editor learns, so that `--set attributes=...`
+    still validates."""
+    return lambda data: {name: value for name, value in table.items() if name in data.get("attributes", ())}
+
 
 class EditConfig(BaseModel):
     """How the editor is built and trained."""
@@ -128,15 +137,11 @@ class EditConfig(BaseModel):
     )
     keep_weight: float = Field(12.0, ge=0, description="weight of the keep loss for edits of the other attributes")
     keep_weight_by_attribute: dict[str, NonNegativeFloat] = Field(
-        default_factory=lambda data: {
-            name: weight for name, weight in FIRM_KEEP.items() if name in data.get("attributes", ())
-        },
+        default_factory=_for_learned(FIRM_KEEP),
         description="the keep loss's weight for edits of these attributes instead of keep_weight",
     )
     keep_boost: dict[str, dict[str, PositiveFloat]] = Field(
-        default_factory=lambda data: {
-            name: factors for name, factors in FREED.items() if name in data.get("attributes", ())
-        },
+        default_factory=_for_learned(FREED),
         description="for edits of an attribute, other attributes' keep weights multiplied by these factors",
     )
     target_hidden: dict[str, Region] = Field(
@@ -170,9 +175,7 @@ class EditConfig(BaseModel):
         "'A red nose is not a man')",
     )
     redness_weight_by_attribute: dict[str, NonNegativeFloat] = Field(
-        default_factory=lambda data: {
-            name: weight for name, weight in FIRM_REDNESS.items() if name in data.get("attributes", ())
-        },
+        default_factory=_for_learned(FIRM_REDNESS),
         description="the redness loss's weight for edits of these attributes instead of redness_weight",
     )
     redness_margin: float = Field(
@@ -213,7 +216,7 @@ class EditConfig(BaseModel):
     length_scales: tuple[PositiveFloat, ...] = Field(
         (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0),
         min_length=1,
-        description="lengthenings tried, in order, until clear_goal holds",
+        description="lengthenings tried, in order, until clear_goal (and side_goal) holds",
     )
     calibration_faces: int = Field(400, gt=0, description="training faces lacking each attribute, for calibration")
     calibration_min_examples: int = Field(
