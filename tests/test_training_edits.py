@@ -102,14 +102,36 @@ def test_calibration_lengthens_only_as_far_as_the_held_out_classifier_needs_and_
     # Smiling shows from 1.4 times its +2 move on; Chubby not even at twice it.
     judge = _LengthJudge((1.4 * lengths[0], 2.5 * lengths[1]))
     calibrate = functools.partial(calibrate_lengths, editor, z, labels, ["Male", "Smiling", "Chubby"], lambda c: c)
-    scales, seen, _ = calibrate(judge, config)  # type: ignore[arg-type]
+    scales, seen, _ = calibrate([judge], config)  # type: ignore[list-item]
     np.testing.assert_array_equal(scales, [1.5, 1.0])
     assert seen == {"Smiling": {"1.0": 0.0, "1.5": 1.0}, "Chubby": {"1.0": 0.0, "1.5": 0.0, "2.0": 0.0}}
     # Where no training face qualifies (here: every face has Chubby), the length stays 1 and nothing is seen.
     labels[:, 2] = 1
-    scales, seen, _ = calibrate(judge, config)  # type: ignore[arg-type]
+    scales, seen, _ = calibrate([judge], config)  # type: ignore[list-item]
     np.testing.assert_array_equal(scales, [1.5, 1.0])
     assert seen["Chubby"] == {}
+
+
+def test_calibration_goes_by_the_held_out_classifiers_mean_verdict_not_the_most_lenient_ones() -> None:
+    editor, moves = _editor()
+    config = EditConfig(
+        attributes=("Smiling", "Chubby"), length_scales=(1.0, 1.5, 2.0), clear_goal=0.98, calibration_min_examples=0
+    )
+    z = np.zeros((10, 6), np.float32)
+    labels = -np.ones((10, 3), np.int8)  # columns: Male, Smiling, Chubby; no face has either attribute
+    lengths = np.linalg.norm(2.0 * moves, axis=1)
+    calibrate = functools.partial(calibrate_lengths, editor, z, labels, ["Male", "Smiling", "Chubby"], lambda c: c)
+    # Three classifiers see Chubby from 1.2, 1.7 and 1.9 times its +2 move on: alone, the first would settle for 1.5;
+    # two of the three (a mean probability of 2/3) see it only at 2.
+    judges = [_LengthJudge((0.9 * lengths[0], needed * lengths[1])) for needed in (1.2, 1.7, 1.9)]
+    assert calibrate(judges[:1], config)[0][1] == 1.5  # type: ignore[arg-type]
+    scales, seen, _ = calibrate(judges, config)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(scales, [1.0, 2.0])
+    assert seen["Chubby"] == {"1.0": 0.0, "1.5": 0.0, "2.0": 1.0}
+    other = _LengthJudge((1.0, 1.0))
+    other.attributes = ("Chubby", "Smiling")  # type: ignore[misc]  # the same columns in another order
+    with pytest.raises(ValueError, match="different attributes"):
+        calibrate([judges[0], other], config)  # type: ignore[list-item]
 
 
 class _SideJudge:
@@ -144,14 +166,14 @@ def test_calibration_lengthens_a_clear_edit_until_it_changes_no_more_unrelated_v
     names = ["Male", "Smiling", "Chubby", "Bangs"]
     calibrate = functools.partial(calibrate_lengths, editor, z, labels, names, lambda c: c)
     # Chubby shows from 1.5 on, where Bangs comes with it; at 2.0 Bangs has gone again: the length is 2.
-    scales, seen, sides = calibrate(_SideJudge(move, 1.4, (1.2, 1.8)), config)  # type: ignore[arg-type]
+    scales, seen, sides = calibrate([_SideJudge(move, 1.4, (1.2, 1.8))], config)  # type: ignore[list-item]
     assert scales[1] == 2.0 and seen["Chubby"] == {"1.0": 0.0, "1.5": 1.0, "2.0": 1.0}
     assert sides["Chubby"]["1.5"] > 1.0 >= sides["Chubby"]["2.0"]
     # Success alone: the first clear length, as before; no clear length without Bangs: the cleanest, then shortest.
     success_alone = config.model_copy(update={"side_goal": None})
-    scales, _, sides = calibrate(_SideJudge(move, 1.4, (1.2, 1.8)), success_alone)  # type: ignore[arg-type]
+    scales, _, sides = calibrate([_SideJudge(move, 1.4, (1.2, 1.8))], success_alone)  # type: ignore[list-item]
     assert scales[1] == 1.5 and sides["Chubby"] == {}
-    scales, _, sides = calibrate(_SideJudge(move, 1.4, (1.2, 9.0)), config)  # type: ignore[arg-type]
+    scales, _, sides = calibrate([_SideJudge(move, 1.4, (1.2, 9.0))], config)  # type: ignore[list-item]
     assert sides["Chubby"]["1.5"] > sides["Chubby"]["2.0"] > 1.0  # some random moves reach Bangs at 2.0
     assert scales[1] == 2.0
 
@@ -415,9 +437,11 @@ def test_each_guide_has_its_own_folder_and_seed_and_none_is_the_held_out_classif
         guide_classifier(tmp_path, SimpleNamespace(), SimpleNamespace(), 8, epochs=1)
     with pytest.raises(ValueError, match="not seed 7 for 12"):  # a guide's shorter training cannot calibrate
         guide_classifier(tmp_path, SimpleNamespace(), SimpleNamespace(), 7, epochs=EditConfig().held_out_epochs)
-    with pytest.raises(ValidationError, match="held_out_seed is one of guide_seeds"):
-        EditConfig(guide_seeds=[7, 11], held_out_seed=11)
-    with pytest.raises(ValidationError, match="repeats a seed"):
+    with pytest.raises(ValidationError, match="held_out_seeds shares a seed with guide_seeds"):
+        EditConfig(guide_seeds=[7, 11], held_out_seeds=[13, 11])
+    with pytest.raises(ValidationError, match="guide_seeds repeats a seed"):
         EditConfig(guide_seeds=[7, 7])
+    with pytest.raises(ValidationError, match="held_out_seeds repeats a seed"):
+        EditConfig(held_out_seeds=[11, 11])
     with pytest.raises(ValidationError, match="guide_seeds"):
         EditConfig(guide_seeds=[])

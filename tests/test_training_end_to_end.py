@@ -210,7 +210,7 @@ def test_learned_edits_join_the_bundle_and_move_codes_as_far_as_the_vectors_do(
     guide, held_out = tmp_path / "guide", tmp_path / "held-out"
     common = ["--data", str(SUBSET), "--cache-dir", str(tmp_path / "cache"), "--guide-dir", str(guide)]
     edits = ["--steps", "20", "--guide-epochs", "1", "--set", "held_out_epochs=1", "--attributes", "Smiling", "Male"]
-    edits += ["--held-out-dir", str(held_out)]
+    edits += ["--held-out-dir", str(held_out), "--set", "held_out_seeds=[11]"]
     assert main(["edits", "--bundle", str(copy), *common, *edits]) == 0
     assert (guide / "classifier.json").is_file() and (held_out / "classifier.json").is_file()  # trained, then reused
     bundle = ModelBundle.load(copy)

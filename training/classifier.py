@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=defaults.seed,
         help="(default: %(default)s, the judge's; other seeds give the further judges of docs/benchmarks.md, "
-        "not 7-9 or 11, the edits' guides and held-out classifier)",
+        "not 7-9, 11, 13 or 14, the edits' guides and held-out classifiers)",
     )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="decoded-face cache (as training's)")
     args = parser.parse_args(argv)

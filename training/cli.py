@@ -113,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     edits.add_argument(
         "--held-out-dir",
         type=Path,
-        help="the classifier that calibrates each edit's length, never trained against (default: "
-        "runs/edit-guide-<image size>-s<held_out_seed>; trained there first when missing)",
+        help="the first of the classifiers that calibrate each edit's length, never trained against (default: "
+        "runs/edit-guide-<image size>-s<seed> for each of held_out_seeds; given, the others beside it as "
+        "<folder>-s<seed>; each trained there first when missing)",
     )
     edits.add_argument("--steps", type=int, help=f"training steps (default: {EditConfig().steps})")
     edits.add_argument(
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "edits":
         from service.core.bundle import ModelBundle
-        from training.edits import fit_edits, seed_folder
+        from training.edits import fit_edits, guide_folders, seed_folder
 
         bundle = ModelBundle.load(args.bundle)
         config = TrainConfig.from_manifest(bundle.manifest.training)
@@ -255,9 +256,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"edits: {error}")
         default_guide_dir = Path("runs") / f"edit-guide-{bundle.image_size}"
         guide_dir = args.guide_dir or default_guide_dir
-        held_out_dir = args.held_out_dir or seed_folder(default_guide_dir, settings.held_out_seed)
+        held_out_dirs = (
+            guide_folders(args.held_out_dir, settings.held_out_seeds)
+            if args.held_out_dir
+            else [seed_folder(default_guide_dir, seed) for seed in settings.held_out_seeds]
+        )
         data = prepare_data(config, args.data, cache, args.skip_bad_images)
-        fit_edits(args.bundle, config, data, settings, guide_dir, held_out_dir)
+        fit_edits(args.bundle, config, data, settings, guide_dir, held_out_dirs)
         return 0
     if args.command == "upgrade":
         from service.core.bundle import MANIFEST_FILE

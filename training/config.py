@@ -84,7 +84,7 @@ DEFAULT_EDIT_ATTRIBUTES = ("Smiling", "Male", "Eyeglasses", "Mustache", "Chubby"
 #: Edits whose +2 still shows to a held-out classifier with the keep loss weighted more than keep_weight, and how
 #: much (docs/benchmarks.md, "A firmer keep where +2 still shows", "Three guides, calibrated by a classifier
 #: trained as the judge is", "Three judges, and firmer keeps" and "Where Chubby's side effects fall").
-FIRM_KEEP = {"Smiling": 36.0, "Male": 24.0, "Eyeglasses": 60.0, "Mustache": 60.0, "Chubby": 42.0}
+FIRM_KEEP = {"Smiling": 36.0, "Male": 24.0, "Eyeglasses": 60.0, "Mustache": 60.0, "Chubby": 46.0}
 #: Attributes an edit is let change (their keep weights multiplied by these): the judges read real chubby faces as
 #: having less pointed noses, narrower eyes and higher hairlines, and an editor held to keep those changed more of
 #: everything else (docs/benchmarks.md, "Where Chubby's side effects fall").
@@ -188,8 +188,12 @@ class EditConfig(BaseModel):
         description="seeds of the guide classifiers, none the judge's (0): an edit is judged by their mean logit, so "
         "it cannot lean on one classifier's quirks; the first one's layers also give the identity and perceptual keeps",
     )
-    held_out_seed: int = Field(
-        11, description="seed of the held-out classifier that calibrates lengths: neither the guide's nor the judge's"
+    held_out_seeds: list[int] = Field(
+        [11, 13, 14],
+        min_length=1,
+        description="seeds of the held-out classifiers that calibrate lengths, none a guide's or the judge's (0): an "
+        "edit shows where their mean probability says so, so a length is chosen by no one classifier's reading of the "
+        "attribute (classifiers trained alike from other seeds disagree most on Chubby)",
     )
     held_out_epochs: int = Field(
         JUDGE_EPOCHS,
@@ -214,7 +218,7 @@ class EditConfig(BaseModel):
         "does, the clear one with the lowest ratio (None: success alone)",
     )
     length_scales: tuple[PositiveFloat, ...] = Field(
-        (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0),
+        (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5),
         min_length=1,
         description="lengthenings tried, in order, until clear_goal (and side_goal) holds",
     )
@@ -236,10 +240,11 @@ class EditConfig(BaseModel):
             unknown = sorted(set(names) - set(self.attributes))
             if unknown:
                 raise ValueError(f"{field_name} names attributes the editor does not learn: {unknown}")
-        if self.held_out_seed in self.guide_seeds:
-            raise ValueError("held_out_seed is one of guide_seeds: the lengths would be calibrated by a guide")
-        if len(set(self.guide_seeds)) < len(self.guide_seeds):
-            raise ValueError("guide_seeds repeats a seed: the same classifier would count twice")
+        if set(self.held_out_seeds) & set(self.guide_seeds):
+            raise ValueError("held_out_seeds shares a seed with guide_seeds: the lengths would be calibrated by a guide")
+        for field_name, seeds in (("guide_seeds", self.guide_seeds), ("held_out_seeds", self.held_out_seeds)):
+            if len(set(seeds)) < len(seeds):
+                raise ValueError(f"{field_name} repeats a seed: the same classifier would count twice")
         return self
 
     def attribute_keep_weights(self) -> list[float]:

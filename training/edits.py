@@ -423,6 +423,12 @@ def last_layer(guide: AttributeClassifier) -> tuple[np.ndarray, np.ndarray]:
     return kernel, bias
 
 
+def check_same_attributes(classifiers: Sequence[AttributeClassifier]) -> None:
+    """Classifiers whose outputs are averaged must read the same attributes in the same columns."""
+    if any(other.attributes != classifiers[0].attributes for other in classifiers):
+        raise ValueError("the classifiers read different attributes: their outputs cannot be averaged")
+
+
 def guide_logits(guides: Sequence[AttributeClassifier], faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """uint8 faces -> the guides' mean logits [N, A], as the trainer computes them, and the first guide's features."""
     logits, first = [], None
@@ -467,11 +473,11 @@ def calibrate_lengths(
     labels: np.ndarray,
     attribute_names: list[str],
     decode: Callable[[np.ndarray], np.ndarray],
-    held_out: AttributeClassifier,
+    held_out: Sequence[AttributeClassifier],
     config: EditConfig,
 ) -> tuple[np.ndarray, dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """Per edited attribute, the first of `config.length_scales` at which a classifier the editor was not trained
-    against sees the attribute on `clear_goal` of the +`goal_strength` edits of its `calibration_rows` and, with
+    """Per edited attribute, the first of `config.length_scales` at which classifiers the editor was not trained
+    against (a verdict where their mean probability reaches 0.5) see the attribute on `clear_goal` of the +`goal_strength` edits of its `calibration_rows` and, with
     `side_goal` set, changes no more of their unrelated verdicts than a random move as long, times `side_goal`
     (`held_out_side_ratio`); where no clear length does, the clear one with the fewest (a longer edit often changes
     fewer of them than a random move as long, and shows better). Where none is clear but the best
@@ -480,13 +486,15 @@ def calibrate_lengths(
     and lengthening it would not make it). Lengthening a one-attribute edit keeps its direction, so each scale is the
     editor's move times the scale. Returns the scales [K] and, per attribute, the held-out success at each scale
     tried and the side-effect ratio at each clear one."""
+    check_same_attributes(held_out)
+    reader = held_out[0]
     scales, seen, sides = np.ones(len(config.attributes), np.float32), {}, {}
     unrelated = keep_weights(labels) >= 1.0  # |phi| <= 0.2: what the judge counts as a side effect
     rng = np.random.default_rng(config.seed)
 
     def verdicts(z: np.ndarray) -> np.ndarray:
         faces = np.concatenate([decode(z[i : i + BATCH]) for i in range(0, len(z), BATCH)])
-        return held_out.predict(faces)[0] >= 0.5
+        return np.mean([classifier.predict(faces)[0] for classifier in held_out], axis=0) >= 0.5
 
     for k, name in enumerate(config.attributes):
         z = codes[calibration_rows(labels, attribute_names, name, config)]
@@ -499,8 +507,8 @@ def calibrate_lengths(
         move = editor.predict([z, strengths], batch_size=BATCH, verbose=0) - z
         row = attribute_names.index(name)
         others = [
-            held_out.column(other)
-            for other in held_out.attributes
+            reader.column(other)
+            for other in reader.attributes
             if other != name and other in attribute_names and unrelated[row, attribute_names.index(other)]
         ]
         unedited = verdicts(z)[:, others] if config.side_goal is not None and others else None
@@ -510,7 +518,7 @@ def calibrate_lengths(
         chosen = None
         for scale in config.length_scales:
             edited = verdicts(z + np.float32(scale) * move)
-            success = float(np.mean(edited[:, held_out.column(name)]))
+            success = float(np.mean(edited[:, reader.column(name)]))
             seen[name][str(scale)] = round(success, 3)
             if success < config.clear_goal:
                 continue
@@ -557,8 +565,7 @@ def train_editor(
     """Train the editor on training-split `codes` [N, z_dim] (what /encode gives), their decoded faces uint8
     [N, size, size, 3] and labels [N, A] (+-1, columns `attribute_names`). Returns the editor and a report."""
     guide = guides[0]
-    if any(other.attributes != guide.attributes for other in guides):
-        raise ValueError("the guides read different attributes: their logits cannot be averaged")
+    check_same_attributes(guides)
     keras.utils.set_random_seed(config.seed)
     moves = straight_moves([bundle.attributes[name] for name in config.attributes])
     logits0, features = guide_logits(guides, decoded)
@@ -647,11 +654,11 @@ def fit_edits(
     data: PreparedData,
     config: EditConfig,
     guide_dir: Path,
-    held_out_dir: Path,
+    held_out_dirs: Sequence[Path],
 ) -> dict[str, Any]:
     """The whole job on a finished bundle (trained with `training`, whose faces `data` are): encode the training
     split as /encode does (refined codes), decode them, load or train the guides, train the editor, calibrate its
-    lengths with the held-out classifier (loaded or trained too) and add it to the bundle. Returns the report."""
+    lengths with the held-out classifiers (loaded or trained too) and add it to the bundle. Returns the report."""
     if data.labels is None:
         raise ValueError(f"{data.dataset.root} has no attribute labels; learned edits need them")
     model = FaceModel.load(bundle_dir, threads=0)
@@ -668,7 +675,10 @@ def fit_edits(
     ]
     labels, names = data.labels[data.train], data.dataset.attribute_names
     editor, report = train_editor(model.bundle, codes, decoded, labels, names, guides, config)
-    held_out = guide_classifier(held_out_dir, training, data, config.held_out_seed, config.held_out_epochs)
+    held_out = [
+        guide_classifier(folder, training, data, seed, config.held_out_epochs)
+        for folder, seed in zip(held_out_dirs, config.held_out_seeds, strict=True)
+    ]
     calibration = calibrate_lengths(editor, codes, labels, names, model.decode, held_out, config)
     scales, report["held_out_success"], report["held_out_side_ratio"] = calibration
     moves = straight_moves([model.bundle.attributes[name] for name in config.attributes])
