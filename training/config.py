@@ -241,7 +241,7 @@ class EditConfig(BaseModel):
             if unknown:
                 raise ValueError(f"{field_name} names attributes the editor does not learn: {unknown}")
         if set(self.held_out_seeds) & set(self.guide_seeds):
-            raise ValueError("held_out_seeds shares a seed with guide_seeds: the lengths would be calibrated by a guide")
+            raise ValueError("held_out_seeds shares a seed with guide_seeds: a guide would calibrate the lengths")
         for field_name, seeds in (("guide_seeds", self.guide_seeds), ("held_out_seeds", self.held_out_seeds)):
             if len(set(seeds)) < len(seeds):
                 raise ValueError(f"{field_name} repeats a seed: the same classifier would count twice")

@@ -477,15 +477,15 @@ def calibrate_lengths(
     config: EditConfig,
 ) -> tuple[np.ndarray, dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Per edited attribute, the first of `config.length_scales` at which classifiers the editor was not trained
-    against (a verdict where their mean probability reaches 0.5) see the attribute on `clear_goal` of the +`goal_strength` edits of its `calibration_rows` and, with
-    `side_goal` set, changes no more of their unrelated verdicts than a random move as long, times `side_goal`
-    (`held_out_side_ratio`); where no clear length does, the clear one with the fewest (a longer edit often changes
-    fewer of them than a random move as long, and shows better). Where none is clear but the best
-    reaches `shown_goal`, the shortest within one binomial standard error of the best (a longer move that the
-    held-out classifier cannot tell apart buys only side effects); where not even that, 1 (the edit does not show,
-    and lengthening it would not make it). Lengthening a one-attribute edit keeps its direction, so each scale is the
-    editor's move times the scale. Returns the scales [K] and, per attribute, the held-out success at each scale
-    tried and the side-effect ratio at each clear one."""
+    against (a verdict where their mean probability reaches 0.5) see the attribute on `clear_goal` of the
+    +`goal_strength` edits of its `calibration_rows` and, with `side_goal` set, change no more of their unrelated
+    verdicts than a random move as long, times `side_goal` (`held_out_side_ratio`); where no clear length does, the
+    clear one with the fewest (a longer edit often changes fewer of them than a random move as long, and shows
+    better). Where none is clear but the best reaches `shown_goal`, the shortest within one binomial standard error
+    of the best (a longer move that the held-out classifiers cannot tell apart buys only side effects); where not even
+    that, 1 (the edit does not show, and lengthening it would not make it). Lengthening a one-attribute edit keeps its
+    direction, so each scale is the editor's move times the scale. Returns the scales [K] and, per attribute, the
+    held-out success at each scale tried and the side-effect ratio at each clear one."""
     check_same_attributes(held_out)
     reader = held_out[0]
     scales, seen, sides = np.ones(len(config.attributes), np.float32), {}, {}
