@@ -91,17 +91,24 @@ class _LengthJudge:
         return (np.linalg.norm(faces, axis=1)[:, np.newaxis] >= self.needed).astype(np.float32), None
 
 
-def test_calibration_lengthens_only_as_far_as_the_held_out_classifier_needs_and_not_in_vain() -> None:
+def _smiling_and_chubby() -> tuple[functools.partial, EditConfig, np.ndarray, np.ndarray]:
+    """`calibrate_lengths` waiting for its classifiers and config, on an editor of Smiling and Chubby and ten codes at
+    the origin whose labels (columns Male, Smiling, Chubby) have neither; its config, those labels, and how far each
+    attribute's +2 moves at length scale 1."""
     editor, moves = _editor()
     config = EditConfig(
         attributes=("Smiling", "Chubby"), length_scales=(1.0, 1.5, 2.0), clear_goal=0.98, calibration_min_examples=0
     )
     z = np.zeros((10, 6), np.float32)
-    labels = -np.ones((10, 3), np.int8)  # columns: Male, Smiling, Chubby; no face has either attribute
-    lengths = np.linalg.norm(2.0 * moves, axis=1)  # how far +2 moves at length scale 1
+    labels = -np.ones((10, 3), np.int8)
+    calibrate = functools.partial(calibrate_lengths, editor, z, labels, ["Male", "Smiling", "Chubby"], lambda c: c)
+    return calibrate, config, labels, np.linalg.norm(2.0 * moves, axis=1)
+
+
+def test_calibration_lengthens_only_as_far_as_the_held_out_classifier_needs_and_not_in_vain() -> None:
+    calibrate, config, labels, lengths = _smiling_and_chubby()
     # Smiling shows from 1.4 times its +2 move on; Chubby not even at twice it.
     judge = _LengthJudge((1.4 * lengths[0], 2.5 * lengths[1]))
-    calibrate = functools.partial(calibrate_lengths, editor, z, labels, ["Male", "Smiling", "Chubby"], lambda c: c)
     scales, seen, _ = calibrate([judge], config)  # type: ignore[list-item]
     np.testing.assert_array_equal(scales, [1.5, 1.0])
     assert seen == {"Smiling": {"1.0": 0.0, "1.5": 1.0}, "Chubby": {"1.0": 0.0, "1.5": 0.0, "2.0": 0.0}}
@@ -113,14 +120,7 @@ def test_calibration_lengthens_only_as_far_as_the_held_out_classifier_needs_and_
 
 
 def test_calibration_goes_by_the_held_out_classifiers_mean_verdict_not_the_most_lenient_ones() -> None:
-    editor, moves = _editor()
-    config = EditConfig(
-        attributes=("Smiling", "Chubby"), length_scales=(1.0, 1.5, 2.0), clear_goal=0.98, calibration_min_examples=0
-    )
-    z = np.zeros((10, 6), np.float32)
-    labels = -np.ones((10, 3), np.int8)  # columns: Male, Smiling, Chubby; no face has either attribute
-    lengths = np.linalg.norm(2.0 * moves, axis=1)
-    calibrate = functools.partial(calibrate_lengths, editor, z, labels, ["Male", "Smiling", "Chubby"], lambda c: c)
+    calibrate, config, _, lengths = _smiling_and_chubby()
     # Three classifiers see Chubby from 1.2, 1.7 and 1.9 times its +2 move on: alone, the first would settle for 1.5;
     # two of the three (a mean probability of 2/3) see it only at 2.
     judges = [_LengthJudge((0.9 * lengths[0], needed * lengths[1])) for needed in (1.2, 1.7, 1.9)]
