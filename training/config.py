@@ -85,7 +85,7 @@ DEFAULT_EDIT_ATTRIBUTES = ("Smiling", "Male", "Eyeglasses", "Mustache", "Chubby"
 #: much (docs/benchmarks.md, "A firmer keep where +2 still shows", "Three guides, calibrated by a classifier
 #: trained as the judge is", "Three judges, and firmer keeps", "Where Chubby's side effects fall" and "Three held-out
 #: classifiers choose the lengths").
-FIRM_KEEP = {"Smiling": 36.0, "Male": 24.0, "Eyeglasses": 60.0, "Mustache": 60.0, "Chubby": 46.0}
+FIRM_KEEP = {"Smiling": 36.0, "Male": 24.0, "Eyeglasses": 60.0, "Mustache": 60.0, "Chubby": 46.0, "Young": 24.0}
 #: Attributes an edit is let change (their keep weights multiplied by these): the judges read real chubby faces as
 #: having less pointed noses, narrower eyes and higher hairlines, and an editor held to keep those changed more of
 #: everything else (docs/benchmarks.md, "Where Chubby's side effects fall").
