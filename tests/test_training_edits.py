@@ -271,12 +271,12 @@ def test_target_multipliers_rise_while_an_attribute_falls_short_and_fall_while_i
 
 
 def test_firmly_verdict_redness_kept_and_freed_edits_default_to_their_tables_and_unknown_names_are_refused() -> None:
-    config = EditConfig(attributes=("Smiling", "Young", "Mustache"), keep_weight=8)
+    config = EditConfig(attributes=("Smiling", "Blond_Hair", "Mustache"), keep_weight=8)
     assert config.attribute_keep_weights() == [FIRM_KEEP["Smiling"], 8.0, FIRM_KEEP["Mustache"]]
     assert config.verdict_keep == ("Smiling",)
     assert EditConfig().verdict_keep == VERDICT_KEEP
     # `--set attributes=...` still works: the tables keep to the attributes learnt.
-    assert EditConfig(attributes=("Young",)).keep_weight_by_attribute == {}
+    assert EditConfig(attributes=("Blond_Hair",)).keep_weight_by_attribute == {}
     assert EditConfig(attributes=("Chubby",)).verdict_keep == ()
     assert EditConfig().redness_weight_by_attribute == FIRM_REDNESS
     assert config.attribute_redness_weights() == [config.redness_weight] * 3  # FIRM_REDNESS names none of them
@@ -300,8 +300,8 @@ def _keep_trainer(config: EditConfig, kept: np.ndarray) -> SimpleNamespace:
 
 
 def test_the_keep_loss_weighs_each_face_by_its_edited_attributes_keep_weight() -> None:
-    config = EditConfig(attributes=("Smiling", "Young"), keep_weight=8, verdict_keep=())  # Smiling firmly kept
-    kept = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], np.float32)  # [K, A]: Young keeps only column 0
+    config = EditConfig(attributes=("Smiling", "Blond_Hair"), keep_weight=8, verdict_keep=())  # Smiling firmly kept
+    kept = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], np.float32)  # [K, A]: Blond_Hair keeps only column 0
     logits0 = tf.zeros([2, 3])
     logits1 = tf.constant([[5.0, 2.0, 2.0], [2.0, 5.0, 5.0]])  # each face moves its kept columns alike
     reported, trained = EditTrainer._keep(_keep_trainer(config, kept), tf.constant([0, 1]), logits0, logits1)
