@@ -81,7 +81,7 @@ class TrainConfig(BaseModel):
 
 #: The attributes the API's documentation and the explorer page edit most; the editor covers these by default.
 DEFAULT_EDIT_ATTRIBUTES = ("Smiling", "Male", "Eyeglasses", "Mustache", "Chubby", "Young", "Blond_Hair", "Pale_Skin")
-#: Edits whose +2 still shows to a held-out classifier with the keep loss weighted more than keep_weight, and how
+#: Edits whose +2 still shows to the held-out classifiers with the keep loss weighted more than keep_weight, and how
 #: much (docs/benchmarks.md, "A firmer keep where +2 still shows", "Three guides, calibrated by a classifier
 #: trained as the judge is", "Three judges, and firmer keeps", "Where Chubby's side effects fall" and "Three held-out
 #: classifiers choose the lengths").
@@ -91,7 +91,7 @@ FIRM_KEEP = {"Smiling": 36.0, "Male": 24.0, "Eyeglasses": 60.0, "Mustache": 60.0
 #: everything else (docs/benchmarks.md, "Where Chubby's side effects fall").
 FREED = {"Chubby": {"Pointy_Nose": 0.01, "Narrow_Eyes": 0.01, "Receding_Hairline": 0.01}}
 #: Epochs of the project's judge: `bench_quality --train-classifier` trains it for these, as docs/benchmarks.md's
-#: command does (`python -m training.classifier ... --epochs 12`), and the edits' held-out classifier as long.
+#: command does (`python -m training.classifier ... --epochs 12`), and the edits' held-out classifiers as long.
 JUDGE_EPOCHS = 12
 #: Edits whose keep is the verdict keep (a hinge on the guide's logits) instead of the KL of every verdict: these
 #: change fewer unrelated verdicts with it and still show; Mustache and Chubby do not (docs/benchmarks.md, "A
@@ -199,11 +199,12 @@ class EditConfig(BaseModel):
     held_out_epochs: int = Field(
         JUDGE_EPOCHS,
         gt=0,
-        description="epochs of the held-out classifier when it must be trained: the judge's, so the lengths are chosen "
-        "by a classifier trained as the judge is, from another seed (the guides' shorter training sees edits sooner)",
+        description="epochs of the held-out classifiers when they must be trained: the judge's, so the lengths are "
+        "chosen by classifiers trained as the judge is, from other seeds (the guides' shorter training sees edits "
+        "sooner)",
     )
     clear_goal: float = Field(
-        0.99, gt=0, le=1, description="share of goal_strength edits the held-out classifier must see done"
+        0.99, gt=0, le=1, description="share of goal_strength edits the held-out classifiers must see done"
     )
     shown_goal: float = Field(
         0.9,
@@ -215,7 +216,7 @@ class EditConfig(BaseModel):
     side_goal: PositiveFloat | None = Field(
         1.0,
         description="a clear length must also change no more of the calibration faces' unrelated verdicts (|phi| <= "
-        "0.2 in the labels) to the held-out classifier than a random move as long, times this; where no clear length "
+        "0.2 in the labels) to the held-out classifiers than a random move as long, times this; where no clear length "
         "does, the clear one with the lowest ratio (None: success alone)",
     )
     length_scales: tuple[PositiveFloat, ...] = Field(

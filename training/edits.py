@@ -12,8 +12,9 @@ network chooses per face:
 meaning (1 = the average difference between faces with and without the attribute, as a distance in latent space,
 lengthened only where +2 would not show), S = 0 is exactly z, and the network can only choose where to go, not go
 further: its edits are compared with a random move of the same length, and a longer move would buy a higher floor,
-not a cleaner edit. F is chosen after training by a classifier the editor never saw (`calibrate_lengths`), never
-by the side-effect ratio. Trained on the training split's codes, each batch editing one attribute per face at a
+not a cleaner edit. F is chosen after training by held-out classifiers the editor never saw (`calibrate_lengths`):
+the first length at which +2 shows to them and changes no more of their unrelated verdicts than a random move as
+long. Trained on the training split's codes, each batch editing one attribute per face at a
 random strength, with seven named losses:
 
 - `target`: the guide classifier's logit of the edited attribute reaches |s| * `target_logit` on the requested side
@@ -530,7 +531,7 @@ def calibrate_lengths(
             random = verdicts((z + heading * length).astype(np.float32))[:, others]
             ratio = float(np.mean(edited[:, others] != unedited) / max(float(np.mean(random != unedited)), 1e-9))
             sides[name][str(scale)] = round(ratio, 3)
-            if config.side_goal is not None and ratio <= config.side_goal:
+            if ratio <= config.side_goal:  # set: `unedited` is read only with a side_goal
                 chosen = scale
                 break
         if chosen is None and clear:  # no clear length as clean as a random move: the cleanest of them
