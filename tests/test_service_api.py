@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
 import io
@@ -427,6 +428,50 @@ def test_decode_several_latents_is_a_json_list_or_a_grid(client: TestClient) -> 
     np.testing.assert_allclose(listed.json()["z"], several, rtol=1e-6)
     grid = client.post("/decode", params={"grid": True}, json={"z": several})
     assert png_size(grid.content) == (grid_side(2), grid_side(2))
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("request_args", "faces"),
+    [
+        ({"method": "POST", "url": "/decode", "json": {"z": Z}}, 1),
+        ({"method": "POST", "url": "/decode", "json": {"z": [Z, Z]}}, 2),
+        ({"method": "GET", "url": "/sample", "params": {"seed": 1}}, 1),
+        ({"method": "GET", "url": "/sample", "params": {"seed": 1, "n": 4}}, 4),
+        ({"method": "POST", "url": "/edit", "json": {"z": Z, "attributes": {ATTRIBUTES[0]: 1}}}, 1),
+        (
+            {
+                "method": "POST",
+                "url": "/edit",
+                "params": {"steps": 3},
+                "json": {"z": Z, "attributes": {ATTRIBUTES[0]: 1}},
+            },
+            3,
+        ),
+    ],
+    ids=["decode-1", "decode-2", "sample-1", "sample-4", "edit-1", "edit-strip"],
+)
+def test_one_face_is_computed_on_the_event_loop_and_more_in_the_thread_pool(
+    client: TestClient, face_model: FaceModel, monkeypatch: pytest.MonkeyPatch, request_args: dict[str, Any], faces: int
+) -> None:
+    """A single face costs less on the loop than the hand-off to a thread; longer work must leave the loop free."""
+    decode = face_model.decode
+    calls: list[tuple[int, bool]] = []
+
+    def recording_decode(z: np.ndarray) -> np.ndarray:
+        calls.append((len(z), _on_event_loop()))
+        return decode(z)
+
+    monkeypatch.setattr(face_model, "decode", recording_decode)
+    assert client.request(**request_args).status_code == 200
+    assert calls == [(faces, faces == 1)]
 
 
 @pytest.mark.parametrize(

@@ -108,6 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_state = ModelState()
     app.state.photo_decoder = PhotoDecoder(settings.max_pixels, settings.max_decodes)
     add_exception_handlers(app)
+    for router in (faces.router, health.router, info.router):
+        app.include_router(router)
     add_api_docs(app)
     add_web_page(app)
     app.state.metrics = Metrics()
@@ -133,6 +135,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_open_inference_protocol(app)  # its middleware reshapes the errors of everything added before it
     app.add_middleware(SecurityHeadersMiddleware, page_paths=(f"{ASSETS}/",), policy=CONTENT_SECURITY_POLICY)
     app.add_middleware(RequestLogMiddleware)  # outermost, so it also logs the 413s
-    for router in (health.router, info.router, faces.router):
-        app.include_router(router)
     return app

@@ -43,31 +43,42 @@ async def model_state(request: Request) -> ModelState:
     return request.app.state.model_state
 
 
-async def loaded_model(state: Annotated[ModelState, Depends(model_state)]) -> FaceModel:
+# The face endpoints' dependencies read the app's state themselves rather than through `model_state`: FastAPI
+# solves every sub-dependency of every request anew, even a cached one, so each level costs CPU on each request
+# (docs/benchmarks.md, "HTTP's cost per request").
+
+
+async def loaded_model(request: Request) -> FaceModel:
     """The model even when not ready (e.g. require_gpu unmet), for endpoints that only describe it."""
+    state: ModelState = request.app.state.model_state
     if state.model is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, state.problem or NOT_LOADED)
     return state.model
 
 
-async def ready_model(state: Annotated[ModelState, Depends(model_state)]) -> FaceModel:
-    """The model, only once loaded, warmed up and on the required providers."""
+def _ready(request: Request) -> ModelState:
+    """The app's state, once its model is loaded, warmed up and on the required providers (else 503)."""
+    state: ModelState = request.app.state.model_state
     if state.model is None or state.problem:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, state.problem or NOT_LOADED)
-    return state.model
+    return state
+
+
+async def ready_model(request: Request) -> FaceModel:
+    """The model, only once loaded, warmed up and on the required providers."""
+    return _ready(request).model  # type: ignore[return-value]
+
+
+async def ready_framer(request: Request) -> FaceFramer:
+    """The photo framer the lifespan made for the model, answering 503 as `ready_model` does."""
+    framer = _ready(request).framer
+    assert framer is not None
+    return framer
 
 
 StateDep = Annotated[ModelState, Depends(model_state)]
 LoadedModel = Annotated[FaceModel, Depends(loaded_model)]
 ReadyModel = Annotated[FaceModel, Depends(ready_model)]
-
-
-async def ready_framer(state: StateDep, model: ReadyModel) -> FaceFramer:
-    """The photo framer the lifespan made for the model; through `ready_model`, so it answers 503 as it does."""
-    assert state.framer is not None and state.model is model
-    return state.framer
-
-
 ReadyFramer = Annotated[FaceFramer, Depends(ready_framer)]
 AcceptHeader = Annotated[
     str | None, Header(description="image/png (default), image/jpeg, image/webp or application/json.")

@@ -1,19 +1,22 @@
 """The face endpoints: find faces in a photo, encode one, decode latents, sample random faces, edit attributes.
 
 Each path operation parses its request, calls the core's function for the operation (`service.core.operations`) and
-renders the answer; the work itself is not written here. Path operations are plain `def`, so FastAPI runs them (and
-`session.run`) in its thread pool, off the event loop; only the async dependencies that read request bodies run on
-the loop.
+renders the answer; the work itself is not written here. Work on photos or on several faces runs in FastAPI's
+thread pool (plain `def` path operations, or `_answer`), off the event loop; a single face from a latent is decoded
+and encoded on the loop, where it costs less than the hand-off to a thread and back (`INLINE_FACES`).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from service.api.dependencies import (
     MULTIPART,
@@ -46,12 +49,19 @@ from service.api.schemas import (
 )
 from service.core import operations
 from service.core.compositing import Output
-from service.core.imaging import ImageFormat
+from service.core.framing import FaceFramer
+from service.core.imaging import ImageFormat, PhotoDecoder
 from service.core.operations import Faces, Framing
+from service.core.runtime import FaceModel
 
 router = APIRouter(tags=["faces"], responses=error_responses(406, 503))
 
 _RAW_IMAGE = {"schema": {"type": "string", "format": "binary"}}
+#: Answers of at most this many faces from latents are computed on the event loop. One face (a decoder run and a PNG,
+#: a millisecond or a few) blocks the loop about as long as its request's own HTTP handling does, and handing it to a
+#: thread and back costs more CPU than that; longer work goes to the thread pool, so the loop stays free for the
+#: other requests, probes and timers (docs/benchmarks.md, "HTTP's cost per request").
+INLINE_FACES = 1
 
 
 def _request_body(content: dict[str, type[BaseModel] | None]) -> dict[str, Any]:
@@ -71,6 +81,15 @@ def _render(media_type: str, result: Faces, image_format: ImageFormat | None) ->
     return render_faces(
         media_type, result.faces, result.latents, seed=result.seed, image_format=image_format, columns=result.columns
     )
+
+
+async def _answer(faces: int, media_type: str, image_format: ImageFormat | None, work: Callable[[], Faces]) -> Response:
+    """`work`'s faces rendered, on the event loop for up to `INLINE_FACES` faces, else in the thread pool."""
+
+    def answer() -> Response:
+        return _render(media_type, work(), image_format)
+
+    return answer() if faces <= INLINE_FACES else await run_in_threadpool(answer)
 
 
 @router.post(
@@ -127,20 +146,21 @@ def encode(
     responses={**FACES_CONTENT, **error_responses(413, 415)},
     openapi_extra=_request_body({JSON: DecodeRequest}),
 )
-def decode(
+async def decode(
     model: ReadyModel, body: DecodeBody, params: Annotated[DecodeParams, Query()], accept: AcceptHeader = None
 ) -> Response:
     """Latents to faces: one latent gives an image; several give a JSON list, or one grid image with grid=true."""
     media_type = choose_media_type(accept, params.format, one_picture=not body.several or params.grid)
-    return _render(media_type, operations.decode(model, body.latents), params.format)
+    work = partial(operations.decode, model, body.latents)
+    return await _answer(len(body.latents), media_type, params.format, work)
 
 
 @router.get("/sample", response_class=Response, responses=FACES_CONTENT)
-def sample(model: ReadyModel, params: Annotated[SampleParams, Query()], accept: AcceptHeader = None) -> Response:
+async def sample(model: ReadyModel, params: Annotated[SampleParams, Query()], accept: AcceptHeader = None) -> Response:
     """Random faces; the same seed gives the same bytes. n > 1 gives a grid unless grid=false."""
     media_type = choose_media_type(accept, params.format, one_picture=params.n == 1 or params.grid)
-    result = operations.sample(model, params.n, params.seed, params.mode, params.temperature)
-    return _render(media_type, result, params.format)
+    work = partial(operations.sample, model, params.n, params.seed, params.mode, params.temperature)
+    return await _answer(params.n, media_type, params.format, work)
 
 
 @router.post(
@@ -175,7 +195,7 @@ def interpolate(
     responses={**FACES_CONTENT, **error_responses(400, 413, 415, 501)},
     openapi_extra=_request_body({JSON: EditRequest, MULTIPART: EditUpload}),
 )
-def edit(
+async def edit(
     model: ReadyModel,
     framer: ReadyFramer,
     photo_decoder: PhotoDecoderDep,
@@ -192,23 +212,33 @@ def edit(
     the model's face or the person's own (see the parameters); all four are ignored for a latent.
     """
     media_type = choose_media_type(accept, params.format, one_picture=True)
-    if isinstance(source, EditUpload):
-        # A whole photo (output=photo) keeps its decode slot until its answer is encoded: the memory budget covers
-        # decoding, compositing and encoding (PhotoDecoder).
-        with photo_decoder.hold() if params.output is Output.PHOTO else contextlib.nullcontext():
-            result = operations.edit_photo(
-                model,
-                framer,
-                photo_decoder,
-                source.image,
-                source.attributes,
-                params.steps,
-                source.keep,
-                _framing(params),
-                params.output,
-                params.detail,
-            )
-            return _render(media_type, result, params.format)
-    else:
-        result = operations.edit_latent(model, source.z, source.attributes, params.steps, source.keep)
-    return _render(media_type, result, params.format)
+    if isinstance(source, EditRequest):
+        work = partial(operations.edit_latent, model, source.z, source.attributes, params.steps, source.keep)
+        return await _answer(params.steps or 1, media_type, params.format, work)
+    return await run_in_threadpool(_edit_photo, model, framer, photo_decoder, source, params, media_type)
+
+
+def _edit_photo(
+    model: FaceModel,
+    framer: FaceFramer,
+    photo_decoder: PhotoDecoder,
+    upload: EditUpload,
+    params: EditParams,
+    media_type: str,
+) -> Response:
+    # A whole photo (output=photo) keeps its decode slot until its answer is encoded: the memory budget covers
+    # decoding, compositing and encoding (PhotoDecoder).
+    with photo_decoder.hold() if params.output is Output.PHOTO else contextlib.nullcontext():
+        result = operations.edit_photo(
+            model,
+            framer,
+            photo_decoder,
+            upload.image,
+            upload.attributes,
+            params.steps,
+            upload.keep,
+            _framing(params),
+            params.output,
+            params.detail,
+        )
+        return _render(media_type, result, params.format)
