@@ -8,7 +8,8 @@
 Requests are sent by a separate process (this module with `--drive`: asyncio on uvloop, raw HTTP/1.1 over a pool of
 keep-alive connections, at most `--max-connections` open), each at its scheduled time whether or not earlier ones
 have answered. A request's latency runs from its scheduled time to the end of its response, so a server that falls
-behind is charged for the queue it builds (no coordinated omission). The server runs at a lower CPU priority
+behind is charged for the queue it builds (no coordinated omission); the generator runs without Python's garbage
+collector, whose pauses would otherwise be charged to the server. The server runs at a lower CPU priority
 (`NICENESS`) so that the generator, on the same cores, sends on time.
 
 Per endpoint (the cases of `bench.bench_overhead`): the closed-loop throughput (16 connections) of `wrk` and of this
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import subprocess
 import sys
@@ -194,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--drive", nargs=2, type=Path, metavar=("PLAN", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.drive:  # the load-generator process
+        # A full garbage collection stops this process for up to 100 ms (its imports fill the oldest generation),
+        # which the latencies would charge to the server as its tail; one run's garbage is small, so the generator
+        # runs without the collector (docs/benchmarks.md, "fixed arrival rate").
+        gc.disable()
         plan = json.loads(args.drive[0].read_text())
         request = bytes.fromhex(plan["request"])
         if plan["rate"] is None:
