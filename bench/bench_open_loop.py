@@ -24,7 +24,8 @@ Two traffic models (`--clients`): **one client** (1, the default) whose pool ope
 so a light load travels over a few keep-alive connections; or **N clients** each holding one connection, opened
 first, each request sent on the connection idle longest. The difference matters with several worker processes: a
 connection belongs to the worker that accepted it, so a few connections can load one worker while the other idles.
-Each run reports the busiest worker's share of the server's CPU time (from /proc; 50 % is an even split of two).
+Each run reports the busiest worker's share of the server's CPU time (from /proc; 50 % is an even split of two),
+and the longest the host kept a ready thread waiting (`StallMeter`), which tells a host's stall from a server's tail.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,6 +62,8 @@ KEEPS_UP = 3.0
 #: (a late send counts as the server's latency); with a worker per core the server would otherwise starve it.
 NICENESS = 10
 TIMEOUT_S = 30.0
+#: The stall meter's sleep: it wakes this often to see how late it wakes.
+STALL_TICK_S = 0.001
 
 
 # ---- the load generator (its own process) -------------------------------------------------------------------------
@@ -158,6 +162,31 @@ async def saturate(port: int, request: bytes, seconds: float, connections: int) 
     return {"sent": len(done), "ok": ok, "rps": ok / (loop.time() - started)}
 
 
+class StallMeter:
+    """A thread of the benchmark's process, idle while the generator runs, that sleeps a millisecond at a time and
+    records how late it wakes: the longest the host kept a ready thread off the CPU during a run (a virtual machine's
+    CPU taken away, other jobs). A tail as long as such a stall is the host's, not the server's."""
+
+    def __init__(self) -> None:
+        self.longest_s = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            before = time.perf_counter()
+            time.sleep(STALL_TICK_S)
+            self.longest_s = max(self.longest_s, time.perf_counter() - before - STALL_TICK_S)
+
+    def __enter__(self) -> StallMeter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def percentiles(result: dict[str, Any]) -> tuple[float, float]:
     """p50 and p99 of a `drive` result's latencies, ms (NaN when none answered)."""
     latencies = result["latencies_ms"]
@@ -237,10 +266,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 (scratch / "plan.json").write_text(json.dumps({**plan, "max_connections": args.max_connections}))
                 command = [sys.executable, "-m", "bench.bench_open_loop", "--drive"]
                 before = worker_cpu(server.process.pid)
-                subprocess.run([*command, str(scratch / "plan.json"), str(scratch / "result.json")], check=True)
+                with StallMeter() as stalls:
+                    subprocess.run([*command, str(scratch / "plan.json"), str(scratch / "result.json")], check=True)
                 used = [cpu - before.get(pid, 0.0) for pid, cpu in worker_cpu(server.process.pid).items()]
                 result = json.loads((scratch / "result.json").read_text())
-                return {**result, "busiest_worker_share": max(used) / sum(used) if sum(used) else np.nan}
+                share = max(used) / sum(used) if sum(used) else np.nan
+                return {**result, "busiest_worker_share": share, "longest_stall_ms": stalls.longest_s * 1000}
 
             wrk(server.base_url, case, 1, CAPACITY_CONNECTIONS, scratch)  # warm-up
             wrk_capacity = wrk(server.base_url, case, args.capacity_seconds, CAPACITY_CONNECTIONS, scratch)["rps"]
@@ -263,13 +294,21 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "wrk_capacity_rps": wrk_capacity,
                     "loads": {},
                 }
+                measured = []
                 for load in args.loads:
                     rate = load * capacity
                     result = run_driver(rate, args.seconds, clients)
                     p50, p99 = percentiles(result)
                     del result["latencies_ms"]
                     entry["loads"][str(load)] = {**result, "rate": rate, "p50_ms": p50, "p99_ms": p99}
-                    errors = sum(result["errors"].values())
+                    measured.append((load, rate, p50, p99, result))
+                    print(f"{case.name}, {clients} client(s), {load:.0%}: p50 {p50:.1f} p99 {p99:.1f} ms", flush=True)
+                    time.sleep(1)
+                # The host's speed drifts within minutes: the closed loop again, after the loads, says whether the
+                # capacity they are fractions of still held while they ran.
+                entry["closed_loop_after_rps"] = run_driver(None, args.capacity_seconds)["rps"]
+                drift = entry["closed_loop_after_rps"] / closed_loop
+                for load, rate, p50, p99, result in measured:
                     rows.append(
                         [
                             case.name,
@@ -283,11 +322,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                             f"{p99:.1f}",
                             f"{p99 / p50:.1f}",
                             f"{result['busiest_worker_share']:.0%}",
-                            str(errors),
+                            f"{result['longest_stall_ms']:.0f}",
+                            f"{drift:.2f}",
+                            str(sum(result["errors"].values())),
                         ]
                     )
-                    print(rows[-1], flush=True)
-                    time.sleep(1)
                 entries[str(clients)] = entry
             report["endpoints"][case.name] = entries
     table = Table(
@@ -305,16 +344,23 @@ def main(argv: Sequence[str] | None = None) -> None:
             "p99 ms",
             "p99 / p50",
             "busiest worker's CPU share",
+            "longest host stall ms",
+            "closed loop after / before",
             "errors",
         ],
         rows,
         note=f"Closed loop: {CAPACITY_CONNECTIONS} connections, wrk's and this load generator's. Capacity: the highest "
         f"constant arrival rate whose p50 stays within {KEEPS_UP:g}x the p50 at a tenth of the closed-loop figure "
         f"(bisection, {args.search_steps} runs). The load generator is a separate process (uvloop) on the same 2 "
-        f"cores; the server runs at nice {NICENESS}.",
+        f"cores; the server runs at nice {NICENESS}. Longest host stall: how late a thread of the benchmark, sleeping "
+        f"{STALL_TICK_S * 1000:g} ms at a time, woke at worst during the run. Closed loop after / before: the "
+        f"generator's closed-loop throughput measured again after the loads (below 1: the host slowed while they ran, "
+        f"so each load was a larger share of what it could then serve).",
     )
     at75 = [row for row in rows if row[5] == "75%"]
-    headline = "p99 at 75 % of capacity: " + ", ".join(f"{r[0]} ({r[1]}) {r[8]} ms ({r[9]}x p50)" for r in at75)
+    headline = "p99 at 75 % of capacity: " + ", ".join(
+        f"{r[0]} ({r[1]}) {r[8]} ms ({r[9]}x p50; closed loop after / before {r[12]})" for r in at75
+    )
     write_report(args.out, report, [table], headline)
 
 
