@@ -66,7 +66,9 @@ def _ready(request: Request) -> ModelState:
 
 async def ready_model(request: Request) -> FaceModel:
     """The model, only once loaded, warmed up and on the required providers."""
-    return _ready(request).model  # type: ignore[return-value]
+    model = _ready(request).model
+    assert model is not None
+    return model
 
 
 async def ready_framer(request: Request) -> FaceFramer:

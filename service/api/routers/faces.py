@@ -3,7 +3,7 @@
 Each path operation parses its request, calls the core's function for the operation (`service.core.operations`) and
 renders the answer; the work itself is not written here. Work on photos or on several faces runs in FastAPI's
 thread pool (plain `def` path operations, or `_answer`), off the event loop; a single face from a latent is decoded
-and encoded on the loop, where it costs less than the hand-off to a thread and back (`INLINE_FACES`).
+and encoded on the loop, which spares it the hand-off to a thread and back (`INLINE_FACES`).
 """
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ router = APIRouter(tags=["faces"], responses=error_responses(406, 503))
 
 _RAW_IMAGE = {"schema": {"type": "string", "format": "binary"}}
 #: Answers of at most this many faces from latents are computed on the event loop. One face (a decoder run and a PNG,
-#: a millisecond or a few) blocks the loop about as long as its request's own HTTP handling does, and handing it to a
-#: thread and back costs more CPU than that; longer work goes to the thread pool, so the loop stays free for the
-#: other requests, probes and timers (docs/benchmarks.md, "HTTP's cost per request").
+#: a millisecond or a few) blocks the loop about as long as its request's own HTTP handling does, and the hand-off to
+#: a thread and back was the largest and most variable part of such a request's overhead; longer work goes to the
+#: thread pool, so the loop stays free for the other requests, probes and timers (docs/benchmarks.md, "HTTP's cost
+#: per request").
 INLINE_FACES = 1
 
 
